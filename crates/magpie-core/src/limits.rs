@@ -1,0 +1,25 @@
+//! Bounds on everything a client can send. Every limit carries its unit in its name.
+
+/// The longest message text, in Unicode scalar values ("characters").
+pub const MESSAGE_CHARS_MAX: usize = 100_000;
+
+/// The longest client message id, in bytes.
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
+
+/// Username length bounds, in bytes (usernames are ASCII `[a-z0-9_]`).
+pub const USERNAME_BYTES_MIN: usize = 3;
+/// See [`USERNAME_BYTES_MIN`].
+pub const USERNAME_BYTES_MAX: usize = 32;
+
+/// Password length bounds, in characters. The upper bound keeps Argon2 work per request bounded.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// See [`PASSWORD_CHARS_MIN`].
+pub const PASSWORD_CHARS_MAX: usize = 1024;
+
+/// The longest device name, in bytes; longer names are truncated at a char boundary.
+pub const DEVICE_NAME_BYTES_MAX: usize = 64;
+
+/// The largest page of messages or events a single read returns.
+pub const PAGE_LIMIT_MAX: usize = 200;
+/// The page size when the client does not ask for one.
+pub const PAGE_LIMIT_DEFAULT: usize = 50;

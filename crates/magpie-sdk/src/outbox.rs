@@ -1,0 +1,174 @@
+//! Sends that the server has not yet answered, kept so they survive reconnects.
+//!
+//! An entry stays until the server answers `sent` (including `duplicate: true`, which means an
+//! earlier copy got through) or a definitive `error`. After a reconnect every entry is written
+//! again with the same `client_msg_id`; the server's per-sender dedup makes that safe.
+
+use std::collections::VecDeque;
+
+use magpie_core::ConversationId;
+use magpie_protocol::ws::ClientFrame;
+
+use crate::error::{Result, SdkError};
+
+/// How many unanswered sends a session holds by default.
+pub const OUTBOX_CAPACITY_DEFAULT: usize = 1_024;
+
+/// One unanswered send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSend {
+    /// The idempotency key, unique per sender.
+    pub client_msg_id: String,
+    /// Where it goes.
+    pub conversation_id: ConversationId,
+    /// The message text (already validated).
+    pub text: String,
+    /// Whether it was written on the current connection (reset on every reconnect).
+    written: bool,
+}
+
+impl PendingSend {
+    /// A send not yet written anywhere.
+    pub fn new(client_msg_id: String, conversation_id: ConversationId, text: String) -> Self {
+        Self { client_msg_id, conversation_id, text, written: false }
+    }
+
+    fn frame(&self) -> ClientFrame {
+        ClientFrame::Send {
+            client_msg_id: self.client_msg_id.clone(),
+            conversation_id: self.conversation_id,
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// A bounded, ordered set of unanswered sends.
+#[derive(Debug)]
+pub struct Outbox {
+    /// In the order the application sent them; resends keep that order.
+    entries: VecDeque<PendingSend>,
+    /// The most entries held at once.
+    capacity: usize,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Queues a send. Returns `Ok(false)` without queueing if an entry with the same
+    /// `client_msg_id` is already pending (it will be answered once), `OutboxFull` at capacity.
+    pub fn push(&mut self, send: PendingSend) -> Result<bool> {
+        if self.contains(&send.client_msg_id) {
+            return Ok(false);
+        }
+        if self.entries.len() >= self.capacity {
+            return Err(SdkError::OutboxFull);
+        }
+        self.entries.push_back(send);
+        Ok(true)
+    }
+
+    /// The frames of every entry not yet written on this connection, in order, marking them
+    /// written.
+    pub fn take_unwritten(&mut self) -> Vec<ClientFrame> {
+        self.entries
+            .iter_mut()
+            .filter(|e| !e.written)
+            .map(|e| {
+                e.written = true;
+                e.frame()
+            })
+            .collect()
+    }
+
+    /// Removes and returns the entry for `client_msg_id` (answered by `sent` or a definitive
+    /// error). `None` if it is not pending.
+    pub fn complete(&mut self, client_msg_id: &str) -> Option<PendingSend> {
+        let i = self.entries.iter().position(|e| e.client_msg_id == client_msg_id)?;
+        self.entries.remove(i)
+    }
+
+    /// Marks one entry for rewriting (after a transient error such as `rate_limited`).
+    pub fn retry(&mut self, client_msg_id: &str) -> bool {
+        match self.entries.iter_mut().find(|e| e.client_msg_id == client_msg_id) {
+            Some(e) => {
+                e.written = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks everything unwritten: the connection they were written on is gone, and with it
+    /// any answer still in flight.
+    pub fn reset_written(&mut self) {
+        self.entries.iter_mut().for_each(|e| e.written = false);
+    }
+
+    /// Whether `client_msg_id` is pending.
+    pub fn contains(&self, client_msg_id: &str) -> bool {
+        self.entries.iter().any(|e| e.client_msg_id == client_msg_id)
+    }
+
+    /// Pending entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str) -> PendingSend {
+        PendingSend::new(id.into(), ConversationId(1), format!("text {id}"))
+    }
+
+    fn ids(frames: &[ClientFrame]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| match f {
+                ClientFrame::Send { client_msg_id, .. } => client_msg_id.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounded_and_idempotent() {
+        let mut o = Outbox::new(2);
+        assert!(o.push(p("a")).unwrap());
+        assert!(!o.push(p("a")).unwrap(), "same id is not queued twice");
+        assert!(o.push(p("b")).unwrap());
+        assert!(matches!(o.push(p("c")), Err(SdkError::OutboxFull)));
+        o.complete("a");
+        assert!(o.push(p("c")).unwrap());
+    }
+
+    #[test]
+    fn resends_everything_unanswered_in_order_after_reconnect() {
+        let mut o = Outbox::new(10);
+        for id in ["a", "b", "c"] {
+            o.push(p(id)).unwrap();
+        }
+        assert_eq!(ids(&o.take_unwritten()), ["a", "b", "c"]);
+        assert!(o.take_unwritten().is_empty(), "written once per connection");
+        assert_eq!(o.complete("a").map(|e| e.text), Some("text a".into()));
+        o.push(p("d")).unwrap();
+        assert_eq!(ids(&o.take_unwritten()), ["d"]);
+        o.reset_written();
+        assert_eq!(ids(&o.take_unwritten()), ["b", "c", "d"]);
+        assert!(o.retry("c"));
+        assert!(!o.retry("zz"));
+        assert_eq!(ids(&o.take_unwritten()), ["c"]);
+        assert!(o.complete("zz").is_none());
+        assert_eq!(o.len(), 3);
+    }
+}

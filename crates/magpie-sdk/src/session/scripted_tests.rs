@@ -1,0 +1,283 @@
+//! Session behaviour the real server rarely shows on demand (gaps, resync closes, rate
+//! limits, silent connections), driven by a scripted fake server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use magpie_core::{ConversationId, DeviceId, UserId};
+use magpie_protocol::close::CLOSE_RESYNC;
+use magpie_protocol::http::SyncPage;
+use magpie_protocol::ws::{ClientFrame, EventBody, ServerFrame, WireEvent, WireMessage};
+use magpie_protocol::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{Session, SessionConfig, SessionEvent};
+use crate::{Client, MemoryCursorStore};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type ServerWs = WebSocketStream<TcpStream>;
+
+/// Accepts WebSockets (handed to the test) and answers `GET /v1/sync` from `inbox`.
+struct FakeServer {
+    base_url: String,
+    sockets: mpsc::Receiver<ServerWs>,
+    inbox: Arc<Mutex<Vec<WireEvent>>>,
+    sync_calls: Arc<Mutex<Vec<u64>>>,
+}
+
+impl FakeServer {
+    async fn start() -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, sockets) = mpsc::channel(8);
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let sync_calls = Arc::new(Mutex::new(Vec::new()));
+        let (inbox2, calls2) = (inbox.clone(), sync_calls.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let head = peek_head(&tcp).await.to_ascii_lowercase();
+                if head.contains("upgrade: websocket") {
+                    let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    let _ = tx.send(ws).await;
+                } else {
+                    answer_sync(tcp, &head, &inbox2, &calls2).await;
+                }
+            }
+        });
+        FakeServer { base_url, sockets, inbox, sync_calls }
+    }
+
+    async fn accept(&mut self) -> ServerWs {
+        tokio::time::timeout(WAIT, self.sockets.recv()).await.expect("no connection").unwrap()
+    }
+
+    fn session(&self, config: SessionConfig) -> (Session, mpsc::Receiver<SessionEvent>) {
+        let client = Client::new(&self.base_url).unwrap().with_token("tok");
+        Session::start(client, Arc::new(MemoryCursorStore::new()), config).unwrap()
+    }
+}
+
+async fn peek_head(tcp: &TcpStream) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.peek(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if head.contains("\r\n\r\n") || n == buf.len() {
+            return head;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn answer_sync(
+    mut tcp: TcpStream,
+    head: &str,
+    inbox: &Mutex<Vec<WireEvent>>,
+    calls: &Mutex<Vec<u64>>,
+) {
+    let mut buf = vec![0u8; head.len()];
+    let _ = tcp.read_exact(&mut buf).await;
+    let after: u64 = head
+        .split("cursor=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    calls.lock().unwrap().push(after);
+    let events: Vec<_> = inbox.lock().unwrap().iter().filter(|e| e.cursor > after).cloned().collect();
+    let next_cursor = events.last().map_or(after, |e| e.cursor);
+    let body = serde_json::to_string(&SyncPage { events, next_cursor }).unwrap();
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(resp.as_bytes()).await;
+}
+
+fn event(cursor: u64) -> WireEvent {
+    WireEvent {
+        cursor,
+        body: EventBody::Message {
+            message: WireMessage {
+                conversation_id: ConversationId(1),
+                seq: cursor,
+                sender_id: UserId(2),
+                client_msg_id: format!("m{cursor}"),
+                text: format!("text {cursor}"),
+                ts_ms: 1,
+            },
+        },
+    }
+}
+
+async fn push(ws: &mut ServerWs, frame: ServerFrame) {
+    ws.send(Message::text(serde_json::to_string(&frame).unwrap())).await.unwrap();
+}
+
+async fn ready(ws: &mut ServerWs, cursor: u64, heartbeat_ms: u64) {
+    let frame =
+        ServerFrame::Ready { user_id: UserId(1), device_id: DeviceId(1), cursor, heartbeat_ms };
+    push(ws, frame).await;
+}
+
+/// The next client frame other than `ping`.
+async fn recv(ws: &mut ServerWs) -> ClientFrame {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("no frame").unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            let frame: ClientFrame = serde_json::from_str(&t).unwrap();
+            if frame != ClientFrame::Ping {
+                return frame;
+            }
+        }
+    }
+}
+
+async fn next_where(
+    rx: &mut mpsc::Receiver<SessionEvent>,
+    mut pred: impl FnMut(&SessionEvent) -> bool,
+) -> SessionEvent {
+    loop {
+        let e = tokio::time::timeout(WAIT, rx.recv()).await.expect("no event").expect("ended");
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+async fn cursors(rx: &mut mpsc::Receiver<SessionEvent>, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let SessionEvent::Event(e) = next_where(rx, |e| matches!(e, SessionEvent::Event(_))).await {
+            out.push(e.cursor);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn live_gap_is_filled_over_http_and_duplicates_dropped() {
+    let mut server = FakeServer::start().await;
+    server.inbox.lock().unwrap().extend((1..=5).map(event));
+    let (_session, mut rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+    for c in [1, 4, 5, 3, 1] {
+        push(&mut ws, ServerFrame::Event(event(c))).await;
+    }
+    assert_eq!(cursors(&mut rx, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(*server.sync_calls.lock().unwrap(), [1], "one HTTP fetch after cursor 1");
+    // Nothing else arrives: the late 3 and 1 were dropped.
+    push(&mut ws, ServerFrame::Event(event(6))).await;
+    assert_eq!(cursors(&mut rx, 1).await, [6]);
+}
+
+#[tokio::test]
+async fn resync_close_reconnects_resumes_and_resends_with_the_same_id() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig { backoff_cap_ms: 50, ..SessionConfig::default() };
+    let (session, mut rx) = server.session(config);
+    let id = session.send(ConversationId(1), "hello").unwrap();
+
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+    let first = recv(&mut ws).await;
+    assert!(matches!(&first, ClientFrame::Send { client_msg_id, .. } if *client_msg_id == id));
+    push(&mut ws, ServerFrame::Event(event(1))).await;
+    assert_eq!(cursors(&mut rx, 1).await, [1]);
+    // The server stored the send but the client is cut off before the `sent` frame.
+    let close = CloseFrame { code: CloseCode::from(CLOSE_RESYNC), reason: "behind".into() };
+    ws.close(Some(close)).await.unwrap();
+    match next_where(&mut rx, |e| matches!(e, SessionEvent::Disconnected { .. })).await {
+        SessionEvent::Disconnected { reason, .. } => assert!(reason.contains("4000"), "{reason}"),
+        _ => unreachable!(),
+    }
+
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 1 }, "resumes after delivered");
+    assert_eq!(recv(&mut ws).await, first, "same frame, same client_msg_id");
+    let sent = ServerFrame::Sent {
+        client_msg_id: id.clone(),
+        conversation_id: ConversationId(1),
+        seq: 7,
+        ts_ms: 1,
+        duplicate: true,
+    };
+    push(&mut ws, sent).await;
+    let e = next_where(&mut rx, |e| matches!(e, SessionEvent::Sent { .. })).await;
+    assert!(matches!(e, SessionEvent::Sent { seq: 7, duplicate: true, .. }));
+    assert_eq!(session.pending_sends(), 0);
+}
+
+#[tokio::test]
+async fn rate_limited_sends_are_retried_not_failed() {
+    let mut server = FakeServer::start().await;
+    let (session, mut rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let id = session.send(ConversationId(1), "hi").unwrap();
+    let frame = recv(&mut ws).await;
+    let error = ServerFrame::Error {
+        code: ErrorCode::RateLimited,
+        message: "slow down".into(),
+        client_msg_id: Some(id.clone()),
+    };
+    push(&mut ws, error).await;
+    assert_eq!(recv(&mut ws).await, frame, "re-sent after a pause");
+    let error = ServerFrame::Error {
+        code: ErrorCode::MessageTooLong,
+        message: "no".into(),
+        client_msg_id: Some(id.clone()),
+    };
+    push(&mut ws, error).await;
+    let e = next_where(&mut rx, |e| {
+        matches!(e, SessionEvent::SendFailed { .. } | SessionEvent::Sent { .. })
+    })
+    .await;
+    assert!(matches!(e, SessionEvent::SendFailed { code: ErrorCode::MessageTooLong, .. }));
+    assert_eq!(session.pending_sends(), 0);
+}
+
+#[tokio::test]
+async fn pings_at_half_heartbeat_and_silence_means_dead() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig { backoff_cap_ms: 50, ..SessionConfig::default() };
+    let (_session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    let started = tokio::time::Instant::now();
+    ready(&mut ws, 0, 200).await;
+    let mut pings = 0;
+    // Read (so pings are seen) but never answer: the client must give up after ~600 ms.
+    let reason = loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("ping") => pings += 1,
+                Some(Ok(_)) => {}
+                _ => {}
+            },
+            e = next_where(&mut rx, |e| matches!(e, SessionEvent::Disconnected { .. })) => {
+                break e;
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    assert!(matches!(&reason, SessionEvent::Disconnected { reason, .. } if reason.contains("no frame")));
+    assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
+    assert!(pings >= 3, "about every 100 ms: {pings}");
+    // And it comes back.
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+}

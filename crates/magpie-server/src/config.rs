@@ -1,0 +1,144 @@
+//! Server configuration: command-line flags, `MAGPIE_*` environment variables and an optional
+//! TOML file, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the server listens when nothing else is configured.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Where the embedded store lives when nothing else is configured.
+pub const DATA_DIR_DEFAULT: &str = "./magpie-data";
+/// Interval at which clients should ping; the server closes sockets silent for 3× this.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 30_000;
+/// Sustained sends per second allowed per connection (token bucket rate).
+pub const SEND_RATE_PER_SEC_DEFAULT: u32 = 5_000;
+/// Burst size of the per-connection token bucket.
+pub const SEND_BURST_DEFAULT: u32 = 10_000;
+/// Argon2id memory cost in KiB (OWASP's recommended 19 MiB).
+pub const ARGON2_M_KIB_DEFAULT: u32 = 19_456;
+/// Argon2id iterations (OWASP's recommended 2).
+pub const ARGON2_T_DEFAULT: u32 = 2;
+
+/// `magpie serve` flags. Every flag can also come from `MAGPIE_<NAME>` or the config file.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MAGPIE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "MAGPIE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Optional TOML file with the same keys as the flags (snake_case).
+    #[arg(long, env = "MAGPIE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Heartbeat interval announced to clients, in milliseconds.
+    #[arg(long, env = "MAGPIE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Sustained sends per second per connection.
+    #[arg(long, env = "MAGPIE_SEND_RATE_PER_SEC")]
+    pub send_rate_per_sec: Option<u32>,
+    /// Token-bucket burst per connection.
+    #[arg(long, env = "MAGPIE_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    /// Argon2id memory cost in KiB (lower only for tests).
+    #[arg(long, env = "MAGPIE_ARGON2_M_KIB")]
+    pub argon2_m_kib: Option<u32>,
+    /// Argon2id iterations (lower only for tests).
+    #[arg(long, env = "MAGPIE_ARGON2_T")]
+    pub argon2_t: Option<u32>,
+    /// Log filter, e.g. `info` or `magpie_server=debug`.
+    #[arg(long, env = "MAGPIE_LOG")]
+    pub log: Option<String>,
+}
+
+/// The TOML file: every key optional, same names as the flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    send_rate_per_sec: Option<u32>,
+    send_burst: Option<u32>,
+    argon2_m_kib: Option<u32>,
+    argon2_t: Option<u32>,
+    log: Option<String>,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Embedded store directory.
+    pub data_dir: PathBuf,
+    /// Heartbeat interval announced in `ready`.
+    pub heartbeat_ms: u64,
+    /// Per-connection send rate (tokens per second).
+    pub send_rate_per_sec: u32,
+    /// Per-connection burst (bucket size).
+    pub send_burst: u32,
+    /// Argon2id memory cost, KiB.
+    pub argon2_m_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_t: u32,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Config {
+    /// Resolves flags/env over the file over defaults.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let default_listen: SocketAddr = LISTEN_DEFAULT.parse()?;
+        let config = Config {
+            listen: args.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(HEARTBEAT_MS_DEFAULT),
+            send_rate_per_sec: args
+                .send_rate_per_sec
+                .or(file.send_rate_per_sec)
+                .unwrap_or(SEND_RATE_PER_SEC_DEFAULT),
+            send_burst: args.send_burst.or(file.send_burst).unwrap_or(SEND_BURST_DEFAULT),
+            argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(ARGON2_M_KIB_DEFAULT),
+            argon2_t: args.argon2_t.or(file.argon2_t).unwrap_or(ARGON2_T_DEFAULT),
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests: given address and directory, cheap Argon2, short heartbeat.
+    pub fn for_tests(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            heartbeat_ms: HEARTBEAT_MS_DEFAULT,
+            send_rate_per_sec: SEND_RATE_PER_SEC_DEFAULT,
+            send_burst: SEND_BURST_DEFAULT,
+            argon2_m_kib: 64,
+            argon2_t: 1,
+            log: "warn".into(),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.heartbeat_ms >= 100, "heartbeat_ms must be at least 100");
+        anyhow::ensure!(self.send_rate_per_sec >= 1, "send_rate_per_sec must be at least 1");
+        anyhow::ensure!(self.send_burst >= 1, "send_burst must be at least 1");
+        anyhow::ensure!(self.argon2_m_kib >= 8, "argon2_m_kib must be at least 8");
+        anyhow::ensure!(self.argon2_t >= 1, "argon2_t must be at least 1");
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing config {}: {e}", path.display()))
+}

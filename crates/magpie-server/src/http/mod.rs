@@ -1,0 +1,83 @@
+//! The HTTP API (`/v1/...`), `/healthz` and `/metrics`.
+
+mod accounts;
+mod conversations;
+mod sync;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest HTTP body accepted: room for a 100,000-character message even if every character
+/// arrives as a six-byte `\uXXXX` escape, plus the envelope.
+pub const HTTP_BODY_BYTES_MAX: usize = crate::ws::FRAME_BYTES_MAX;
+
+/// All HTTP routes (the WebSocket route is added by the caller).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/accounts", post(accounts::register))
+        .route("/v1/sessions", post(accounts::login))
+        .route("/v1/sessions/current", delete(accounts::logout))
+        .route("/v1/users", get(accounts::user_by_name))
+        .route("/v1/users/{user_id}", get(accounts::user_by_id))
+        .route("/v1/conversations/direct", post(conversations::open_direct))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversations::history).post(conversations::send),
+        )
+        .route("/v1/sync", get(sync::sync))
+}
+
+async fn metrics() -> impl IntoResponse {
+    match crate::metrics_setup::handle() {
+        Some(h) => h.render(),
+        None => String::new(),
+    }
+}
+
+/// `Json` whose rejections use the v1 error body.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
+                magpie_protocol::ErrorCode::PayloadTooLarge,
+                e.body_text(),
+            )),
+            Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
+    }
+}
+
+/// `Query` whose rejections use the v1 error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::invalid(e.body_text())),
+            Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
+    }
+}
+
+/// Parses a path id, answering 404 for anything that is not an id.
+pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found(what))
+}

@@ -1,0 +1,160 @@
+//! The Magpie server: HTTP API and WebSocket gateway over a [`magpie_store::Store`], with an
+//! in-process [`hub::Hub`] routing committed events to connected devices.
+//!
+//! [`run`] is what `magpie serve` calls; [`Server`] is the embeddable form used by tests.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+mod metrics_setup;
+mod send;
+pub mod state;
+pub mod testing;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::get;
+use magpie_store::{FjallConfig, FjallStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ServeArgs};
+use hub::Hub;
+use state::{AppState, ARGON2_CONCURRENCY_MAX};
+
+/// Parses configuration, starts the server, and runs until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    init_tracing(&config.log);
+    raise_open_files_limit();
+    let server = Server::start(config).await?;
+    tracing::info!(addr = %server.addr(), "magpie listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await
+}
+
+/// Lifts the soft open-files limit to the hard limit: every socket is a file, and the usual
+/// soft default (1,024) would cap a chat server at about a thousand connections.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-files limit");
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            tracing::info!(open_files_max = lim.rlim_cur, "open-files limit");
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (tests) fails harmlessly.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound address (useful when the configured port was 0).
+    addr: SocketAddr,
+    /// Shared state, kept to signal shutdown.
+    state: AppState,
+    /// The embedded store, closed last so every acknowledged write is on disk.
+    store: Arc<FjallStore>,
+    /// The accept loop.
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving in the background.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let _ = metrics_setup::handle();
+        let hub = Arc::new(Hub::new());
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store_config = FjallConfig::new(config.data_dir.join("store"));
+        let sink: Arc<dyn magpie_store::CommitSink> = hub.clone();
+        let store = Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            config: Arc::new(config),
+            store: store.clone() as Arc<dyn Store>,
+            hub,
+            argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
+            shutdown: Default::default(),
+        };
+        let app = router(state.clone());
+        let shutdown = state.shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        });
+        Ok(Server { addr, state, store, task })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes sockets, waits for in-flight requests, then closes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancel();
+        let served = self.task.await;
+        // Connection tasks answer their in-flight batches before closing; give them a moment.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.state.hub.online_users() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        served??;
+        Ok(())
+    }
+}
+
+/// The full route table.
+pub fn router(state: AppState) -> axum::Router {
+    http::routes()
+        .route(magpie_protocol::WS_PATH, get(ws::upgrade))
+        .layer(axum::extract::DefaultBodyLimit::max(http::HTTP_BODY_BYTES_MAX))
+        .with_state(state)
+}

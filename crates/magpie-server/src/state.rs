@@ -1,0 +1,74 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+
+use magpie_store::Store;
+use tokio::sync::Semaphore;
+use self::tokio_util_shim::CancelToken;
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+/// Concurrent Argon2 computations; each costs ~19 MiB and a core for tens of milliseconds, so
+/// a login flood must queue instead of exhausting memory.
+pub const ARGON2_CONCURRENCY_MAX: usize = 4;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The resolved configuration.
+    pub config: Arc<Config>,
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Connections on this node.
+    pub hub: Arc<Hub>,
+    /// Bounds concurrent password hashing.
+    pub argon2_permits: Arc<Semaphore>,
+    /// Fires when the server begins shutting down, so long-lived tasks close promptly.
+    pub shutdown: CancelToken,
+}
+
+/// A tiny cancellation token (a watch channel), so the server needs no extra crate for it.
+pub mod tokio_util_shim {
+    use tokio::sync::watch;
+
+    /// Cloneable; `cancel` wakes every `cancelled().await`.
+    #[derive(Clone)]
+    pub struct CancelToken {
+        tx: std::sync::Arc<watch::Sender<bool>>,
+        rx: watch::Receiver<bool>,
+    }
+
+    impl Default for CancelToken {
+        fn default() -> Self {
+            let (tx, rx) = watch::channel(false);
+            Self { tx: std::sync::Arc::new(tx), rx }
+        }
+    }
+
+    impl CancelToken {
+        /// Signals cancellation to every clone.
+        pub fn cancel(&self) {
+            let _ = self.tx.send(true);
+        }
+
+        /// True once `cancel` was called.
+        pub fn is_cancelled(&self) -> bool {
+            *self.rx.borrow()
+        }
+
+        /// Resolves once cancelled.
+        pub async fn cancelled(&self) {
+            let mut rx = self.rx.clone();
+            // An error means the sender is gone, which only happens at teardown: treat as cancel.
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}
+
+impl AppState {
+    /// True once shutdown began.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}

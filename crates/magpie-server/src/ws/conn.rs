@@ -1,0 +1,432 @@
+//! One WebSocket connection: the `ready`/`sync`/`send`/`ack`/`ping` protocol.
+//!
+//! A single task owns the socket and multiplexes four sources: frames from the client, live
+//! events from the hub, the completion of the in-flight append batch, and kicks (logout,
+//! overflow, shutdown). Sends are queued in arrival order and submitted as one store batch at a
+//! time, so seqs and acks follow the order the client sent them while frames that arrive during
+//! an fsync ride in the next batch (per-connection group commit).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use magpie_core::{Cursor, Device, Event};
+use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
+use magpie_protocol::ws::{ClientFrame, ServerFrame};
+use magpie_protocol::{event_to_wire, ErrorCode};
+use magpie_store::{AppendError, Appended, StoreError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ratelimit::TokenBucket;
+use crate::error::ApiError;
+use crate::hub::{Registration, DEVICE_QUEUE_EVENTS_MAX};
+use crate::send::{append_error, build_request};
+use crate::state::AppState;
+
+/// Sends accepted from the socket but not yet acknowledged. When full, the task stops reading
+/// the socket, which pushes back on the client through TCP.
+const SEND_QUEUE_MAX: usize = 512;
+/// Events read from the store per catch-up page.
+const CATCH_UP_PAGE_EVENTS: usize = 200;
+/// Live events written per wake-up before flushing, so one busy device cannot starve the rest.
+const LIVE_DRAIN_EVENTS_MAX: usize = 64;
+
+/// A send waiting for its turn, or an answer already decided (kept in line so that errors and
+/// acks reach the client in the order of its sends).
+enum Queued {
+    Append { client_msg_id: String, req: magpie_store::AppendRequest },
+    Answer(ServerFrame),
+}
+
+type BatchResult = Result<Vec<Result<Appended, AppendError>>, StoreError>;
+type InFlight = Pin<Box<dyn Future<Output = (Vec<Queued>, BatchResult)> + Send>>;
+type AckFlight = Pin<Box<dyn Future<Output = Cursor> + Send>>;
+
+/// Why the loop ended.
+enum End {
+    /// The peer closed or the socket failed; nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Conn {
+    /// Shared server state.
+    state: AppState,
+    /// The authenticated device.
+    device: Device,
+    /// The socket.
+    socket: WebSocket,
+    /// Our slot in the hub; removed on drop.
+    reg: Registration,
+    /// Live events, present once the client sent `sync`.
+    live: Option<mpsc::Receiver<Event>>,
+    /// The last cursor written to the socket; events at or below it are never sent again.
+    last_sent: Cursor,
+    /// Sends in arrival order, waiting for the in-flight batch to finish.
+    queue: VecDeque<Queued>,
+    /// The append batch being made durable.
+    in_flight: Option<InFlight>,
+    /// The highest cursor the client acknowledged and the ack write in progress.
+    ack_wanted: Cursor,
+    ack_written: Cursor,
+    ack_flight: Option<AckFlight>,
+    /// Send rate limit.
+    bucket: TokenBucket,
+    /// When the connection counts as dead unless a frame arrives.
+    deadline: Instant,
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn run(state: AppState, device: Device, socket: WebSocket) {
+    let reg = state.hub.connect(device.user_id, device.id);
+    let bucket = TokenBucket::new(state.config.send_rate_per_sec, state.config.send_burst);
+    let deadline = Instant::now() + silence_limit(&state);
+    let mut conn = Conn {
+        ack_wanted: device.cursor,
+        ack_written: device.cursor,
+        state,
+        device,
+        socket,
+        reg,
+        live: None,
+        last_sent: Cursor(0),
+        queue: VecDeque::new(),
+        in_flight: None,
+        ack_flight: None,
+        bucket,
+        deadline,
+    };
+    let end = conn.serve().await;
+    conn.finish(end).await;
+}
+
+fn silence_limit(state: &AppState) -> Duration {
+    Duration::from_millis(state.config.heartbeat_ms.saturating_mul(3))
+}
+
+impl Conn {
+    async fn serve(&mut self) -> End {
+        let ready = ServerFrame::Ready {
+            user_id: self.device.user_id,
+            device_id: self.device.id,
+            cursor: self.device.cursor.0,
+            heartbeat_ms: self.state.config.heartbeat_ms,
+        };
+        if self.write(&ready).await.is_err() || self.socket.flush().await.is_err() {
+            return End::Gone;
+        }
+        let kick = self.reg.kick.clone();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let reading = self.queue.len() < SEND_QUEUE_MAX;
+            let step = tokio::select! {
+                code = kick.wait() => Err(End::Close(code, "kicked")),
+                _ = shutdown.cancelled() => Err(End::Close(CLOSE_SHUTDOWN, "server shutting down")),
+                done = poll_opt(&mut self.in_flight) => self.on_batch_done(done).await,
+                acked = poll_opt(&mut self.ack_flight) => { self.ack_written = self.ack_written.max(acked); Ok(()) }
+                event = recv_opt(&mut self.live) => self.on_live(event).await,
+                frame = self.socket.recv(), if reading => self.on_socket(frame).await,
+                _ = tokio::time::sleep_until(self.deadline) => Err(End::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            self.start_batch();
+            self.start_ack();
+        }
+    }
+
+    /// Drains what must not be lost (queued sends answered, acks recorded), then closes.
+    async fn finish(&mut self, end: End) {
+        // Sends already handed to the store complete regardless; answering them lets a client
+        // that is still listening skip a retry.
+        if let Some(flight) = self.in_flight.take() {
+            let done = flight.await;
+            let _ = self.on_batch_done(done).await;
+        }
+        if self.ack_wanted > self.ack_written {
+            let _ = self.state.store.ack_cursor(self.device.id, self.ack_wanted).await;
+        } else if let Some(flight) = self.ack_flight.take() {
+            flight.await;
+        }
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+        }
+        let _ = self.socket.flush().await;
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let text = serde_json::to_string(frame).map_err(|_| End::Gone)?;
+        self.socket.feed(WsMessage::Text(text.into())).await.map_err(|_| End::Gone)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        self.socket.flush().await.map_err(|_| End::Gone)
+    }
+
+    async fn on_socket(&mut self, frame: Option<Result<WsMessage, axum::Error>>) -> Result<(), End> {
+        let msg = match frame {
+            None => return Err(End::Gone),
+            Some(Err(e)) => {
+                // Oversized frames and protocol violations end here; tell the client why.
+                tracing::debug!(error = %e, "websocket read failed");
+                return Err(End::Close(1009, "frame too large or malformed"));
+            }
+            Some(Ok(m)) => m,
+        };
+        self.deadline = Instant::now() + silence_limit(&self.state);
+        match msg {
+            WsMessage::Text(text) => self.on_text(text.as_str()).await,
+            WsMessage::Binary(_) => self.reply_error(ErrorCode::BadFrame, "binary frames are not supported", None).await,
+            WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+            WsMessage::Close(_) => Err(End::Gone),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => return self.reply_error(ErrorCode::BadFrame, &format!("unparseable frame: {e}"), None).await,
+        };
+        match frame {
+            ClientFrame::Ping => {
+                self.write(&ServerFrame::Pong).await?;
+                self.flush().await
+            }
+            ClientFrame::Sync { cursor } => self.on_sync(Cursor(cursor)).await,
+            ClientFrame::Ack { cursor } => {
+                // Never record more than this connection delivered: a client acking the future
+                // would otherwise skip events on its next resume.
+                let capped = Cursor(cursor).min(self.last_sent);
+                self.ack_wanted = self.ack_wanted.max(capped);
+                Ok(())
+            }
+            ClientFrame::Send { client_msg_id, conversation_id, text } => {
+                let queued = if !self.bucket.try_take() {
+                    metrics::counter!("magpie_ws_rate_limited_total").increment(1);
+                    Queued::Answer(error_frame(ErrorCode::RateLimited, "too many sends; slow down", Some(client_msg_id)))
+                } else {
+                    match build_request(self.device.user_id, conversation_id, client_msg_id.clone(), text) {
+                        Ok(req) => Queued::Append { client_msg_id, req },
+                        Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
+                    }
+                };
+                self.queue.push_back(queued);
+                Ok(())
+            }
+        }
+    }
+
+    async fn reply_error(&mut self, code: ErrorCode, message: &str, id: Option<String>) -> Result<(), End> {
+        self.write(&error_frame(code, message, id)).await?;
+        self.flush().await
+    }
+
+    /// Streams every event after `cursor`, then switches to live delivery without a gap:
+    /// live delivery starts first, and while catching up the live queue is drained and
+    /// discarded, because everything it held was durable before it was queued and so is
+    /// covered by the next store read.
+    async fn on_sync(&mut self, cursor: Cursor) -> Result<(), End> {
+        // A cursor beyond the inbox head would make the connection skip future events as
+        // "already sent"; refuse it instead of guessing.
+        let head = match self.state.store.inbox_head(self.device.user_id).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "reading inbox head failed");
+                return Err(End::Close(1011, "storage failure"));
+            }
+        };
+        if cursor > head {
+            let msg = format!("cursor {cursor} is ahead of the inbox head {head}");
+            return self.reply_error(ErrorCode::InvalidRequest, &msg, None).await;
+        }
+        let (tx, rx) = mpsc::channel(DEVICE_QUEUE_EVENTS_MAX);
+        self.reg.go_live(tx);
+        let mut rx = rx;
+        self.last_sent = cursor;
+        loop {
+            while rx.try_recv().is_ok() {}
+            let page = self.read_events(CATCH_UP_PAGE_EVENTS).await?;
+            let full = page.len() == CATCH_UP_PAGE_EVENTS;
+            for event in &page {
+                self.send_event(event).await?;
+            }
+            self.flush().await?;
+            if !full {
+                break;
+            }
+        }
+        self.live = Some(rx);
+        Ok(())
+    }
+
+    async fn read_events(&mut self, limit: usize) -> Result<Vec<Event>, End> {
+        match self.state.store.events(self.device.user_id, self.last_sent, limit).await {
+            Ok(events) => Ok(events),
+            Err(e) => {
+                tracing::error!(error = %e, "reading inbox failed");
+                Err(End::Close(1011, "storage failure"))
+            }
+        }
+    }
+
+    async fn send_event(&mut self, event: &Event) -> Result<(), End> {
+        debug_assert_eq!(event.cursor, self.last_sent.next(), "events must be sent gap-free");
+        self.write(&ServerFrame::Event(event_to_wire(event))).await?;
+        self.last_sent = event.cursor;
+        metrics::counter!("magpie_events_delivered_total").increment(1);
+        Ok(())
+    }
+
+    /// Delivers one live event (plus whatever else is queued), filling gaps from the store.
+    async fn on_live(&mut self, event: Option<Event>) -> Result<(), End> {
+        let Some(first) = event else {
+            // The hub dropped our queue (overflow); the kick that follows closes us.
+            self.live = None;
+            return Ok(());
+        };
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(event) = next.take() {
+            self.deliver(event).await?;
+            written += 1;
+            if written < LIVE_DRAIN_EVENTS_MAX {
+                next = self.live.as_mut().and_then(|rx| rx.try_recv().ok());
+            }
+        }
+        self.flush().await
+    }
+
+    async fn deliver(&mut self, event: Event) -> Result<(), End> {
+        if event.cursor <= self.last_sent {
+            return Ok(());
+        }
+        while event.cursor > self.last_sent.next() {
+            let missing = (event.cursor.0 - self.last_sent.0 - 1) as usize;
+            let page = self.read_events(missing.min(CATCH_UP_PAGE_EVENTS)).await?;
+            if page.is_empty() {
+                tracing::error!(cursor = %event.cursor, last = %self.last_sent, "inbox gap not readable");
+                return Err(End::Close(1011, "inbox gap"));
+            }
+            for e in page.iter().filter(|e| e.cursor < event.cursor) {
+                self.send_event(e).await?;
+            }
+        }
+        self.send_event(&event).await
+    }
+
+    /// Submits everything queued as one store batch, if no batch is in flight.
+    fn start_batch(&mut self) {
+        if self.in_flight.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let items: Vec<Queued> = self.queue.drain(..).collect();
+        let requests: Vec<_> = items
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Append { req, .. } => Some(req.clone()),
+                Queued::Answer(_) => None,
+            })
+            .collect();
+        let store = self.state.store.clone();
+        self.in_flight = Some(Box::pin(async move {
+            let result = if requests.is_empty() { Ok(Vec::new()) } else { store.append(requests).await };
+            (items, result)
+        }));
+    }
+
+    /// Records the newest acknowledged cursor, one write at a time per connection.
+    fn start_ack(&mut self) {
+        if self.ack_flight.is_some() || self.ack_wanted <= self.ack_written {
+            return;
+        }
+        let (store, device, cursor) = (self.state.store.clone(), self.device.id, self.ack_wanted);
+        self.ack_flight = Some(Box::pin(async move {
+            match store.ack_cursor(device, cursor).await {
+                Ok(()) => cursor,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording ack failed");
+                    Cursor(0)
+                }
+            }
+        }));
+    }
+
+    /// Answers a finished batch in the order of the client's sends.
+    async fn on_batch_done(&mut self, (items, result): (Vec<Queued>, BatchResult)) -> Result<(), End> {
+        let mut outcomes = match result {
+            Ok(v) => v.into_iter(),
+            Err(e) => {
+                tracing::error!(error = %e, "append batch failed");
+                let frames: Vec<ServerFrame> = items
+                    .into_iter()
+                    .map(|q| match q {
+                        Queued::Answer(f) => f,
+                        Queued::Append { client_msg_id, .. } => {
+                            api_error_frame(ApiError::from(e.clone()), Some(client_msg_id))
+                        }
+                    })
+                    .collect();
+                for f in &frames {
+                    self.write(f).await?;
+                }
+                return self.flush().await;
+            }
+        };
+        for item in items {
+            let frame = match item {
+                Queued::Answer(f) => f,
+                Queued::Append { client_msg_id, .. } => match outcomes.next() {
+                    Some(Ok(a)) => {
+                        metrics::counter!("magpie_messages_sent_total").increment(1);
+                        ServerFrame::Sent {
+                            client_msg_id,
+                            conversation_id: a.message.conversation_id,
+                            seq: a.message.seq.0,
+                            ts_ms: a.message.ts_ms,
+                            duplicate: a.duplicate,
+                        }
+                    }
+                    Some(Err(e)) => api_error_frame(append_error(e), Some(client_msg_id)),
+                    None => error_frame(ErrorCode::Internal, "missing append result", Some(client_msg_id)),
+                },
+            };
+            self.write(&frame).await?;
+        }
+        self.flush().await
+    }
+}
+
+fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) -> ServerFrame {
+    ServerFrame::Error { code, message: message.to_owned(), client_msg_id }
+}
+
+fn api_error_frame(e: ApiError, client_msg_id: Option<String>) -> ServerFrame {
+    ServerFrame::Error { code: e.code, message: e.message, client_msg_id }
+}
+
+/// Polls an optional future; pending forever when absent (a disabled `select!` branch).
+async fn poll_opt<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match slot.as_mut() {
+        Some(f) => {
+            let out = f.await;
+            *slot = None;
+            out
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Receives from an optional channel; pending forever when absent.
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match rx.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,189 @@
+//! Keyspace names and key encoding.
+//!
+//! Every integer inside a key is big-endian so that byte order equals numeric order: a prefix
+//! scan over `conv_id` yields messages by ascending seq, and a reverse scan yields the newest
+//! first. Composite keys are fixed-width except the dedup key, whose variable part comes last.
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use magpie_core::{ClientMsgId, ConversationId, Cursor, DeviceId, Seq, UserId};
+
+use crate::StoreError;
+
+/// Width of a single id or counter inside a key or value, in bytes.
+pub(crate) const ID_BYTES: usize = 8;
+/// Width of a two-part key (`id ‖ id`), in bytes.
+pub(crate) const PAIR_BYTES: usize = 2 * ID_BYTES;
+
+/// The keyspaces (column families). The discriminant indexes [`Keyspaces::handles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Ks {
+    /// Schema version and id counters.
+    Meta,
+    /// `user_id` → user record.
+    Users,
+    /// `username` → `user_id`.
+    Usernames,
+    /// `device_id` → device record.
+    Devices,
+    /// `token_hash` (32 bytes) → `device_id`, only for unrevoked devices.
+    Tokens,
+    /// `conv_id` → conversation record (members included).
+    Convs,
+    /// `min_user ‖ max_user` → `conv_id`.
+    Directs,
+    /// `conv_id ‖ seq` → message record.
+    Messages,
+    /// `sender_id ‖ client_msg_id` → `conv_id ‖ seq`.
+    Dedup,
+    /// `user_id ‖ cursor` → event record (a reference into `messages`).
+    Inbox,
+}
+
+impl Ks {
+    /// Every keyspace, in discriminant order.
+    pub(crate) const ALL: [Ks; 10] = [
+        Ks::Meta,
+        Ks::Users,
+        Ks::Usernames,
+        Ks::Devices,
+        Ks::Tokens,
+        Ks::Convs,
+        Ks::Directs,
+        Ks::Messages,
+        Ks::Dedup,
+        Ks::Inbox,
+    ];
+
+    /// The on-disk name; never change one, it would orphan existing data.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Ks::Meta => "meta",
+            Ks::Users => "users",
+            Ks::Usernames => "usernames",
+            Ks::Devices => "devices",
+            Ks::Tokens => "tokens",
+            Ks::Convs => "convs",
+            Ks::Directs => "directs",
+            Ks::Messages => "messages",
+            Ks::Dedup => "dedup",
+            Ks::Inbox => "inbox",
+        }
+    }
+}
+
+/// Open handles to every keyspace. Handles are cheap to clone and thread-safe.
+pub(crate) struct Keyspaces {
+    /// Indexed by `Ks as usize`.
+    handles: Vec<Keyspace>,
+}
+
+impl Keyspaces {
+    /// Opens (creating if needed) every keyspace of `db`.
+    pub(crate) fn open(db: &Database) -> Result<Self, StoreError> {
+        let handles = Ks::ALL
+            .iter()
+            .map(|ks| db.keyspace(ks.name(), KeyspaceCreateOptions::default))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { handles })
+    }
+
+    /// The handle of `ks`.
+    pub(crate) fn get(&self, ks: Ks) -> &Keyspace {
+        &self.handles[ks as usize]
+    }
+}
+
+/// Meta key: the layout version of this database, as a big-endian u64.
+pub(crate) const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+/// Meta key: the next user id to allocate.
+pub(crate) const META_NEXT_USER_ID: &[u8] = b"next_user_id";
+/// Meta key: the next device id to allocate.
+pub(crate) const META_NEXT_DEVICE_ID: &[u8] = b"next_device_id";
+/// Meta key: the next conversation id to allocate.
+pub(crate) const META_NEXT_CONVERSATION_ID: &[u8] = b"next_conversation_id";
+
+/// Key of `users` and prefix of `inbox`.
+pub(crate) fn user_key(id: UserId) -> [u8; ID_BYTES] {
+    id.to_be_bytes()
+}
+
+/// Key of `devices`.
+pub(crate) fn device_key(id: DeviceId) -> [u8; ID_BYTES] {
+    id.to_be_bytes()
+}
+
+/// Key of `convs` and prefix of `messages`.
+pub(crate) fn conv_key(id: ConversationId) -> [u8; ID_BYTES] {
+    id.to_be_bytes()
+}
+
+/// Key of `directs`: the pair ordered, so both sides find the same conversation.
+pub(crate) fn direct_key(a: UserId, b: UserId) -> [u8; PAIR_BYTES] {
+    pair(a.min(b).0, a.max(b).0)
+}
+
+/// Key of `messages`.
+pub(crate) fn message_key(conv: ConversationId, seq: Seq) -> [u8; PAIR_BYTES] {
+    pair(conv.0, seq.0)
+}
+
+/// Key of `inbox`.
+pub(crate) fn inbox_key(user: UserId, cursor: Cursor) -> [u8; PAIR_BYTES] {
+    pair(user.0, cursor.0)
+}
+
+/// Key of `dedup`. The sender is fixed-width, so the client id needs no length prefix.
+pub(crate) fn dedup_key(sender: UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(ID_BYTES + client_msg_id.as_str().len());
+    key.extend_from_slice(&sender.to_be_bytes());
+    key.extend_from_slice(client_msg_id.as_str().as_bytes());
+    key
+}
+
+/// Two big-endian u64s back to back.
+pub(crate) fn pair(hi: u64, lo: u64) -> [u8; PAIR_BYTES] {
+    let mut key = [0u8; PAIR_BYTES];
+    key[..ID_BYTES].copy_from_slice(&hi.to_be_bytes());
+    key[ID_BYTES..].copy_from_slice(&lo.to_be_bytes());
+    key
+}
+
+/// Splits a two-part key (or value) written by [`pair`].
+pub(crate) fn parse_pair(bytes: &[u8], what: &str) -> Result<(u64, u64), StoreError> {
+    let arr: [u8; PAIR_BYTES] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: expected {PAIR_BYTES} bytes, got {}", bytes.len())))?;
+    let (hi, lo) = arr.split_at(ID_BYTES);
+    Ok((be_u64(hi, what)?, be_u64(lo, what)?))
+}
+
+/// Reads one big-endian u64 that must fill `bytes` exactly.
+pub(crate) fn be_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    let arr: [u8; ID_BYTES] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: expected {ID_BYTES} bytes, got {}", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_sort_numerically_and_round_trip() {
+        assert!(message_key(ConversationId(1), Seq(255)) < message_key(ConversationId(1), Seq(256)));
+        assert!(message_key(ConversationId(1), Seq(u64::MAX)) < message_key(ConversationId(2), Seq(0)));
+        assert_eq!(parse_pair(&inbox_key(UserId(7), Cursor(9)), "t").ok(), Some((7, 9)));
+        assert!(parse_pair(&[1, 2, 3], "t").is_err());
+        assert_eq!(direct_key(UserId(5), UserId(2)), direct_key(UserId(2), UserId(5)));
+    }
+
+    #[test]
+    fn dedup_keys_of_different_senders_never_collide() {
+        let id = ClientMsgId::new("abc").unwrap();
+        let (a, b) = (dedup_key(UserId(1), &id), dedup_key(UserId(2), &id));
+        assert_ne!(a, b);
+        assert_eq!(&a[..ID_BYTES], &1u64.to_be_bytes());
+        assert_eq!(&a[ID_BYTES..], b"abc");
+    }
+}

@@ -1,0 +1,299 @@
+//! The embedded backend: fjall (an LSM-tree) with one writer thread doing group commit.
+//!
+//! # On-disk layout
+//!
+//! One fjall database with one keyspace per record kind; integers in keys are big-endian u64 so
+//! byte order equals numeric order (see [`keys`] for the exact keys, [`codec`] for values):
+//!
+//! | keyspace    | key                               | value                           |
+//! |-------------|-----------------------------------|---------------------------------|
+//! | `meta`      | `schema_version`, `next_*_id`     | u64                             |
+//! | `users`     | user_id                           | user record                     |
+//! | `usernames` | username bytes                    | user_id                         |
+//! | `devices`   | device_id                         | device record                   |
+//! | `tokens`    | token_hash (32 bytes)             | device_id (unrevoked only)      |
+//! | `convs`     | conv_id                           | conversation record + members   |
+//! | `directs`   | min_user ‖ max_user               | conv_id                         |
+//! | `messages`  | conv_id ‖ seq                     | sender, ts, client id, text     |
+//! | `dedup`     | sender_id ‖ client_msg_id         | conv_id ‖ seq                   |
+//! | `inbox`     | user_id ‖ cursor                  | event: reference conv_id ‖ seq  |
+//!
+//! # Concurrency
+//!
+//! All mutations go through a bounded queue to the single "magpie-writer" thread (see
+//! [`writer`]), which commits them in batches with one fsync per batch. Reads run on tokio's
+//! blocking pool against `Shared::durable`, a snapshot the writer replaces after every fsync,
+//! so a read never sees data that a crash could still take back.
+
+mod codec;
+mod keys;
+mod read;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use fjall::{Database, PersistMode, Snapshot};
+use magpie_core::{Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, User, UserId};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fjall::keys::{
+    be_u64, Keyspaces, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_USER_ID,
+    META_SCHEMA_VERSION,
+};
+use crate::fjall::read::View;
+use crate::fjall::writer::{Counters, NewDevice, NewUser, Pending, WriteOp, Writer};
+use crate::{AppendError, AppendRequest, Appended, CommitSink, MessageRange, Store, StoreError};
+
+/// The layout version written by this code; opening any other version fails.
+const SCHEMA_VERSION: u64 = 1;
+/// Default block cache size, in bytes.
+const CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default largest batch, in write ops.
+const BATCH_OPS_MAX_DEFAULT: usize = 1024;
+/// Capacity of the queue to the writer, in write ops. When it is full, writers wait
+/// asynchronously (backpressure) instead of piling up memory.
+const WRITE_QUEUE_OPS_MAX: usize = 4096;
+/// Name of the writer thread, as seen in `top -H`, debuggers and panics.
+const WRITER_THREAD_NAME: &str = "magpie-writer";
+
+/// How to open a [`FjallStore`].
+#[derive(Debug, Clone)]
+pub struct FjallConfig {
+    /// The database directory; created if missing.
+    pub path: PathBuf,
+    /// Block cache size, in bytes.
+    pub cache_bytes: u64,
+    /// Most write ops committed with one fsync. Larger batches raise throughput under load
+    /// and the latency of the ops at the end of a batch.
+    pub batch_ops_max: usize,
+}
+
+impl FjallConfig {
+    /// Defaults: 256 MiB of cache, batches of up to 1024 ops.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), cache_bytes: CACHE_BYTES_DEFAULT, batch_ops_max: BATCH_OPS_MAX_DEFAULT }
+    }
+}
+
+/// State shared by the store handle, the read tasks and the writer thread.
+pub(crate) struct Shared {
+    /// The database; kept so the writer can commit and the readers can snapshot.
+    pub(crate) db: Database,
+    /// Handles to every keyspace.
+    pub(crate) ks: Keyspaces,
+    /// The state as of the last fsync that returned. Replaced by the writer after every commit,
+    /// before it replies; readers clone it (cheap) and read at that instant.
+    pub(crate) durable: RwLock<Snapshot>,
+    /// Set after a failed commit or fsync: the on-disk state is unknown, writes are refused.
+    pub(crate) poisoned: AtomicBool,
+}
+
+impl Shared {
+    /// Opens the database and its keyspaces; returns the id counters found in `meta`.
+    pub(crate) fn open(config: &FjallConfig) -> Result<(Arc<Shared>, Counters), StoreError> {
+        let db = Database::builder(&config.path)
+            .cache_size(config.cache_bytes)
+            // We fsync explicitly once per batch; no need for fjall to flush on every commit.
+            .manual_journal_persist(true)
+            .open()?;
+        let ks = Keyspaces::open(&db)?;
+        let ids = init_meta(&db, &ks)?;
+        let durable = RwLock::new(db.snapshot());
+        Ok((Arc::new(Shared { db, ks, durable, poisoned: AtomicBool::new(false) }), ids))
+    }
+}
+
+/// The embedded store. `Send + Sync`; hold it as `Arc<dyn Store>`.
+pub struct FjallStore {
+    /// Shared with read tasks and the writer thread.
+    shared: Arc<Shared>,
+    /// The queue to the writer; `None` once closed, which makes the writer drain and exit.
+    tx: RwLock<Option<mpsc::Sender<WriteOp>>>,
+    /// The writer thread, joined by [`FjallStore::close`].
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FjallStore {
+    /// Opens or creates the database at `config.path` and starts the writer thread.
+    ///
+    /// Blocking (it reads the journal and may recover); call it before the runtime starts or
+    /// from `spawn_blocking`. Every committed event is announced to `sink` on the writer thread.
+    pub fn open(config: FjallConfig, sink: Arc<dyn CommitSink>) -> Result<FjallStore, StoreError> {
+        let (shared, ids) = Shared::open(&config)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_OPS_MAX);
+        let writer = Writer::new(shared.clone(), sink, config.batch_ops_max, ids);
+        let handle = std::thread::Builder::new()
+            .name(WRITER_THREAD_NAME.into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
+        Ok(FjallStore { shared, tx: RwLock::new(Some(tx)), writer: Mutex::new(Some(handle)) })
+    }
+
+    /// Stops accepting writes, lets the writer commit everything already queued, persists and
+    /// joins it. Idempotent; also run by `Drop`. Blocks until in-flight writes are queued and
+    /// committed, so call it once callers have stopped (it is quick then).
+    pub fn close(&self) {
+        drop(self.tx.write().take());
+        let Some(handle) = self.writer.lock().take() else { return };
+        if handle.thread().id() == std::thread::current().id() {
+            // Dropped from the writer thread itself (e.g. by the sink): it exits on its own.
+            return;
+        }
+        if handle.join().is_err() {
+            tracing::error!("the store writer thread panicked");
+        }
+    }
+
+    /// Sends one op to the writer and waits for its durable outcome.
+    async fn write<C: Send, T: Send>(
+        &self,
+        cmd: C,
+        wrap: fn(Pending<C, T>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        let tx = self.tx.read().clone();
+        let Some(tx) = tx else { return Err(StoreError::Closed) };
+        let (reply, rx) = oneshot::channel();
+        // Waits (asynchronously) while the queue is full: backpressure without blocking a worker.
+        tx.send(wrap(Pending::new(cmd, reply))).await.map_err(|_| StoreError::Closed)?;
+        // Release our sender before waiting, so `close` only waits for ops, not for callers.
+        drop(tx);
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the blocking pool against the latest durable snapshot.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&View<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let snap = shared.durable.read().clone();
+            f(&View { ks: &shared.ks, snap: &snap })
+        })
+        .await
+        .map_err(|e| StoreError::Engine(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Checks the schema version (writing it into a fresh database) and loads the id counters.
+fn init_meta(db: &Database, ks: &Keyspaces) -> Result<Counters, StoreError> {
+    let meta = ks.get(Ks::Meta);
+    match meta.get(META_SCHEMA_VERSION)? {
+        Some(v) => {
+            let version = be_u64(&v, "schema version")?;
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "database has schema version {version}, this build reads {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        None => {
+            if Ks::ALL.iter().any(|k| ks.get(*k).first_key_value().is_some()) {
+                return Err(StoreError::Corrupt("database has data but no schema version".into()));
+            }
+            let mut batch = db.batch().durability(None);
+            batch.insert(meta, META_SCHEMA_VERSION, SCHEMA_VERSION.to_be_bytes());
+            batch.commit()?;
+            db.persist(PersistMode::SyncAll)?;
+        }
+    }
+    let counter = |key: &[u8], what: &str| -> Result<u64, StoreError> {
+        match meta.get(key)? {
+            Some(v) => be_u64(&v, what),
+            None => Ok(1),
+        }
+    };
+    Ok(Counters {
+        next_user: counter(META_NEXT_USER_ID, "next user id")?,
+        next_device: counter(META_NEXT_DEVICE_ID, "next device id")?,
+        next_conversation: counter(META_NEXT_CONVERSATION_ID, "next conversation id")?,
+    })
+}
+
+#[async_trait]
+impl Store for FjallStore {
+    async fn create_user(&self, username: String, password_hash: String) -> Result<User, StoreError> {
+        self.write(NewUser { username, password_hash }, WriteOp::CreateUser).await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.read(move |v| v.user_by_id(id)).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |v| v.user_by_name(&username)).await
+    }
+
+    async fn create_device(&self, user: UserId, name: String, token_hash: [u8; 32]) -> Result<Device, StoreError> {
+        self.write(NewDevice { user, name, token_hash }, WriteOp::CreateDevice).await
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<Device>, StoreError> {
+        self.read(move |v| v.device_by_token(&token_hash)).await
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        self.read(move |v| v.device(id)).await
+    }
+
+    async fn revoke_device(&self, id: DeviceId) -> Result<(), StoreError> {
+        self.write(id, WriteOp::RevokeDevice).await
+    }
+
+    async fn ack_cursor(&self, id: DeviceId, cursor: Cursor) -> Result<(), StoreError> {
+        self.write((id, cursor), WriteOp::AckCursor).await
+    }
+
+    async fn direct_conversation(&self, a: UserId, b: UserId) -> Result<Conversation, StoreError> {
+        // Fast path: an existing pair is a read, and needs neither the writer nor an fsync.
+        // (Its users exist: users are never deleted.)
+        if let Some(conv) = self.read(move |v| v.direct(a, b)).await? {
+            return Ok(conv);
+        }
+        self.write((a, b), WriteOp::DirectConversation).await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.read(move |v| v.conversation(id)).await
+    }
+
+    async fn append(&self, batch: Vec<AppendRequest>) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(batch, WriteOp::Append).await
+    }
+
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        range: MessageRange,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.read(move |v| v.messages(conversation, range, limit)).await
+    }
+
+    async fn events(&self, user: UserId, after: Cursor, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.read(move |v| v.events(user, after, limit)).await
+    }
+
+    async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {
+        self.read(move |v| v.inbox_head(user)).await
+    }
+}

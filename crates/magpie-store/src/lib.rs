@@ -1,0 +1,22 @@
+//! Magpie's storage layer, shaped by the Timeline model.
+//!
+//! A conversation owns a *storage timeline* (messages at gap-free `seq` 1, 2, 3, …); a user owns
+//! a *sync timeline* (inbox events at gap-free `cursor` 1, 2, 3, …). [`Store::append`] stores a
+//! batch of messages together with the inbox entries of write fan-out, durably, and only then
+//! reports success and announces the new events to the [`CommitSink`]. Backends:
+//!
+//! - [`FjallStore`]: the embedded default, one writer thread doing group commit on fjall.
+//! - [`MemoryStore`]: a simple model used by tests and by the conformance property tests.
+//!
+//! [`conformance`] holds the suite every backend must pass.
+
+pub mod conformance;
+mod error;
+mod fjall;
+mod memory;
+mod types;
+
+pub use crate::fjall::{FjallConfig, FjallStore};
+pub use error::{AppendError, StoreError};
+pub use memory::MemoryStore;
+pub use types::{AppendRequest, Appended, CommitSink, MessageRange, NoopSink, Store};

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs Magpie's whole test suite: unit, property, conformance, protocol integration and crash
+# tests. Everything the tests need is started by the tests themselves (temp dirs, free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
+    exit 1
+fi
+
+# Many sockets in the protocol tests; lift the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --workspace --all-targets "$@"
