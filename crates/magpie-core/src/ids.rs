@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn big_endian_bytes_sort_numerically() {
         assert!(Seq(1).0.to_be_bytes() < Seq(256).0.to_be_bytes());
-        assert_eq!(UserId::from_be_bytes(UserId(300).to_be_bytes()), UserId(300));
+        assert_eq!(
+            UserId::from_be_bytes(UserId(300).to_be_bytes()),
+            UserId(300)
+        );
     }
 
     #[test]

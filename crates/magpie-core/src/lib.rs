@@ -13,7 +13,9 @@ pub use ids::{ClientMsgId, ConversationId, Cursor, DeviceId, IdParseError, Seq, 
 pub use model::{
     Conversation, ConversationKind, Device, Event, EventPayload, Message, User, UserEvent,
 };
-pub use validate::{validate_password, validate_text, validate_username, TextError, ValidationError};
+pub use validate::{
+    validate_password, validate_text, validate_username, TextError, ValidationError,
+};
 
 /// Milliseconds since the Unix epoch, the timestamp unit used everywhere in Magpie.
 pub fn now_ms() -> u64 {

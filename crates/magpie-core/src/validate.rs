@@ -5,7 +5,9 @@ use crate::limits::*;
 /// Why a user-supplied value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("username must be {USERNAME_BYTES_MIN} to {USERNAME_BYTES_MAX} characters of [a-z0-9_]")]
+    #[error(
+        "username must be {USERNAME_BYTES_MIN} to {USERNAME_BYTES_MAX} characters of [a-z0-9_]"
+    )]
     Username,
     #[error("password must be {PASSWORD_CHARS_MIN} to {PASSWORD_CHARS_MAX} characters")]
     Password,
@@ -73,7 +75,10 @@ mod tests {
     #[test]
     fn texts_count_characters_not_bytes() {
         assert!(validate_text(&"é".repeat(MESSAGE_CHARS_MAX)).is_ok());
-        assert_eq!(validate_text(&"x".repeat(MESSAGE_CHARS_MAX + 1)), Err(TextError::TooLong));
+        assert_eq!(
+            validate_text(&"x".repeat(MESSAGE_CHARS_MAX + 1)),
+            Err(TextError::TooLong)
+        );
         assert_eq!(validate_text(""), Err(TextError::Empty));
     }
 }

@@ -19,7 +19,12 @@ pub fn message_to_wire(m: &Message) -> WireMessage {
 /// The wire form of an inbox event.
 pub fn event_to_wire(e: &Event) -> WireEvent {
     let body = match &e.payload {
-        EventPayload::Message(m) => EventBody::Message { message: message_to_wire(m) },
+        EventPayload::Message(m) => EventBody::Message {
+            message: message_to_wire(m),
+        },
     };
-    WireEvent { cursor: e.cursor.0, body }
+    WireEvent {
+        cursor: e.cursor.0,
+        body,
+    }
 }

@@ -117,7 +117,13 @@ mod tests {
             r#"{"type":"send","client_msg_id":"a","conversation_id":"4","text":"x"}"#,
         )
         .unwrap();
-        assert!(matches!(f, ClientFrame::Send { conversation_id: ConversationId(4), .. }));
+        assert!(matches!(
+            f,
+            ClientFrame::Send {
+                conversation_id: ConversationId(4),
+                ..
+            }
+        ));
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"sync","cursor":-1}"#).is_err());
     }

@@ -31,7 +31,13 @@ pub struct AckTracker {
 impl AckTracker {
     /// A tracker whose cursor store already holds `flushed`.
     pub fn new(flushed: u64, debounce: Duration, batch_max: u64) -> Self {
-        Self { processed: flushed, flushed, dirty_since: None, debounce, batch_max: batch_max.max(1) }
+        Self {
+            processed: flushed,
+            flushed,
+            dirty_since: None,
+            debounce,
+            batch_max: batch_max.max(1),
+        }
     }
 
     /// Records that everything up to `cursor` was processed.
@@ -91,7 +97,11 @@ mod tests {
         assert_eq!(a.deadline(), None, "older than flushed is no progress");
         a.note_processed(4, t0);
         a.note_processed(5, t0 + Duration::from_millis(300));
-        assert_eq!(a.deadline(), Some(t0 + Duration::from_millis(500)), "age of the oldest");
+        assert_eq!(
+            a.deadline(),
+            Some(t0 + Duration::from_millis(500)),
+            "age of the oldest"
+        );
         assert_eq!(a.take_due(t0 + Duration::from_millis(499)), None);
         assert_eq!(a.take_due(t0 + Duration::from_millis(500)), Some(5));
         assert_eq!(a.take_due(t0 + Duration::from_secs(9)), None);

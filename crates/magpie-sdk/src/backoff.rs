@@ -34,7 +34,11 @@ impl Default for Backoff {
 impl Backoff {
     /// A backoff with the given base and cap (milliseconds).
     pub fn new(base_ms: u64, cap_ms: u64) -> Self {
-        Self { base_ms: base_ms.max(1), cap_ms: cap_ms.max(1), attempt: 0 }
+        Self {
+            base_ms: base_ms.max(1),
+            cap_ms: cap_ms.max(1),
+            attempt: 0,
+        }
     }
 
     /// The upper bound of the next delay: `min(cap, base·2^attempt)`, overflow-safe.

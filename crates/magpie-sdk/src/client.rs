@@ -76,12 +76,20 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .build()?;
-        Ok(Self { http, base, token: None })
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
     }
 
     /// The same client authenticated with `token` (sharing the connection pool).
     pub fn with_token(&self, token: impl Into<String>) -> Self {
-        Self { http: self.http.clone(), base: self.base.clone(), token: Some(token.into()) }
+        Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(token.into()),
+        }
     }
 
     /// The bearer token, if any.
@@ -98,9 +106,14 @@ impl Client {
     pub fn ws_url(&self) -> Result<Url> {
         let mut url = self.base.clone();
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        url.set_scheme(scheme)
-            .map_err(|()| SdkError::Invalid(format!("cannot derive a ws URL from {}", self.base)))?;
-        let path = format!("{}{}", url.path().trim_end_matches('/'), magpie_protocol::WS_PATH);
+        url.set_scheme(scheme).map_err(|()| {
+            SdkError::Invalid(format!("cannot derive a ws URL from {}", self.base))
+        })?;
+        let path = format!(
+            "{}{}",
+            url.path().trim_end_matches('/'),
+            magpie_protocol::WS_PATH
+        );
         url.set_path(&path);
         Ok(url)
     }
@@ -112,7 +125,8 @@ impl Client {
             password: password.to_owned(),
             device_name: None,
         };
-        self.json(self.request(Method::POST, "/v1/accounts").json(&body)).await
+        self.json(self.request(Method::POST, "/v1/accounts").json(&body))
+            .await
     }
 
     /// `POST /v1/sessions`: logs in and creates a new device. Use the returned token with
@@ -128,29 +142,42 @@ impl Client {
             password: password.to_owned(),
             device_name: device_name.map(str::to_owned),
         };
-        self.json(self.request(Method::POST, "/v1/sessions").json(&body)).await
+        self.json(self.request(Method::POST, "/v1/sessions").json(&body))
+            .await
     }
 
     /// `DELETE /v1/sessions/current`: revokes this client's token (and its device).
     pub async fn logout(&self) -> Result<()> {
-        let resp = self.request(Method::DELETE, "/v1/sessions/current").send().await?;
+        let resp = self
+            .request(Method::DELETE, "/v1/sessions/current")
+            .send()
+            .await?;
         check(resp).await.map(drop)
     }
 
     /// `GET /v1/users/{id}`.
     pub async fn user(&self, user_id: UserId) -> Result<UserInfo> {
-        self.json(self.request(Method::GET, &format!("/v1/users/{user_id}"))).await
+        self.json(self.request(Method::GET, &format!("/v1/users/{user_id}")))
+            .await
     }
 
     /// `GET /v1/users?username=NAME`.
     pub async fn user_by_name(&self, username: &str) -> Result<UserInfo> {
-        self.json(self.request(Method::GET, "/v1/users").query(&[("username", username)])).await
+        self.json(
+            self.request(Method::GET, "/v1/users")
+                .query(&[("username", username)]),
+        )
+        .await
     }
 
     /// `POST /v1/conversations/direct`: the direct conversation with `peer` (created on first use).
     pub async fn open_direct(&self, peer: UserId) -> Result<ConversationInfo> {
         let body = DirectRequest { peer_id: peer };
-        self.json(self.request(Method::POST, "/v1/conversations/direct").json(&body)).await
+        self.json(
+            self.request(Method::POST, "/v1/conversations/direct")
+                .json(&body),
+        )
+        .await
     }
 
     /// `GET /v1/conversations/{id}/messages`: a page of history in ascending `seq` order.
@@ -171,7 +198,9 @@ impl Client {
             query.push(("limit", u64::from(limit)));
         }
         let path = format!("/v1/conversations/{conversation}/messages");
-        let page: MessagesPage = self.json(self.request(Method::GET, &path).query(&query)).await?;
+        let page: MessagesPage = self
+            .json(self.request(Method::GET, &path).query(&query))
+            .await?;
         Ok(page.messages)
     }
 
@@ -183,9 +212,13 @@ impl Client {
         client_msg_id: &str,
         text: &str,
     ) -> Result<SendResult> {
-        let body = SendRequest { client_msg_id: client_msg_id.to_owned(), text: text.to_owned() };
+        let body = SendRequest {
+            client_msg_id: client_msg_id.to_owned(),
+            text: text.to_owned(),
+        };
         let path = format!("/v1/conversations/{conversation}/messages");
-        self.json(self.request(Method::POST, &path).json(&body)).await
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
     }
 
     /// `GET /v1/sync`: events after `cursor`. With `wait_ms`, the server holds the request
@@ -204,7 +237,9 @@ impl Client {
         if let Some(wait_ms) = wait_ms {
             query.push(("wait_ms", wait_ms));
             req = req.timeout(Duration::from_millis(
-                wait_ms.saturating_add(LONG_POLL_SLACK_MS).max(REQUEST_TIMEOUT_MS),
+                wait_ms
+                    .saturating_add(LONG_POLL_SLACK_MS)
+                    .max(REQUEST_TIMEOUT_MS),
             ));
         }
         self.json(req.query(&query)).await
@@ -250,7 +285,11 @@ async fn check(resp: Response) -> Result<Response> {
 /// Builds `SdkError::Api` from a status and whatever body came with it.
 fn api_error(status: u16, body: &[u8]) -> SdkError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => SdkError::Api { status, code: b.error.code, message: b.error.message },
+        Ok(b) => SdkError::Api {
+            status,
+            code: b.error.code,
+            message: b.error.message,
+        },
         Err(_) => {
             let shown = &body[..body.len().min(ERROR_BODY_BYTES_MAX)];
             SdkError::Api {
@@ -279,10 +318,27 @@ mod tests {
 
     #[test]
     fn api_errors_parse_v1_bodies_and_tolerate_others() {
-        let e = api_error(409, br#"{"error":{"code":"username_taken","message":"taken"}}"#);
-        assert!(matches!(e, SdkError::Api { status: 409, code: ErrorCode::UsernameTaken, .. }));
+        let e = api_error(
+            409,
+            br#"{"error":{"code":"username_taken","message":"taken"}}"#,
+        );
+        assert!(matches!(
+            e,
+            SdkError::Api {
+                status: 409,
+                code: ErrorCode::UsernameTaken,
+                ..
+            }
+        ));
         let e = api_error(502, b"<html>bad gateway</html>");
-        assert!(matches!(e, SdkError::Api { status: 502, code: ErrorCode::Unavailable, .. }));
+        assert!(matches!(
+            e,
+            SdkError::Api {
+                status: 502,
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ));
         assert!(api_error(401, b"").is_unauthorized());
     }
 

@@ -32,7 +32,9 @@ impl MemoryCursorStore {
 
     /// A store that already holds `cursor`.
     pub fn with_cursor(cursor: u64) -> Self {
-        Self { value: Mutex::new(Some(cursor)) }
+        Self {
+            value: Mutex::new(Some(cursor)),
+        }
     }
 }
 
@@ -66,7 +68,11 @@ impl FileCursorStore {
     }
 
     fn temp_path(&self) -> PathBuf {
-        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         name.push(".tmp");
         self.path.with_file_name(name)
     }

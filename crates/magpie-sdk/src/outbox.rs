@@ -30,7 +30,12 @@ pub struct PendingSend {
 impl PendingSend {
     /// A send not yet written anywhere.
     pub fn new(client_msg_id: String, conversation_id: ConversationId, text: String) -> Self {
-        Self { client_msg_id, conversation_id, text, written: false }
+        Self {
+            client_msg_id,
+            conversation_id,
+            text,
+            written: false,
+        }
     }
 
     fn frame(&self) -> ClientFrame {
@@ -54,7 +59,10 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox holding at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        Self { entries: VecDeque::new(), capacity: capacity.max(1) }
+        Self {
+            entries: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     /// Queues a send. Returns `Ok(false)` without queueing if an entry with the same
@@ -86,13 +94,20 @@ impl Outbox {
     /// Removes and returns the entry for `client_msg_id` (answered by `sent` or a definitive
     /// error). `None` if it is not pending.
     pub fn complete(&mut self, client_msg_id: &str) -> Option<PendingSend> {
-        let i = self.entries.iter().position(|e| e.client_msg_id == client_msg_id)?;
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.client_msg_id == client_msg_id)?;
         self.entries.remove(i)
     }
 
     /// Marks one entry for rewriting (after a transient error such as `rate_limited`).
     pub fn retry(&mut self, client_msg_id: &str) -> bool {
-        match self.entries.iter_mut().find(|e| e.client_msg_id == client_msg_id) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.client_msg_id == client_msg_id)
+        {
             Some(e) => {
                 e.written = false;
                 true
@@ -109,7 +124,9 @@ impl Outbox {
 
     /// Whether `client_msg_id` is pending.
     pub fn contains(&self, client_msg_id: &str) -> bool {
-        self.entries.iter().any(|e| e.client_msg_id == client_msg_id)
+        self.entries
+            .iter()
+            .any(|e| e.client_msg_id == client_msg_id)
     }
 
     /// Pending entries.

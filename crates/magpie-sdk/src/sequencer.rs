@@ -35,7 +35,9 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer that has already delivered everything up to `last_delivered`.
     pub fn new(last_delivered: u64) -> Self {
-        Self { last: last_delivered }
+        Self {
+            last: last_delivered,
+        }
     }
 
     /// The highest cursor delivered so far (where a `sync` should resume).
@@ -50,7 +52,10 @@ impl Sequencer {
         } else if cursor == self.last + 1 {
             Verdict::Deliver
         } else {
-            Verdict::Gap { after: self.last, before: cursor }
+            Verdict::Gap {
+                after: self.last,
+                before: cursor,
+            }
         }
     }
 
@@ -116,8 +121,10 @@ pub(crate) async fn accept_live<S: EventSource, K: EventSink>(
                 }
             }
             if seq.last_delivered() + 1 < target {
-                outcome =
-                    Accepted::SkippedGap { from: seq.last_delivered() + 1, to: target - 1 };
+                outcome = Accepted::SkippedGap {
+                    from: seq.last_delivered() + 1,
+                    to: target - 1,
+                };
             }
         }
     }
@@ -185,7 +192,13 @@ mod tests {
         assert_eq!(s.check(3), Verdict::Duplicate);
         assert_eq!(s.check(5), Verdict::Duplicate);
         assert_eq!(s.check(6), Verdict::Deliver);
-        assert_eq!(s.check(9), Verdict::Gap { after: 5, before: 9 });
+        assert_eq!(
+            s.check(9),
+            Verdict::Gap {
+                after: 5,
+                before: 9
+            }
+        );
         s.delivered(6);
         assert_eq!(s.last_delivered(), 6);
         s.delivered(2);
@@ -195,10 +208,17 @@ mod tests {
     #[tokio::test]
     async fn in_order_and_duplicates_need_no_fetch() {
         let mut seq = Sequencer::new(0);
-        let mut src = FakeInbox { len: 100, holes: vec![], page: 10, fetches: vec![] };
+        let mut src = FakeInbox {
+            len: 100,
+            holes: vec![],
+            page: 10,
+            fetches: vec![],
+        };
         let mut out = Collect::default();
         for c in [1, 2, 2, 1, 3] {
-            accept_live(&mut seq, ev(c), &mut src, &mut out).await.unwrap();
+            accept_live(&mut seq, ev(c), &mut src, &mut out)
+                .await
+                .unwrap();
         }
         assert_eq!(out.0, vec![1, 2, 3]);
         assert!(src.fetches.is_empty());
@@ -207,24 +227,42 @@ mod tests {
     #[tokio::test]
     async fn gap_is_filled_page_by_page_before_the_live_event() {
         let mut seq = Sequencer::new(2);
-        let mut src = FakeInbox { len: 12, holes: vec![], page: 3, fetches: vec![] };
+        let mut src = FakeInbox {
+            len: 12,
+            holes: vec![],
+            page: 3,
+            fetches: vec![],
+        };
         let mut out = Collect::default();
-        let r = accept_live(&mut seq, ev(12), &mut src, &mut out).await.unwrap();
+        let r = accept_live(&mut seq, ev(12), &mut src, &mut out)
+            .await
+            .unwrap();
         assert_eq!(r, Accepted::InOrder);
         assert_eq!(out.0, (3..=12).collect::<Vec<_>>());
         assert_eq!(src.fetches, vec![2, 5, 8]);
         // The live copies of events the fill already delivered are duplicates now.
-        accept_live(&mut seq, ev(11), &mut src, &mut out).await.unwrap();
-        accept_live(&mut seq, ev(12), &mut src, &mut out).await.unwrap();
+        accept_live(&mut seq, ev(11), &mut src, &mut out)
+            .await
+            .unwrap();
+        accept_live(&mut seq, ev(12), &mut src, &mut out)
+            .await
+            .unwrap();
         assert_eq!(out.0.len(), 10);
     }
 
     #[tokio::test]
     async fn fill_may_overshoot_the_live_event_without_repeating_it() {
         let mut seq = Sequencer::new(0);
-        let mut src = FakeInbox { len: 8, holes: vec![], page: 50, fetches: vec![] };
+        let mut src = FakeInbox {
+            len: 8,
+            holes: vec![],
+            page: 50,
+            fetches: vec![],
+        };
         let mut out = Collect::default();
-        accept_live(&mut seq, ev(4), &mut src, &mut out).await.unwrap();
+        accept_live(&mut seq, ev(4), &mut src, &mut out)
+            .await
+            .unwrap();
         assert_eq!(out.0, (1..=8).collect::<Vec<_>>());
         assert_eq!(seq.last_delivered(), 8);
     }
@@ -232,11 +270,22 @@ mod tests {
     #[tokio::test]
     async fn unfillable_gap_is_skipped_not_looped_on() {
         let mut seq = Sequencer::new(0);
-        let mut src = FakeInbox { len: 3, holes: vec![2, 3], page: 10, fetches: vec![] };
+        let mut src = FakeInbox {
+            len: 3,
+            holes: vec![2, 3],
+            page: 10,
+            fetches: vec![],
+        };
         let mut out = Collect::default();
-        let r = accept_live(&mut seq, ev(5), &mut src, &mut out).await.unwrap();
+        let r = accept_live(&mut seq, ev(5), &mut src, &mut out)
+            .await
+            .unwrap();
         assert_eq!(r, Accepted::SkippedGap { from: 2, to: 4 });
         assert_eq!(out.0, vec![1, 5]);
-        assert_eq!(src.fetches, vec![0, 1], "stops once the source makes no progress");
+        assert_eq!(
+            src.fetches,
+            vec![0, 1],
+            "stops once the source makes no progress"
+        );
     }
 }

@@ -26,12 +26,18 @@ fn argon2(m_kib: u32, t: u32) -> Result<Argon2<'static>, ApiError> {
 /// Hashes a password on the blocking pool (Argon2 costs milliseconds of CPU by design).
 pub async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
     let (m, t) = (state.config.argon2_m_kib, state.config.argon2_t);
-    let _permit = state.argon2_permits.acquire().await.map_err(|_| unavailable())?;
+    let _permit = state
+        .argon2_permits
+        .acquire()
+        .await
+        .map_err(|_| unavailable())?;
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(internal)?;
-        let hash = argon2(m, t)?.hash_password(password.as_bytes(), &salt).map_err(internal)?;
+        let hash = argon2(m, t)?
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(internal)?;
         Ok(hash.to_string())
     })
     .await
@@ -40,11 +46,21 @@ pub async fn hash_password(state: &AppState, password: String) -> Result<String,
 
 /// Checks a password against a stored PHC string on the blocking pool. The parameters come
 /// from the stored hash, so changing the configured cost does not lock anyone out.
-pub async fn verify_password(state: &AppState, password: String, phc: String) -> Result<bool, ApiError> {
-    let _permit = state.argon2_permits.acquire().await.map_err(|_| unavailable())?;
+pub async fn verify_password(
+    state: &AppState,
+    password: String,
+    phc: String,
+) -> Result<bool, ApiError> {
+    let _permit = state
+        .argon2_permits
+        .acquire()
+        .await
+        .map_err(|_| unavailable())?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&phc).map_err(internal)?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .map_err(internal)?
@@ -69,7 +85,10 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 fn unavailable() -> ApiError {
-    ApiError::new(magpie_protocol::ErrorCode::Unavailable, "server is shutting down")
+    ApiError::new(
+        magpie_protocol::ErrorCode::Unavailable,
+        "server is shutting down",
+    )
 }
 
 /// An authenticated request: the device whose token was presented.
@@ -100,7 +119,9 @@ struct TokenQuery {
 fn bearer(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
-        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
         return Some(token.trim().to_owned());
     }
     let Query(q) = Query::<TokenQuery>::try_from_uri(&parts.uri).ok()?;
@@ -109,7 +130,12 @@ fn bearer(parts: &Parts) -> Option<String> {
 
 /// Resolves a token to its unrevoked device.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Device, ApiError> {
-    let unauthorized = || ApiError::new(magpie_protocol::ErrorCode::Unauthorized, "missing or invalid token");
+    let unauthorized = || {
+        ApiError::new(
+            magpie_protocol::ErrorCode::Unauthorized,
+            "missing or invalid token",
+        )
+    };
     // Tokens are 64 hex chars; anything else cannot match and is not worth hashing.
     if token.len() != TOKEN_BYTES * 2 {
         return Err(unauthorized());
@@ -121,9 +147,15 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Device, ApiEr
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| {
-            ApiError::new(magpie_protocol::ErrorCode::Unauthorized, "missing bearer token")
+            ApiError::new(
+                magpie_protocol::ErrorCode::Unauthorized,
+                "missing bearer token",
+            )
         })?;
         let device = authenticate(state, &token).await?;
         Ok(Auth { device })

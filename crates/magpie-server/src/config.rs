@@ -98,14 +98,26 @@ impl Config {
         let default_listen: SocketAddr = LISTEN_DEFAULT.parse()?;
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or(default_listen),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
-            heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(HEARTBEAT_MS_DEFAULT),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+            heartbeat_ms: args
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(HEARTBEAT_MS_DEFAULT),
             send_rate_per_sec: args
                 .send_rate_per_sec
                 .or(file.send_rate_per_sec)
                 .unwrap_or(SEND_RATE_PER_SEC_DEFAULT),
-            send_burst: args.send_burst.or(file.send_burst).unwrap_or(SEND_BURST_DEFAULT),
-            argon2_m_kib: args.argon2_m_kib.or(file.argon2_m_kib).unwrap_or(ARGON2_M_KIB_DEFAULT),
+            send_burst: args
+                .send_burst
+                .or(file.send_burst)
+                .unwrap_or(SEND_BURST_DEFAULT),
+            argon2_m_kib: args
+                .argon2_m_kib
+                .or(file.argon2_m_kib)
+                .unwrap_or(ARGON2_M_KIB_DEFAULT),
             argon2_t: args.argon2_t.or(file.argon2_t).unwrap_or(ARGON2_T_DEFAULT),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
         };
@@ -128,8 +140,14 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.heartbeat_ms >= 100, "heartbeat_ms must be at least 100");
-        anyhow::ensure!(self.send_rate_per_sec >= 1, "send_rate_per_sec must be at least 1");
+        anyhow::ensure!(
+            self.heartbeat_ms >= 100,
+            "heartbeat_ms must be at least 100"
+        );
+        anyhow::ensure!(
+            self.send_rate_per_sec >= 1,
+            "send_rate_per_sec must be at least 1"
+        );
         anyhow::ensure!(self.send_burst >= 1, "send_burst must be at least 1");
         anyhow::ensure!(self.argon2_m_kib >= 8, "argon2_m_kib must be at least 8");
         anyhow::ensure!(self.argon2_t >= 1, "argon2_t must be at least 1");

@@ -18,7 +18,10 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error from a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 `invalid_request`.
@@ -28,7 +31,10 @@ impl ApiError {
 
     /// 403 `forbidden`.
     pub fn forbidden() -> Self {
-        Self::new(ErrorCode::Forbidden, "you are not a member of this conversation")
+        Self::new(
+            ErrorCode::Forbidden,
+            "you are not a member of this conversation",
+        )
     }
 
     /// 404 `not_found`.
@@ -55,7 +61,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -34,7 +34,11 @@ pub struct Kick {
 impl Kick {
     /// Asks the connection to close with `code`. The first code wins.
     pub fn kick(&self, code: u16) {
-        if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.notify.notify_one();
         }
     }
@@ -155,7 +159,10 @@ impl Drop for Waiter {
 impl Hub {
     /// An empty table.
     pub fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), next_conn_id: AtomicU64::new(1) }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_conn_id: AtomicU64::new(1),
+        }
     }
 
     fn shard(&self, user: UserId) -> &Mutex<HashMap<UserId, UserSlot>> {
@@ -166,10 +173,25 @@ impl Hub {
     pub fn connect(self: &Arc<Self>, user: UserId, device: DeviceId) -> Registration {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let kick = Arc::new(Kick::default());
-        let slot = DeviceSlot { conn_id, device_id: device, live: None, kick: kick.clone() };
-        self.shard(user).lock().entry(user).or_default().devices.push(slot);
+        let slot = DeviceSlot {
+            conn_id,
+            device_id: device,
+            live: None,
+            kick: kick.clone(),
+        };
+        self.shard(user)
+            .lock()
+            .entry(user)
+            .or_default()
+            .devices
+            .push(slot);
         metrics::gauge!("magpie_ws_connections").increment(1.0);
-        Registration { hub: self.clone(), user, conn_id, kick }
+        Registration {
+            hub: self.clone(),
+            user,
+            conn_id,
+            kick,
+        }
     }
 
     /// Registers a long-poller for `user`'s next event.
@@ -177,13 +199,23 @@ impl Hub {
         let mut shard = self.shard(user).lock();
         let slot = shard.entry(user).or_default();
         slot.waiter_count += 1;
-        let notify = slot.waiters.get_or_insert_with(|| Arc::new(Notify::new())).clone();
-        Waiter { hub: self.clone(), user, notify }
+        let notify = slot
+            .waiters
+            .get_or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        Waiter {
+            hub: self.clone(),
+            user,
+            notify,
+        }
     }
 
     /// Number of users with at least one connected device on this node.
     pub fn online_users(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().values().filter(|u| !u.devices.is_empty()).count()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().values().filter(|u| !u.devices.is_empty()).count())
+            .sum()
     }
 
     fn deliver(slot: &mut UserSlot, event: &Event) {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 mod metrics_setup;
+pub mod push;
 mod send;
 pub mod state;
 pub mod testing;
@@ -46,7 +47,10 @@ fn raise_open_files_limit() {
     #[cfg(unix)]
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
@@ -63,7 +67,10 @@ fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second call (tests) fails harmlessly.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -108,7 +115,8 @@ impl Server {
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let store_config = FjallConfig::new(config.data_dir.join("store"));
         let sink: Arc<dyn magpie_store::CommitSink> = hub.clone();
-        let store = Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);
+        let store =
+            Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -127,7 +135,12 @@ impl Server {
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
         });
-        Ok(Server { addr, state, store, task })
+        Ok(Server {
+            addr,
+            state,
+            store,
+            task,
+        })
     }
 
     /// The address the server listens on.
@@ -155,6 +168,8 @@ impl Server {
 pub fn router(state: AppState) -> axum::Router {
     http::routes()
         .route(magpie_protocol::WS_PATH, get(ws::upgrade))
-        .layer(axum::extract::DefaultBodyLimit::max(http::HTTP_BODY_BYTES_MAX))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            http::HTTP_BODY_BYTES_MAX,
+        ))
         .with_state(state)
 }

@@ -14,12 +14,18 @@ pub fn build_request(
     client_msg_id: String,
     text: String,
 ) -> Result<AppendRequest, ApiError> {
-    let client_msg_id = ClientMsgId::new(client_msg_id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let client_msg_id =
+        ClientMsgId::new(client_msg_id).map_err(|e| ApiError::invalid(e.to_string()))?;
     validate_text(&text).map_err(|e| match e {
         TextError::TooLong => ApiError::new(ErrorCode::MessageTooLong, e.to_string()),
         TextError::Empty => ApiError::invalid(e.to_string()),
     })?;
-    Ok(AppendRequest { conversation_id, sender_id: sender, client_msg_id, text })
+    Ok(AppendRequest {
+        conversation_id,
+        sender_id: sender,
+        client_msg_id,
+        text,
+    })
 }
 
 /// The protocol error for a refused append.

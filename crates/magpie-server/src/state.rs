@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use self::tokio_util_shim::CancelToken;
 use magpie_store::Store;
 use tokio::sync::Semaphore;
-use self::tokio_util_shim::CancelToken;
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -42,7 +42,10 @@ pub mod tokio_util_shim {
     impl Default for CancelToken {
         fn default() -> Self {
             let (tx, rx) = watch::channel(false);
-            Self { tx: std::sync::Arc::new(tx), rx }
+            Self {
+                tx: std::sync::Arc::new(tx),
+                rx,
+            }
         }
     }
 

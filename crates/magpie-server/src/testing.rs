@@ -28,14 +28,22 @@ impl TestServer {
         let mut config = Config::for_tests(free_addr(), data_dir.clone());
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");
-        TestServer { server, _dir: Some(dir), data_dir }
+        TestServer {
+            server,
+            _dir: Some(dir),
+            data_dir,
+        }
     }
 
     /// A server on an existing data dir (a restart); `addr` may reuse the old port.
     pub async fn start_on(data_dir: &Path, addr: SocketAddr) -> TestServer {
         let config = Config::for_tests(addr, data_dir.to_path_buf());
         let server = Server::start(config).await.expect("server starts");
-        TestServer { server, _dir: None, data_dir: data_dir.to_path_buf() }
+        TestServer {
+            server,
+            _dir: None,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     /// Stops and restarts on the same dir and port, keeping the temp dir alive.

@@ -27,7 +27,10 @@ pub async fn register(base: &str, name: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "register {name}");
-    r.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_owned()
+    r.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 pub async fn login(base: &str, name: &str) -> Account {
@@ -77,7 +80,13 @@ pub async fn post(base: &str, token: &str, path: &str, body: Value) -> (u16, Val
 }
 
 pub async fn direct(base: &str, a: &Account, b: &Account) -> String {
-    let (status, v) = post(base, &a.token, "/v1/conversations/direct", json!({"peer_id": b.user_id})).await;
+    let (status, v) = post(
+        base,
+        &a.token,
+        "/v1/conversations/direct",
+        json!({"peer_id": b.user_id}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     v["conversation_id"].as_str().unwrap().to_owned()
 }
@@ -98,11 +107,17 @@ impl Ws {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.inner.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.inner
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.inner.send(Message::Text(text.to_owned().into())).await.unwrap();
+        self.inner
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
     }
 
     /// The next JSON frame; panics on timeout or close.
@@ -150,7 +165,10 @@ impl Ws {
     }
 
     pub async fn send_text(&mut self, conv: &str, id: &str, text: &str) {
-        self.send(json!({"type": "send", "client_msg_id": id, "conversation_id": conv, "text": text})).await;
+        self.send(
+            json!({"type": "send", "client_msg_id": id, "conversation_id": conv, "text": text}),
+        )
+        .await;
     }
 
     /// Reads `n` event frames and returns them.

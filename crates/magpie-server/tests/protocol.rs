@@ -11,22 +11,55 @@ async fn accounts_sessions_and_user_lookup() {
     let s = TestServer::start().await;
     let base = s.base_url();
     let c = reqwest::Client::new();
-    let r = c.post(format!("{base}/v1/accounts")).json(&json!({"username":"alice","password":"password123"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/accounts"))
+        .json(&json!({"username":"alice","password":"password123"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let created: serde_json::Value = r.json().await.unwrap();
     assert_eq!(created["username"], "alice");
     assert!(created["user_id"].is_string());
-    let r = c.post(format!("{base}/v1/accounts")).json(&json!({"username":"alice","password":"password123"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/accounts"))
+        .json(&json!({"username":"alice","password":"password123"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "username_taken");
-    for bad in [json!({"username":"Al","password":"password123"}), json!({"username":"bob","password":"short"}), json!({"username":"bob"})] {
-        let r = c.post(format!("{base}/v1/accounts")).json(&bad).send().await.unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "username_taken"
+    );
+    for bad in [
+        json!({"username":"Al","password":"password123"}),
+        json!({"username":"bob","password":"short"}),
+        json!({"username":"bob"}),
+    ] {
+        let r = c
+            .post(format!("{base}/v1/accounts"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
-        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_request");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+            "invalid_request"
+        );
     }
-    let r = c.post(format!("{base}/v1/sessions")).json(&json!({"username":"alice","password":"wrongpass1"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"username":"alice","password":"wrongpass1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "unauthorized");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "unauthorized"
+    );
     let a1 = login(&base, "alice").await;
     let a2 = login(&base, "alice").await;
     assert_ne!(a1.device_id, a2.device_id, "each login is a new device");
@@ -34,11 +67,17 @@ async fn accounts_sessions_and_user_lookup() {
     let (st, v) = get(&base, &a1.token, &format!("/v1/users/{}", a1.user_id)).await;
     assert_eq!((st, v["username"].as_str()), (200, Some("alice")));
     let (st, v) = get(&base, &a1.token, "/v1/users?username=alice").await;
-    assert_eq!((st, v["user_id"].as_str()), (200, Some(a1.user_id.as_str())));
+    assert_eq!(
+        (st, v["user_id"].as_str()),
+        (200, Some(a1.user_id.as_str()))
+    );
     let (st, _) = get(&base, &a1.token, "/v1/users?username=nobody").await;
     assert_eq!(st, 404);
     let (st, v) = get(&base, "not-a-token", "/v1/users?username=alice").await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     s.stop().await;
 }
 
@@ -50,7 +89,11 @@ async fn two_users_three_devices_get_ordered_delivery() {
     let alice2 = login(&base, "alice").await;
     let bob = account(&base, "bob").await;
     let conv = direct(&base, &alice1, &bob).await;
-    assert_eq!(direct(&base, &bob, &alice1).await, conv, "same conversation from either side");
+    assert_eq!(
+        direct(&base, &bob, &alice1).await,
+        conv,
+        "same conversation from either side"
+    );
     let (mut a1, _) = Ws::connect(&s.ws_url(), &alice1.token).await;
     let (mut a2, _) = Ws::connect(&s.ws_url(), &alice2.token).await;
     let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
@@ -59,7 +102,8 @@ async fn two_users_three_devices_get_ordered_delivery() {
     }
     const N: usize = 30;
     for i in 0..N {
-        a1.send_text(&conv, &format!("m{i}"), &format!("hello {i}")).await;
+        a1.send_text(&conv, &format!("m{i}"), &format!("hello {i}"))
+            .await;
     }
     // The sender's acks come in send order with gap-free seqs; its own device also gets events.
     let mut acks = Vec::new();
@@ -111,7 +155,13 @@ async fn offline_device_catches_up_from_its_cursor() {
     let bob = account(&base, "bob").await;
     let conv = direct(&base, &alice, &bob).await;
     for i in 0..5 {
-        let (st, v) = post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id": format!("c{i}"), "text": format!("t{i}")})).await;
+        let (st, v) = post(
+            &base,
+            &alice.token,
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": format!("c{i}"), "text": format!("t{i}")}),
+        )
+        .await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(v["seq"], i + 1);
     }
@@ -123,7 +173,13 @@ async fn offline_device_catches_up_from_its_cursor() {
     b.quiet_for(200).await; // nothing until the client asks
     b.sync(0).await;
     let events = b.events(5).await;
-    assert_eq!(events.iter().map(|e| e["cursor"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["cursor"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     b.send(json!({"type":"ack","cursor":3})).await;
     b.send(json!({"type":"ping"})).await;
     assert_eq!(b.next().await["type"], "pong");
@@ -138,9 +194,18 @@ async fn offline_device_catches_up_from_its_cursor() {
             let events = b.events(2).await;
             assert_eq!(events[0]["cursor"], 4);
             assert_eq!(events[1]["cursor"], 5);
-            post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id":"live","text":"live one"})).await;
+            post(
+                &base,
+                &alice.token,
+                &format!("/v1/conversations/{conv}/messages"),
+                json!({"client_msg_id":"live","text":"live one"}),
+            )
+            .await;
             let e = b.events(1).await.remove(0);
-            assert_eq!((e["cursor"].as_u64(), e["message"]["text"].as_str()), (Some(6), Some("live one")));
+            assert_eq!(
+                (e["cursor"].as_u64(), e["message"]["text"].as_str()),
+                (Some(6), Some("live one"))
+            );
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -163,10 +228,33 @@ async fn duplicate_resend_returns_original_seq_and_no_new_event() {
     a.send_text(&conv, "same", "once").await;
     let first = a.next().await;
     let second = a.next().await;
-    assert_eq!((first["type"].as_str(), first["seq"].as_u64(), first["duplicate"].as_bool()), (Some("sent"), Some(1), Some(false)));
-    assert_eq!((second["type"].as_str(), second["seq"].as_u64(), second["duplicate"].as_bool()), (Some("sent"), Some(1), Some(true)));
-    let (st, v) = post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id":"same","text":"once"})).await;
-    assert_eq!((st, v["seq"].as_u64(), v["duplicate"].as_bool()), (200, Some(1), Some(true)));
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["seq"].as_u64(),
+            first["duplicate"].as_bool()
+        ),
+        (Some("sent"), Some(1), Some(false))
+    );
+    assert_eq!(
+        (
+            second["type"].as_str(),
+            second["seq"].as_u64(),
+            second["duplicate"].as_bool()
+        ),
+        (Some("sent"), Some(1), Some(true))
+    );
+    let (st, v) = post(
+        &base,
+        &alice.token,
+        &format!("/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id":"same","text":"once"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (200, Some(1), Some(true))
+    );
     assert_eq!(b.events(1).await[0]["cursor"], 1);
     b.quiet_for(300).await;
     let (_, page) = get(&base, &bob.token, "/v1/sync?cursor=0").await;
@@ -192,22 +280,67 @@ async fn history_pages_in_both_directions() {
             acked += 1;
         }
     }
-    let seqs = |v: &serde_json::Value| v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
-    let (st, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages")).await;
+    let seqs = |v: &serde_json::Value| {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (st, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages"),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(seqs(&v), (71..=120).collect::<Vec<_>>());
-    let (_, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages?before_seq=71&limit=50")).await;
+    let (_, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages?before_seq=71&limit=50"),
+    )
+    .await;
     assert_eq!(seqs(&v), (21..=70).collect::<Vec<_>>());
-    let (_, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages?before_seq=21&limit=50")).await;
+    let (_, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages?before_seq=21&limit=50"),
+    )
+    .await;
     assert_eq!(seqs(&v), (1..=20).collect::<Vec<_>>());
-    let (_, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages?after_seq=100&limit=10")).await;
+    let (_, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages?after_seq=100&limit=10"),
+    )
+    .await;
     assert_eq!(seqs(&v), (101..=110).collect::<Vec<_>>());
-    let (_, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages?after_seq=0&limit=200")).await;
+    let (_, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages?after_seq=0&limit=200"),
+    )
+    .await;
     assert_eq!(seqs(&v), (1..=120).collect::<Vec<_>>());
     assert_eq!(v["messages"][0]["text"], "n1");
-    let (st, v) = get(&base, &bob.token, &format!("/v1/conversations/{conv}/messages?limit=201")).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")));
-    let (st, v) = get(&base, &carol.token, &format!("/v1/conversations/{conv}/messages")).await;
+    let (st, v) = get(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{conv}/messages?limit=201"),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (st, v) = get(
+        &base,
+        &carol.token,
+        &format!("/v1/conversations/{conv}/messages"),
+    )
+    .await;
     assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
     let (st, _) = get(&base, &carol.token, "/v1/conversations/999999/messages").await;
     assert_eq!(st, 403);
@@ -222,29 +355,59 @@ async fn http_send_and_long_poll_sync() {
     let bob = account(&base, "bob").await;
     let conv = direct(&base, &alice, &bob).await;
     let (st, v) = get(&base, &bob.token, "/v1/sync?cursor=0").await;
-    assert_eq!((st, v["next_cursor"].as_u64(), v["events"].as_array().map(|a| a.len())), (200, Some(0), Some(0)));
+    assert_eq!(
+        (
+            st,
+            v["next_cursor"].as_u64(),
+            v["events"].as_array().map(|a| a.len())
+        ),
+        (200, Some(0), Some(0))
+    );
     let poll_base = base.clone();
     let token = bob.token.clone();
     let started = std::time::Instant::now();
-    let poll = tokio::spawn(async move { get(&poll_base, &token, "/v1/sync?cursor=0&wait_ms=10000").await });
+    let poll =
+        tokio::spawn(
+            async move { get(&poll_base, &token, "/v1/sync?cursor=0&wait_ms=10000").await },
+        );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (st, sent) = post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id":"lp","text":"wake up"})).await;
+    let (st, sent) = post(
+        &base,
+        &alice.token,
+        &format!("/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id":"lp","text":"wake up"}),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(sent["duplicate"], false);
     assert!(sent["ts_ms"].as_u64().unwrap() > 0);
     let (st, page) = poll.await.unwrap();
     assert_eq!(st, 200);
-    assert!(started.elapsed() < std::time::Duration::from_secs(9), "long-poll woke on the event");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "long-poll woke on the event"
+    );
     assert_eq!(page["events"][0]["message"]["text"], "wake up");
     assert_eq!(page["next_cursor"], 1);
     let (st, v) = get(&base, &bob.token, "/v1/sync?cursor=99").await;
-    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")), "cursor ahead of head");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "cursor ahead of head"
+    );
     let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
     b.sync(99).await;
     assert_eq!(b.next().await["code"], "invalid_request");
     // A long-poll with nothing new returns empty when the wait ends.
     let (st, page) = get(&base, &bob.token, "/v1/sync?cursor=1&wait_ms=200").await;
-    assert_eq!((st, page["events"].as_array().unwrap().len(), page["next_cursor"].as_u64()), (200, 0, Some(1)));
+    assert_eq!(
+        (
+            st,
+            page["events"].as_array().unwrap().len(),
+            page["next_cursor"].as_u64()
+        ),
+        (200, 0, Some(1))
+    );
     s.stop().await;
 }
 
@@ -263,16 +426,30 @@ async fn socket_error_codes_keep_the_connection_open() {
     let (mut c, _) = Ws::connect(&s.ws_url(), &carol.token).await;
     c.send_text(&conv, "x1", "intruder").await;
     let e = c.next().await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str(), e["client_msg_id"].as_str()), (Some("error"), Some("forbidden"), Some("x1")));
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["code"].as_str(),
+            e["client_msg_id"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some("x1"))
+    );
     c.send_text("424242", "x2", "nowhere").await;
     assert_eq!(c.next().await["code"], "forbidden");
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
     a.send_text(&conv, "long", &"y".repeat(100_001)).await;
     let e = a.next().await;
-    assert_eq!((e["code"].as_str(), e["client_msg_id"].as_str()), (Some("message_too_long"), Some("long")));
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("message_too_long"), Some("long"))
+    );
     a.send_text(&conv, "max", &"é".repeat(100_000)).await;
     let ok = a.next().await;
-    assert_eq!((ok["type"].as_str(), ok["seq"].as_u64()), (Some("sent"), Some(1)), "100,000 characters fit");
+    assert_eq!(
+        (ok["type"].as_str(), ok["seq"].as_u64()),
+        (Some("sent"), Some(1)),
+        "100,000 characters fit"
+    );
     a.send_text(&conv, "empty", "").await;
     assert_eq!(a.next().await["code"], "invalid_request");
     a.send_text(&conv, "bad id with spaces", "x").await;
@@ -284,7 +461,11 @@ async fn socket_error_codes_keep_the_connection_open() {
     a.send_raw(r#"{"type":"send","conversation_id":5}"#).await;
     assert_eq!(a.next().await["code"], "bad_frame");
     a.send(json!({"type":"ping"})).await;
-    assert_eq!(a.next().await["type"], "pong", "connection stays open after bad frames");
+    assert_eq!(
+        a.next().await["type"],
+        "pong",
+        "connection stays open after bad frames"
+    );
     // Burst is 8 and one token was used per send above (4 sends); exhaust the rest.
     let mut limited = 0;
     for i in 0..10 {
@@ -306,7 +487,8 @@ async fn oversized_frame_closes_with_1009_and_server_survives() {
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
-    a.send_raw(&"z".repeat(magpie_server::ws::FRAME_BYTES_MAX + 1)).await;
+    a.send_raw(&"z".repeat(magpie_server::ws::FRAME_BYTES_MAX + 1))
+        .await;
     assert_eq!(a.closed_with().await, 1009);
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
     a.send(json!({"type":"ping"})).await;
@@ -323,12 +505,19 @@ async fn logout_revokes_token_and_closes_sockets() {
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
     a.sync(0).await;
     let (mut o, _) = Ws::connect(&s.ws_url(), &other.token).await;
-    let r = reqwest::Client::new().delete(format!("{base}/v1/sessions/current")).bearer_auth(&alice.token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!("{base}/v1/sessions/current"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(a.closed_with().await, magpie_protocol::close::CLOSE_REVOKED);
     let (st, _) = get(&base, &alice.token, "/v1/users?username=alice").await;
     assert_eq!(st, 401);
-    let err = tokio_tungstenite::connect_async(format!("{}?token={}", s.ws_url(), alice.token)).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(format!("{}?token={}", s.ws_url(), alice.token))
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
         other => panic!("expected 401, got {other}"),
@@ -342,9 +531,15 @@ async fn logout_revokes_token_and_closes_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_is_refused_at_upgrade() {
     let s = TestServer::start().await;
-    for url in [s.ws_url(), format!("{}?token=deadbeef", s.ws_url()), format!("{}?token={}", s.ws_url(), "a".repeat(64))] {
+    for url in [
+        s.ws_url(),
+        format!("{}?token=deadbeef", s.ws_url()),
+        format!("{}?token={}", s.ws_url(), "a".repeat(64)),
+    ] {
         match tokio_tungstenite::connect_async(url).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
             other => panic!("expected 401, got {:?}", other.map(|_| ())),
         }
     }
@@ -358,7 +553,10 @@ async fn silent_connection_is_closed_after_three_heartbeats() {
     let (mut a, ready) = Ws::connect(&s.ws_url(), &alice.token).await;
     assert_eq!(ready["heartbeat_ms"], 100);
     let started = std::time::Instant::now();
-    assert_eq!(a.closed_with().await, magpie_protocol::close::CLOSE_HEARTBEAT_TIMEOUT);
+    assert_eq!(
+        a.closed_with().await,
+        magpie_protocol::close::CLOSE_HEARTBEAT_TIMEOUT
+    );
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
     s.stop().await;
 }
@@ -371,15 +569,44 @@ async fn restart_keeps_history_cursors_and_dedup() {
     let bob = account(&base, "bob").await;
     let conv = direct(&base, &alice, &bob).await;
     for i in 0..3 {
-        post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id": format!("k{i}"), "text": "before"})).await;
+        post(
+            &base,
+            &alice.token,
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": format!("k{i}"), "text": "before"}),
+        )
+        .await;
     }
     let s = s.restart().await;
-    let (st, v) = post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id":"k1","text":"before"})).await;
-    assert_eq!((st, v["seq"].as_u64(), v["duplicate"].as_bool()), (200, Some(2), Some(true)));
-    let (_, v) = post(&base, &alice.token, &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id":"k9","text":"after"})).await;
-    assert_eq!((v["seq"].as_u64(), v["duplicate"].as_bool()), (Some(4), Some(false)));
+    let (st, v) = post(
+        &base,
+        &alice.token,
+        &format!("/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id":"k1","text":"before"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (200, Some(2), Some(true))
+    );
+    let (_, v) = post(
+        &base,
+        &alice.token,
+        &format!("/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id":"k9","text":"after"}),
+    )
+    .await;
+    assert_eq!(
+        (v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (Some(4), Some(false))
+    );
     let (_, page) = get(&base, &bob.token, "/v1/sync?cursor=0").await;
-    let cursors: Vec<u64> = page["events"].as_array().unwrap().iter().map(|e| e["cursor"].as_u64().unwrap()).collect();
+    let cursors: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cursor"].as_u64().unwrap())
+        .collect();
     assert_eq!(cursors, vec![1, 2, 3, 4]);
     s.stop().await;
 }

@@ -3,10 +3,12 @@
 //! [`run_all`] runs every check against a fresh store from a factory; a failing check panics
 //! with its name in the message. Backends' tests call it like this:
 //!
-//! ```ignore
-//! #[tokio::test(flavor = "multi_thread")]
+//! ```no_run
+//! use magpie_store::{conformance, MemoryStore};
+//!
+//! // In a backend's tests, under #[tokio::test(flavor = "multi_thread")]:
 //! async fn memory_store_conforms() {
-//!     magpie_store::conformance::run_all(|sink| MemoryStore::new(sink)).await;
+//!     conformance::run_all(MemoryStore::new).await;
 //! }
 //! ```
 //!
@@ -116,7 +118,11 @@ async fn announce(name: &str, check: impl Future<Output = ()> + Send + 'static) 
         let why = e
             .try_into_panic()
             .ok()
-            .and_then(|p| p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())))
+            .and_then(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            })
             .unwrap_or_else(|| "cancelled".into());
         panic!("conformance check `{name}` failed: {why}");
     }
@@ -133,7 +139,12 @@ fn cmid(raw: &str) -> ClientMsgId {
 }
 
 fn req(conv: ConversationId, sender: UserId, id: &str, text: &str) -> AppendRequest {
-    AppendRequest { conversation_id: conv, sender_id: sender, client_msg_id: cmid(id), text: text.into() }
+    AppendRequest {
+        conversation_id: conv,
+        sender_id: sender,
+        client_msg_id: cmid(id),
+        text: text.into(),
+    }
 }
 
 fn hash(n: u8) -> [u8; 32] {
@@ -143,7 +154,12 @@ fn hash(n: u8) -> [u8; 32] {
 async fn users<S: Store>(store: &S, names: &[&str]) -> Vec<User> {
     let mut out = Vec::new();
     for name in names {
-        out.push(store.create_user((*name).into(), format!("hash-of-{name}")).await.expect("create_user"));
+        out.push(
+            store
+                .create_user((*name).into(), format!("hash-of-{name}"))
+                .await
+                .expect("create_user"),
+        );
     }
     out
 }
@@ -159,7 +175,9 @@ async fn append_ok<S: Store>(store: &S, batch: Vec<AppendRequest>) -> Vec<Append
 }
 
 async fn send<S: Store>(store: &S, conv: ConversationId, sender: UserId, id: &str) -> Appended {
-    append_ok(store, vec![req(conv, sender, id, &format!("text {id}"))]).await.remove(0)
+    append_ok(store, vec![req(conv, sender, id, &format!("text {id}"))])
+        .await
+        .remove(0)
 }
 
 fn seqs(ms: &[Message]) -> Vec<u64> {
@@ -179,8 +197,14 @@ fn event_message(e: &Event) -> &Message {
 /// Users 1, 2, 3 ("ann", "bob", "cat") and the direct conversations ann–bob and ann–cat.
 async fn two_conversations<S: Store>(store: &S) -> (Vec<User>, Conversation, Conversation) {
     let us = users(store, &["ann", "bob", "cat"]).await;
-    let ab = store.direct_conversation(us[0].id, us[1].id).await.expect("direct ann-bob");
-    let ac = store.direct_conversation(us[0].id, us[2].id).await.expect("direct ann-cat");
+    let ab = store
+        .direct_conversation(us[0].id, us[1].id)
+        .await
+        .expect("direct ann-bob");
+    let ac = store
+        .direct_conversation(us[0].id, us[2].id)
+        .await
+        .expect("direct ann-cat");
     (us, ab, ac)
 }
 
@@ -188,15 +212,34 @@ async fn accounts<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let ann = s.create_user("ann".into(), "h1".into()).await.expect("ann");
     let bob = s.create_user("bob".into(), "h2".into()).await.expect("bob");
-    assert_eq!((ann.id, bob.id), (UserId(1), UserId(2)), "user ids are allocated 1, 2, …");
-    assert_eq!((ann.username.as_str(), ann.password_hash.as_str()), ("ann", "h1"));
-    assert!(matches!(s.create_user("ann".into(), "x".into()).await, Err(StoreError::UsernameTaken)));
+    assert_eq!(
+        (ann.id, bob.id),
+        (UserId(1), UserId(2)),
+        "user ids are allocated 1, 2, …"
+    );
+    assert_eq!(
+        (ann.username.as_str(), ann.password_hash.as_str()),
+        ("ann", "h1")
+    );
+    assert!(matches!(
+        s.create_user("ann".into(), "x".into()).await,
+        Err(StoreError::UsernameTaken)
+    ));
     let cat = s.create_user("cat".into(), "h3".into()).await.expect("cat");
     assert_eq!(cat.id, UserId(3), "a refused username must not burn an id");
 
-    assert_eq!(s.user_by_id(UserId(1)).await.expect("read"), Some(ann.clone()));
+    assert_eq!(
+        s.user_by_id(UserId(1)).await.expect("read"),
+        Some(ann.clone())
+    );
     assert_eq!(s.user_by_name("bob").await.expect("read"), Some(bob));
-    assert_eq!(s.user_by_name("ann").await.expect("read").map(|u| u.password_hash), Some("h1".into()));
+    assert_eq!(
+        s.user_by_name("ann")
+            .await
+            .expect("read")
+            .map(|u| u.password_hash),
+        Some("h1".into())
+    );
     assert_eq!(s.user_by_name("nobody").await.expect("read"), None);
     assert_eq!(s.user_by_id(UserId(0)).await.expect("read"), None);
     assert_eq!(s.user_by_id(UserId(99)).await.expect("read"), None);
@@ -217,67 +260,161 @@ async fn concurrent_usernames<S: Store>(t: Ctx<S>) {
             Err(e) => panic!("unexpected error {e}"),
         }
     }
-    assert_eq!((ok.len(), taken), (1, 15), "exactly one concurrent create of a name wins");
+    assert_eq!(
+        (ok.len(), taken),
+        (1, 15),
+        "exactly one concurrent create of a name wins"
+    );
     assert_eq!(ok[0].id, UserId(1));
-    let next = t.store.create_user("other".into(), "h".into()).await.expect("other");
+    let next = t
+        .store
+        .create_user("other".into(), "h".into())
+        .await
+        .expect("other");
     assert_eq!(next.id, UserId(2), "refused creates burn no ids");
 }
 
 async fn devices<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let us = users(s, &["ann", "bob"]).await;
-    let d1 = s.create_device(us[0].id, "laptop".into(), hash(1)).await.expect("device");
+    let d1 = s
+        .create_device(us[0].id, "laptop".into(), hash(1))
+        .await
+        .expect("device");
     assert_eq!(d1.id, DeviceId(1));
-    assert_eq!((d1.user_id, d1.name.as_str(), d1.token_hash, d1.cursor, d1.revoked), (us[0].id, "laptop", hash(1), Cursor(0), false));
-    let d2 = s.create_device(us[1].id, "phone".into(), hash(2)).await.expect("device");
+    assert_eq!(
+        (
+            d1.user_id,
+            d1.name.as_str(),
+            d1.token_hash,
+            d1.cursor,
+            d1.revoked
+        ),
+        (us[0].id, "laptop", hash(1), Cursor(0), false)
+    );
+    let d2 = s
+        .create_device(us[1].id, "phone".into(), hash(2))
+        .await
+        .expect("device");
     assert_eq!(d2.id, DeviceId(2));
-    assert!(matches!(s.create_device(UserId(99), "x".into(), hash(3)).await, Err(StoreError::NotFound(_))));
-    let d3 = s.create_device(us[0].id, "cli".into(), hash(3)).await.expect("device");
+    assert!(matches!(
+        s.create_device(UserId(99), "x".into(), hash(3)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let d3 = s
+        .create_device(us[0].id, "cli".into(), hash(3))
+        .await
+        .expect("device");
     assert_eq!(d3.id, DeviceId(3), "a refused device must not burn an id");
 
-    assert_eq!(s.device_by_token(hash(1)).await.expect("read"), Some(d1.clone()));
-    assert_eq!(s.device_by_token(hash(2)).await.expect("read"), Some(d2.clone()));
+    assert_eq!(
+        s.device_by_token(hash(1)).await.expect("read"),
+        Some(d1.clone())
+    );
+    assert_eq!(
+        s.device_by_token(hash(2)).await.expect("read"),
+        Some(d2.clone())
+    );
     assert_eq!(s.device_by_token(hash(9)).await.expect("read"), None);
     assert_eq!(s.device(DeviceId(2)).await.expect("read"), Some(d2));
     assert_eq!(s.device(DeviceId(99)).await.expect("read"), None);
 
     s.ack_cursor(d1.id, Cursor(5)).await.expect("ack");
     s.ack_cursor(d1.id, Cursor(3)).await.expect("ack");
-    assert_eq!(s.device(d1.id).await.expect("read").map(|d| d.cursor), Some(Cursor(5)), "ack never moves back");
+    assert_eq!(
+        s.device(d1.id).await.expect("read").map(|d| d.cursor),
+        Some(Cursor(5)),
+        "ack never moves back"
+    );
     s.ack_cursor(d1.id, Cursor(7)).await.expect("ack");
-    assert_eq!(s.device(d1.id).await.expect("read").map(|d| d.cursor), Some(Cursor(7)));
-    assert!(matches!(s.ack_cursor(DeviceId(99), Cursor(1)).await, Err(StoreError::NotFound(_))));
+    assert_eq!(
+        s.device(d1.id).await.expect("read").map(|d| d.cursor),
+        Some(Cursor(7))
+    );
+    assert!(matches!(
+        s.ack_cursor(DeviceId(99), Cursor(1)).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     s.revoke_device(d1.id).await.expect("revoke");
-    assert_eq!(s.device_by_token(hash(1)).await.expect("read"), None, "revoked tokens stop authenticating");
-    let revoked = s.device(d1.id).await.expect("read").expect("still readable");
+    assert_eq!(
+        s.device_by_token(hash(1)).await.expect("read"),
+        None,
+        "revoked tokens stop authenticating"
+    );
+    let revoked = s
+        .device(d1.id)
+        .await
+        .expect("read")
+        .expect("still readable");
     assert!(revoked.revoked);
     assert_eq!(revoked.cursor, Cursor(7));
-    s.revoke_device(d1.id).await.expect("revoking twice is fine");
-    assert!(matches!(s.revoke_device(DeviceId(99)).await, Err(StoreError::NotFound(_))));
-    assert_eq!(s.device_by_token(hash(3)).await.expect("read").map(|d| d.id), Some(d3.id), "other devices unaffected");
+    s.revoke_device(d1.id)
+        .await
+        .expect("revoking twice is fine");
+    assert!(matches!(
+        s.revoke_device(DeviceId(99)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.device_by_token(hash(3))
+            .await
+            .expect("read")
+            .map(|d| d.id),
+        Some(d3.id),
+        "other devices unaffected"
+    );
 }
 
 async fn direct_conversations<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let us = users(s, &["ann", "bob", "cat"]).await;
-    let ab = s.direct_conversation(us[0].id, us[1].id).await.expect("direct");
+    let ab = s
+        .direct_conversation(us[0].id, us[1].id)
+        .await
+        .expect("direct");
     assert_eq!(ab.id, ConversationId(1));
     assert_eq!(ab.kind, ConversationKind::Direct);
     assert_eq!(ab.members, vec![us[0].id, us[1].id]);
-    let ba = s.direct_conversation(us[1].id, us[0].id).await.expect("direct");
+    let ba = s
+        .direct_conversation(us[1].id, us[0].id)
+        .await
+        .expect("direct");
     assert_eq!(ba, ab, "the same conversation from both sides");
-    let cb = s.direct_conversation(us[2].id, us[1].id).await.expect("direct");
+    let cb = s
+        .direct_conversation(us[2].id, us[1].id)
+        .await
+        .expect("direct");
     assert_eq!(cb.id, ConversationId(2), "a distinct conversation per pair");
-    assert_eq!(cb.members, vec![us[1].id, us[2].id], "members sorted ascending");
-    assert!(matches!(s.direct_conversation(us[0].id, UserId(99)).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(s.direct_conversation(UserId(99), us[0].id).await, Err(StoreError::NotFound(_))));
-    let ac = s.direct_conversation(us[0].id, us[2].id).await.expect("direct");
-    assert_eq!(ac.id, ConversationId(3), "a refused direct must not burn an id");
+    assert_eq!(
+        cb.members,
+        vec![us[1].id, us[2].id],
+        "members sorted ascending"
+    );
+    assert!(matches!(
+        s.direct_conversation(us[0].id, UserId(99)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.direct_conversation(UserId(99), us[0].id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let ac = s
+        .direct_conversation(us[0].id, us[2].id)
+        .await
+        .expect("direct");
+    assert_eq!(
+        ac.id,
+        ConversationId(3),
+        "a refused direct must not burn an id"
+    );
 
     assert_eq!(s.conversation(ab.id).await.expect("read"), Some(ab));
     assert_eq!(s.conversation(cb.id).await.expect("read"), Some(cb));
-    assert_eq!(s.conversation(ConversationId(99)).await.expect("read"), None);
+    assert_eq!(
+        s.conversation(ConversationId(99)).await.expect("read"),
+        None
+    );
     assert_eq!(s.conversation(ConversationId(0)).await.expect("read"), None);
 }
 
@@ -285,20 +422,68 @@ async fn append_seqs_gap_free<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let (us, ab, ac) = two_conversations(s).await;
     let (ann, bob) = (us[0].id, us[1].id);
-    let first = append_ok(s, vec![req(ab.id, ann, "a1", "1"), req(ab.id, bob, "b1", "2"), req(ab.id, ann, "a2", "3")]).await;
-    assert_eq!(first.iter().map(|a| a.message.seq.0).collect::<Vec<_>>(), vec![1, 2, 3], "within one batch");
+    let first = append_ok(
+        s,
+        vec![
+            req(ab.id, ann, "a1", "1"),
+            req(ab.id, bob, "b1", "2"),
+            req(ab.id, ann, "a2", "3"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        first.iter().map(|a| a.message.seq.0).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "within one batch"
+    );
     assert!(first.iter().all(|a| !a.duplicate));
-    let second = append_ok(s, vec![req(ab.id, bob, "b2", "4"), req(ac.id, ann, "a3", "x"), req(ab.id, ann, "a4", "5")]).await;
-    assert_eq!(second.iter().map(|a| a.message.seq.0).collect::<Vec<_>>(), vec![4, 1, 5], "across batches, per conversation");
+    let second = append_ok(
+        s,
+        vec![
+            req(ab.id, bob, "b2", "4"),
+            req(ac.id, ann, "a3", "x"),
+            req(ab.id, ann, "a4", "5"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        second.iter().map(|a| a.message.seq.0).collect::<Vec<_>>(),
+        vec![4, 1, 5],
+        "across batches, per conversation"
+    );
     let m = &second[2].message;
-    assert_eq!((m.conversation_id, m.sender_id, m.client_msg_id.as_str(), m.text.as_str()), (ab.id, ann, "a4", "5"));
+    assert_eq!(
+        (
+            m.conversation_id,
+            m.sender_id,
+            m.client_msg_id.as_str(),
+            m.text.as_str()
+        ),
+        (ab.id, ann, "a4", "5")
+    );
 
-    let all = s.messages(ab.id, MessageRange::After(Seq(0)), 100).await.expect("read");
+    let all = s
+        .messages(ab.id, MessageRange::After(Seq(0)), 100)
+        .await
+        .expect("read");
     assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5]);
-    assert_eq!(all.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        all.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        vec!["1", "2", "3", "4", "5"]
+    );
     assert_eq!(all[4], **m, "reads return what append returned");
-    assert!(all.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms), "ts_ms never decreases within a conversation");
-    assert_eq!(seqs(&s.messages(ac.id, MessageRange::Latest, 100).await.expect("read")), vec![1]);
+    assert!(
+        all.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms),
+        "ts_ms never decreases within a conversation"
+    );
+    assert_eq!(
+        seqs(
+            &s.messages(ac.id, MessageRange::Latest, 100)
+                .await
+                .expect("read")
+        ),
+        vec![1]
+    );
     assert_eq!(s.append(Vec::new()).await.expect("empty batch").len(), 0);
 }
 
@@ -313,7 +498,13 @@ async fn concurrent_appends_gap_free<S: Store>(t: Ctx<S>) {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 for j in 0..PER_TASK {
-                    got.push(send(&*store, ab.id, sender, &format!("t{i}-{j}")).await.message.seq.0);
+                    got.push(
+                        send(&*store, ab.id, sender, &format!("t{i}-{j}"))
+                            .await
+                            .message
+                            .seq
+                            .0,
+                    );
                 }
                 got
             })
@@ -322,15 +513,29 @@ async fn concurrent_appends_gap_free<S: Store>(t: Ctx<S>) {
     let mut all = Vec::new();
     for task in tasks {
         let got = task.await.expect("task");
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "one caller's appends are ordered");
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one caller's appends are ordered"
+        );
         all.extend(got);
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>(), "concurrent seqs are gap-free and unique");
+    assert_eq!(
+        all,
+        (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>(),
+        "concurrent seqs are gap-free and unique"
+    );
     let head = t.store.inbox_head(us[0].id).await.expect("read");
     assert_eq!(head, Cursor((TASKS * PER_TASK) as u64));
-    let events = t.store.events(us[1].id, Cursor(0), 200).await.expect("read");
-    assert_eq!(cursors(&events), (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>());
+    let events = t
+        .store
+        .events(us[1].id, Cursor(0), 200)
+        .await
+        .expect("read");
+    assert_eq!(
+        cursors(&events),
+        (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>()
+    );
 }
 
 async fn inbox_cursors_gap_free<S: Store>(t: Ctx<S>) {
@@ -339,22 +544,51 @@ async fn inbox_cursors_gap_free<S: Store>(t: Ctx<S>) {
     let (ann, bob, cat) = (us[0].id, us[1].id, us[2].id);
     assert_eq!(s.inbox_head(ann).await.expect("read"), Cursor(0));
     send(s, ab.id, ann, "1").await;
-    append_ok(s, vec![req(ab.id, bob, "2", "x"), req(ac.id, cat, "3", "y"), req(ab.id, ann, "4", "z")]).await;
+    append_ok(
+        s,
+        vec![
+            req(ab.id, bob, "2", "x"),
+            req(ac.id, cat, "3", "y"),
+            req(ab.id, ann, "4", "z"),
+        ],
+    )
+    .await;
     send(s, ac.id, ann, "5").await;
-    assert_eq!(s.inbox_head(ann).await.expect("read"), Cursor(5), "right after append returns");
+    assert_eq!(
+        s.inbox_head(ann).await.expect("read"),
+        Cursor(5),
+        "right after append returns"
+    );
     assert_eq!(s.inbox_head(bob).await.expect("read"), Cursor(3));
     assert_eq!(s.inbox_head(cat).await.expect("read"), Cursor(2));
     assert_eq!(s.inbox_head(UserId(99)).await.expect("read"), Cursor(0));
 
     let ann_events = s.events(ann, Cursor(0), 100).await.expect("read");
     assert_eq!(cursors(&ann_events), vec![1, 2, 3, 4, 5]);
-    let expect: Vec<(ConversationId, u64)> = vec![(ab.id, 1), (ab.id, 2), (ac.id, 1), (ab.id, 3), (ac.id, 2)];
-    let got: Vec<_> = ann_events.iter().map(|e| (event_message(e).conversation_id, event_message(e).seq.0)).collect();
-    assert_eq!(got, expect, "ann's inbox has every message of her conversations in commit order");
+    let expect: Vec<(ConversationId, u64)> =
+        vec![(ab.id, 1), (ab.id, 2), (ac.id, 1), (ab.id, 3), (ac.id, 2)];
+    let got: Vec<_> = ann_events
+        .iter()
+        .map(|e| (event_message(e).conversation_id, event_message(e).seq.0))
+        .collect();
+    assert_eq!(
+        got, expect,
+        "ann's inbox has every message of her conversations in commit order"
+    );
     let bob_events = s.events(bob, Cursor(0), 100).await.expect("read");
     assert_eq!(cursors(&bob_events), vec![1, 2, 3]);
-    assert_eq!(bob_events.iter().map(|e| event_message(e).seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert_eq!(event_message(&bob_events[2]), event_message(&ann_events[3]), "both members see the same message");
+    assert_eq!(
+        bob_events
+            .iter()
+            .map(|e| event_message(e).seq.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        event_message(&bob_events[2]),
+        event_message(&ann_events[3]),
+        "both members see the same message"
+    );
 }
 
 async fn dedup<S: Store>(t: Ctx<S>) {
@@ -365,12 +599,28 @@ async fn dedup<S: Store>(t: Ctx<S>) {
     t.sink.take();
     let head = s.inbox_head(bob).await.expect("read");
 
-    let again = append_ok(s, vec![req(ab.id, ann, "x", "different text")]).await.remove(0);
+    let again = append_ok(s, vec![req(ab.id, ann, "x", "different text")])
+        .await
+        .remove(0);
     assert!(again.duplicate);
-    assert_eq!(again.message, original.message, "a duplicate returns the original, text included");
-    assert_eq!(s.inbox_head(bob).await.expect("read"), head, "a duplicate creates no event");
+    assert_eq!(
+        again.message, original.message,
+        "a duplicate returns the original, text included"
+    );
+    assert_eq!(
+        s.inbox_head(bob).await.expect("read"),
+        head,
+        "a duplicate creates no event"
+    );
     assert!(t.sink.take().is_empty(), "a duplicate announces nothing");
-    assert_eq!(seqs(&s.messages(ab.id, MessageRange::Latest, 10).await.expect("read")), vec![1]);
+    assert_eq!(
+        seqs(
+            &s.messages(ab.id, MessageRange::Latest, 10)
+                .await
+                .expect("read")
+        ),
+        vec![1]
+    );
 
     // Another sender may use the same client id.
     let bobs = send(s, ab.id, bob, "x").await;
@@ -378,16 +628,41 @@ async fn dedup<S: Store>(t: Ctx<S>) {
     assert_eq!(bobs.message.seq, Seq(2));
 
     // Within one batch: the second is a duplicate of the first, the third is new.
-    let batch = append_ok(s, vec![req(ab.id, ann, "y", "first"), req(ab.id, ann, "y", "second"), req(ab.id, ann, "z", "third")]).await;
-    assert_eq!(batch.iter().map(|a| (a.message.seq.0, a.duplicate)).collect::<Vec<_>>(), vec![(3, false), (3, true), (4, false)]);
+    let batch = append_ok(
+        s,
+        vec![
+            req(ab.id, ann, "y", "first"),
+            req(ab.id, ann, "y", "second"),
+            req(ab.id, ann, "z", "third"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        batch
+            .iter()
+            .map(|a| (a.message.seq.0, a.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(3, false), (3, true), (4, false)]
+    );
     assert_eq!(batch[1].message.text, "first");
-    assert_eq!(t.sink.take().len(), 2 * 3, "two members × three new messages");
+    assert_eq!(
+        t.sink.take().len(),
+        2 * 3,
+        "two members × three new messages"
+    );
 
     // The key is (sender, client id) forever, whatever the conversation.
-    let elsewhere = append_ok(s, vec![req(ac.id, ann, "x", "in another conversation")]).await.remove(0);
+    let elsewhere = append_ok(s, vec![req(ac.id, ann, "x", "in another conversation")])
+        .await
+        .remove(0);
     assert!(elsewhere.duplicate);
     assert_eq!(elsewhere.message, original.message);
-    assert_eq!(s.messages(ac.id, MessageRange::Latest, 10).await.expect("read"), Vec::<Message>::new());
+    assert_eq!(
+        s.messages(ac.id, MessageRange::Latest, 10)
+            .await
+            .expect("read"),
+        Vec::<Message>::new()
+    );
 }
 
 async fn per_item_errors<S: Store>(t: Ctx<S>) {
@@ -405,14 +680,26 @@ async fn per_item_errors<S: Store>(t: Ctx<S>) {
         .expect("the batch as a whole succeeds");
     assert_eq!(results.len(), 4);
     assert_eq!(results[0].as_ref().map(|a| a.message.seq), Ok(Seq(1)));
-    assert_eq!(results[1].as_ref().map(|_| ()), Err(&AppendError::NoConversation));
-    assert_eq!(results[2].as_ref().map(|_| ()), Err(&AppendError::NotMember));
-    assert_eq!(results[3].as_ref().map(|a| a.message.seq), Ok(Seq(2)), "refusals leave no gap");
+    assert_eq!(
+        results[1].as_ref().map(|_| ()),
+        Err(&AppendError::NoConversation)
+    );
+    assert_eq!(
+        results[2].as_ref().map(|_| ()),
+        Err(&AppendError::NotMember)
+    );
+    assert_eq!(
+        results[3].as_ref().map(|a| a.message.seq),
+        Ok(Seq(2)),
+        "refusals leave no gap"
+    );
     assert_eq!(t.sink.take().len(), 4, "refused messages announce nothing");
     assert_eq!(s.inbox_head(cat).await.expect("read"), Cursor(0));
 
     // A refused message does not reserve its client id.
-    let retry = append_ok(s, vec![req(ab.id, ann, "2", "now valid")]).await.remove(0);
+    let retry = append_ok(s, vec![req(ab.id, ann, "2", "now valid")])
+        .await
+        .remove(0);
     assert!(!retry.duplicate);
     assert_eq!(retry.message.seq, Seq(3));
 }
@@ -424,26 +711,55 @@ async fn message_ranges<S: Store>(t: Ctx<S>) {
         send(s, ab.id, us[i % 2].id, &format!("m{i}")).await;
     }
     send(s, ac.id, us[0].id, "other").await;
-    let get = |range, limit| async move { seqs(&s.messages(ab.id, range, limit).await.expect("read")) };
+    let get =
+        |range, limit| async move { seqs(&s.messages(ab.id, range, limit).await.expect("read")) };
     assert_eq!(get(MessageRange::After(Seq(0)), 3).await, vec![1, 2, 3]);
     assert_eq!(get(MessageRange::After(Seq(3)), 3).await, vec![4, 5, 6]);
     assert_eq!(get(MessageRange::After(Seq(8)), 5).await, vec![9, 10]);
-    assert_eq!(get(MessageRange::After(Seq(10)), 5).await, Vec::<u64>::new());
-    assert_eq!(get(MessageRange::After(Seq(u64::MAX)), 5).await, Vec::<u64>::new());
+    assert_eq!(
+        get(MessageRange::After(Seq(10)), 5).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        get(MessageRange::After(Seq(u64::MAX)), 5).await,
+        Vec::<u64>::new()
+    );
     assert_eq!(get(MessageRange::Before(Seq(5)), 2).await, vec![3, 4]);
     assert_eq!(get(MessageRange::Before(Seq(3)), 10).await, vec![1, 2]);
-    assert_eq!(get(MessageRange::Before(Seq(1)), 10).await, Vec::<u64>::new());
-    assert_eq!(get(MessageRange::Before(Seq(0)), 10).await, Vec::<u64>::new());
+    assert_eq!(
+        get(MessageRange::Before(Seq(1)), 10).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        get(MessageRange::Before(Seq(0)), 10).await,
+        Vec::<u64>::new()
+    );
     assert_eq!(get(MessageRange::Before(Seq(100)), 3).await, vec![8, 9, 10]);
     assert_eq!(get(MessageRange::Latest, 4).await, vec![7, 8, 9, 10]);
-    assert_eq!(get(MessageRange::Latest, 100).await, (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        get(MessageRange::Latest, 100).await,
+        (1..=10).collect::<Vec<_>>()
+    );
     assert_eq!(get(MessageRange::Latest, 0).await, Vec::<u64>::new());
     assert_eq!(get(MessageRange::After(Seq(0)), 0).await, Vec::<u64>::new());
-    assert_eq!(get(MessageRange::Before(Seq(5)), 0).await, Vec::<u64>::new());
-    let none = s.messages(ConversationId(99), MessageRange::Latest, 10).await.expect("read");
+    assert_eq!(
+        get(MessageRange::Before(Seq(5)), 0).await,
+        Vec::<u64>::new()
+    );
+    let none = s
+        .messages(ConversationId(99), MessageRange::Latest, 10)
+        .await
+        .expect("read");
     assert!(none.is_empty());
-    let other = s.messages(ac.id, MessageRange::After(Seq(0)), 10).await.expect("read");
-    assert_eq!(other.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["text other"], "conversations do not bleed");
+    let other = s
+        .messages(ac.id, MessageRange::After(Seq(0)), 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        other.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        vec!["text other"],
+        "conversations do not bleed"
+    );
 }
 
 async fn events_paging<S: Store>(t: Ctx<S>) {
@@ -453,42 +769,83 @@ async fn events_paging<S: Store>(t: Ctx<S>) {
         send(s, ab.id, us[0].id, &format!("m{i}")).await;
     }
     let bob = us[1].id;
-    let page = |after, limit| async move { s.events(bob, Cursor(after), limit).await.expect("read") };
+    let page =
+        |after, limit| async move { s.events(bob, Cursor(after), limit).await.expect("read") };
     assert_eq!(cursors(&page(0, 4).await), vec![1, 2, 3, 4]);
     assert_eq!(cursors(&page(4, 4).await), vec![5, 6, 7, 8]);
     assert_eq!(cursors(&page(8, 4).await), vec![9, 10]);
     assert!(page(10, 4).await.is_empty());
     assert!(page(u64::MAX, 4).await.is_empty());
     assert!(page(0, 0).await.is_empty());
-    assert!(s.events(us[2].id, Cursor(0), 10).await.expect("read").is_empty());
-    assert!(s.events(UserId(99), Cursor(0), 10).await.expect("read").is_empty());
+    assert!(s
+        .events(us[2].id, Cursor(0), 10)
+        .await
+        .expect("read")
+        .is_empty());
+    assert!(s
+        .events(UserId(99), Cursor(0), 10)
+        .await
+        .expect("read")
+        .is_empty());
 
-    let messages = s.messages(ab.id, MessageRange::Latest, 100).await.expect("read");
+    let messages = s
+        .messages(ab.id, MessageRange::Latest, 100)
+        .await
+        .expect("read");
     let events = page(0, 100).await;
-    assert_eq!(events.iter().map(|e| event_message(e).clone()).collect::<Vec<_>>(), messages, "events carry the stored messages");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| event_message(e).clone())
+            .collect::<Vec<_>>(),
+        messages,
+        "events carry the stored messages"
+    );
 }
 
 async fn sink_gets_exactly_new_events<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let (us, ab, ac) = two_conversations(s).await;
     let (ann, bob, cat) = (us[0].id, us[1].id, us[2].id);
-    assert!(t.sink.events().is_empty(), "accounts and conversations announce nothing");
+    assert!(
+        t.sink.events().is_empty(),
+        "accounts and conversations announce nothing"
+    );
 
     send(s, ab.id, ann, "1").await;
     let after_one = t.sink.events();
     assert_eq!(after_one.len(), 2, "announced by the time append returns");
-    append_ok(s, vec![req(ac.id, cat, "2", "x"), req(ab.id, bob, "3", "y")]).await;
+    append_ok(
+        s,
+        vec![req(ac.id, cat, "2", "x"), req(ab.id, bob, "3", "y")],
+    )
+    .await;
     send(s, ab.id, ann, "1").await; // duplicate
-    s.append(vec![req(ab.id, cat, "4", "not a member")]).await.expect("append").remove(0).expect_err("refused");
+    s.append(vec![req(ab.id, cat, "4", "not a member")])
+        .await
+        .expect("append")
+        .remove(0)
+        .expect_err("refused");
     send(s, ac.id, ann, "5").await;
 
     let announced = t.sink.take();
-    assert_eq!(announced.len(), 2 * 4, "two members × four new messages, nothing else");
+    assert_eq!(
+        announced.len(),
+        2 * 4,
+        "two members × four new messages, nothing else"
+    );
     assert_eq!(&announced[..2], &after_one[..]);
     for user in [ann, bob, cat] {
-        let mine: Vec<Event> = announced.iter().filter(|e| e.user_id == user).map(|e| e.event.clone()).collect();
+        let mine: Vec<Event> = announced
+            .iter()
+            .filter(|e| e.user_id == user)
+            .map(|e| e.event.clone())
+            .collect();
         let stored = s.events(user, Cursor(0), 100).await.expect("read");
-        assert_eq!(mine, stored, "user {user}: the sink saw exactly the stored events, in cursor order");
+        assert_eq!(
+            mine, stored,
+            "user {user}: the sink saw exactly the stored events, in cursor order"
+        );
         assert_eq!(cursors(&mine), (1..=mine.len() as u64).collect::<Vec<_>>());
     }
 }
@@ -497,9 +854,14 @@ async fn long_text<S: Store>(t: Ctx<S>) {
     let s = &*t.store;
     let (us, ab, _) = two_conversations(s).await;
     let text = "é".repeat(magpie_core::limits::MESSAGE_CHARS_MAX);
-    let stored = append_ok(s, vec![req(ab.id, us[0].id, "long", &text)]).await.remove(0);
+    let stored = append_ok(s, vec![req(ab.id, us[0].id, "long", &text)])
+        .await
+        .remove(0);
     assert_eq!(stored.message.text, text);
-    let read = s.messages(ab.id, MessageRange::Latest, 1).await.expect("read");
+    let read = s
+        .messages(ab.id, MessageRange::Latest, 1)
+        .await
+        .expect("read");
     assert_eq!(read[0].text, text);
     for user in [us[0].id, us[1].id] {
         let events = s.events(user, Cursor(0), 10).await.expect("read");

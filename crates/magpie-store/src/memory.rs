@@ -36,7 +36,10 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store announcing commits to `sink`.
     pub fn new(sink: Arc<dyn CommitSink>) -> Self {
-        Self { state: Mutex::new(State::default()), sink }
+        Self {
+            state: Mutex::new(State::default()),
+            sink,
+        }
     }
 }
 
@@ -45,7 +48,11 @@ fn direct_key(a: UserId, b: UserId) -> (UserId, UserId) {
 }
 
 impl State {
-    fn append_one(&mut self, req: AppendRequest, out: &mut Vec<UserEvent>) -> Result<Appended, AppendError> {
+    fn append_one(
+        &mut self,
+        req: AppendRequest,
+        out: &mut Vec<UserEvent>,
+    ) -> Result<Appended, AppendError> {
         let conv = self
             .conversations
             .get((req.conversation_id.0 as usize).wrapping_sub(1))
@@ -56,7 +63,10 @@ impl State {
         }
         if let Some(&(cid, seq)) = self.dedup.get(&(req.sender_id, req.client_msg_id.clone())) {
             let message = self.timelines[&cid][(seq.0 - 1) as usize].clone();
-            return Ok(Appended { message, duplicate: true });
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
         }
         let timeline = self.timelines.entry(conv.id).or_default();
         let seq = Seq(timeline.len() as u64 + 1);
@@ -69,7 +79,8 @@ impl State {
             ts_ms: now_ms(),
         });
         timeline.push(message.clone());
-        self.dedup.insert((req.sender_id, req.client_msg_id), (conv.id, seq));
+        self.dedup
+            .insert((req.sender_id, req.client_msg_id), (conv.id, seq));
         for member in &conv.members {
             let inbox = self.inboxes.entry(*member).or_default();
             let event = Event {
@@ -77,15 +88,25 @@ impl State {
                 payload: EventPayload::Message(message.clone()),
             };
             inbox.push(event.clone());
-            out.push(UserEvent { user_id: *member, event });
+            out.push(UserEvent {
+                user_id: *member,
+                event,
+            });
         }
-        Ok(Appended { message, duplicate: false })
+        Ok(Appended {
+            message,
+            duplicate: false,
+        })
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create_user(&self, username: String, password_hash: String) -> Result<User, StoreError> {
+    async fn create_user(
+        &self,
+        username: String,
+        password_hash: String,
+    ) -> Result<User, StoreError> {
         let mut s = self.state.lock();
         if s.users_by_name.contains_key(&username) {
             return Err(StoreError::UsernameTaken);
@@ -108,10 +129,17 @@ impl Store for MemoryStore {
 
     async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         let s = self.state.lock();
-        Ok(s.users_by_name.get(username).map(|id| s.users[(id.0 - 1) as usize].clone()))
+        Ok(s.users_by_name
+            .get(username)
+            .map(|id| s.users[(id.0 - 1) as usize].clone()))
     }
 
-    async fn create_device(&self, user: UserId, name: String, token_hash: [u8; 32]) -> Result<Device, StoreError> {
+    async fn create_device(
+        &self,
+        user: UserId,
+        name: String,
+        token_hash: [u8; 32],
+    ) -> Result<Device, StoreError> {
         let mut s = self.state.lock();
         if s.users.get((user.0 as usize).wrapping_sub(1)).is_none() {
             return Err(StoreError::NotFound("user"));
@@ -130,7 +158,10 @@ impl Store for MemoryStore {
 
     async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<Device>, StoreError> {
         let s = self.state.lock();
-        Ok(s.devices.iter().find(|d| d.token_hash == token_hash && !d.revoked).cloned())
+        Ok(s.devices
+            .iter()
+            .find(|d| d.token_hash == token_hash && !d.revoked)
+            .cloned())
     }
 
     async fn device(&self, id: DeviceId) -> Result<Option<Device>, StoreError> {
@@ -140,14 +171,20 @@ impl Store for MemoryStore {
 
     async fn revoke_device(&self, id: DeviceId) -> Result<(), StoreError> {
         let mut s = self.state.lock();
-        let d = s.devices.get_mut((id.0 as usize).wrapping_sub(1)).ok_or(StoreError::NotFound("device"))?;
+        let d = s
+            .devices
+            .get_mut((id.0 as usize).wrapping_sub(1))
+            .ok_or(StoreError::NotFound("device"))?;
         d.revoked = true;
         Ok(())
     }
 
     async fn ack_cursor(&self, id: DeviceId, cursor: Cursor) -> Result<(), StoreError> {
         let mut s = self.state.lock();
-        let d = s.devices.get_mut((id.0 as usize).wrapping_sub(1)).ok_or(StoreError::NotFound("device"))?;
+        let d = s
+            .devices
+            .get_mut((id.0 as usize).wrapping_sub(1))
+            .ok_or(StoreError::NotFound("device"))?;
         d.cursor = d.cursor.max(cursor);
         Ok(())
     }
@@ -176,20 +213,35 @@ impl Store for MemoryStore {
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<Conversation>, StoreError> {
         let s = self.state.lock();
-        Ok(s.conversations.get((id.0 as usize).wrapping_sub(1)).cloned())
+        Ok(s.conversations
+            .get((id.0 as usize).wrapping_sub(1))
+            .cloned())
     }
 
-    async fn append(&self, batch: Vec<AppendRequest>) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    async fn append(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
         let mut s = self.state.lock();
         let mut events = Vec::new();
-        let results = batch.into_iter().map(|r| s.append_one(r, &mut events)).collect();
+        let results = batch
+            .into_iter()
+            .map(|r| s.append_one(r, &mut events))
+            .collect();
         self.sink.committed(&events);
         Ok(results)
     }
 
-    async fn messages(&self, conversation: ConversationId, range: MessageRange, limit: usize) -> Result<Vec<Message>, StoreError> {
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        range: MessageRange,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
         let s = self.state.lock();
-        let Some(t) = s.timelines.get(&conversation) else { return Ok(Vec::new()) };
+        let Some(t) = s.timelines.get(&conversation) else {
+            return Ok(Vec::new());
+        };
         let all: Vec<&Arc<Message>> = match range {
             MessageRange::After(seq) => t.iter().filter(|m| m.seq > seq).take(limit).collect(),
             MessageRange::Before(seq) => {
@@ -201,10 +253,22 @@ impl Store for MemoryStore {
         Ok(all.into_iter().map(|m| (**m).clone()).collect())
     }
 
-    async fn events(&self, user: UserId, after: Cursor, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn events(
+        &self,
+        user: UserId,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let s = self.state.lock();
-        let Some(inbox) = s.inboxes.get(&user) else { return Ok(Vec::new()) };
-        Ok(inbox.iter().skip(after.0 as usize).take(limit).cloned().collect())
+        let Some(inbox) = s.inboxes.get(&user) else {
+            return Ok(Vec::new());
+        };
+        Ok(inbox
+            .iter()
+            .skip(after.0 as usize)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use magpie_core::{
-    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, Seq,
-    User, UserEvent, UserId,
+    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, Seq, User,
+    UserEvent, UserId,
 };
 
 use crate::{AppendError, StoreError};
@@ -71,7 +71,11 @@ impl CommitSink for NoopSink {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates an account; `StoreError::UsernameTaken` if the name exists.
-    async fn create_user(&self, username: String, password_hash: String) -> Result<User, StoreError>;
+    async fn create_user(
+        &self,
+        username: String,
+        password_hash: String,
+    ) -> Result<User, StoreError>;
     /// Looks an account up by id.
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
     /// Looks an account up by username.
@@ -112,7 +116,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
     /// Reads inbox events with cursor > `after`, ascending, at most `limit`.
-    async fn events(&self, user: UserId, after: Cursor, limit: usize) -> Result<Vec<Event>, StoreError>;
+    async fn events(
+        &self,
+        user: UserId,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
     /// The newest cursor of the user's inbox (0 if empty).
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError>;
 }

@@ -15,7 +15,9 @@ async fn fjall_store_conforms() {
     let root = tempfile::tempdir().expect("tempdir");
     let n = AtomicUsize::new(0);
     conformance::run_all(|sink| {
-        let dir = root.path().join(n.fetch_add(1, Ordering::Relaxed).to_string());
+        let dir = root
+            .path()
+            .join(n.fetch_add(1, Ordering::Relaxed).to_string());
         FjallStore::open(FjallConfig::new(dir), sink).expect("open")
     })
     .await;
@@ -27,8 +29,13 @@ async fn fjall_store_conforms_with_single_op_batches() {
     let root = tempfile::tempdir().expect("tempdir");
     let n = AtomicUsize::new(0);
     conformance::run_all(|sink| {
-        let dir = root.path().join(n.fetch_add(1, Ordering::Relaxed).to_string());
-        let config = FjallConfig { batch_ops_max: 1, ..FjallConfig::new(dir) };
+        let dir = root
+            .path()
+            .join(n.fetch_add(1, Ordering::Relaxed).to_string());
+        let config = FjallConfig {
+            batch_ops_max: 1,
+            ..FjallConfig::new(dir)
+        };
         FjallStore::open(config, sink).expect("open")
     })
     .await;

@@ -27,7 +27,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         None => runtime.block_on(magpie_server::run(magpie_server::ServeArgs::default())),
         Some(Command::Serve(args)) => runtime.block_on(magpie_server::run(args)),

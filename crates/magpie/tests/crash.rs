@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Kill/restart rounds.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Concurrent sending connections per round.
 const SENDERS: usize = 4;
 /// Unacknowledged sends each sender keeps in flight.
@@ -55,7 +55,10 @@ impl Drop for ServerProc {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 async fn wait_healthy(base: &str) {
@@ -72,7 +75,9 @@ async fn wait_healthy(base: &str) {
 }
 
 async fn post(base: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -81,22 +86,51 @@ async fn post(base: &str, token: Option<&str>, path: &str, body: Value) -> (u16,
 }
 
 async fn get(base: &str, token: &str, path: &str) -> Value {
-    let r = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
 
 async fn account(base: &str, name: &str) -> (String, String) {
-    let (st, _) = post(base, None, "/v1/accounts", json!({"username": name, "password": "password123"})).await;
+    let (st, _) = post(
+        base,
+        None,
+        "/v1/accounts",
+        json!({"username": name, "password": "password123"}),
+    )
+    .await;
     assert_eq!(st, 201);
-    let (st, v) = post(base, None, "/v1/sessions", json!({"username": name, "password": "password123"})).await;
+    let (st, v) = post(
+        base,
+        None,
+        "/v1/sessions",
+        json!({"username": name, "password": "password123"}),
+    )
+    .await;
     assert_eq!(st, 201);
-    (v["user_id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
+    (
+        v["user_id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Sends pipelined messages until the socket dies, recording every acknowledged (id → seq).
-async fn sender(ws_url: String, token: String, conv: String, prefix: String, acked: Arc<Mutex<HashMap<String, u64>>>) {
-    let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("{ws_url}?token={token}")).await else { return };
+async fn sender(
+    ws_url: String,
+    token: String,
+    conv: String,
+    prefix: String,
+    acked: Arc<Mutex<HashMap<String, u64>>>,
+) {
+    let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("{ws_url}?token={token}")).await
+    else {
+        return;
+    };
     let (mut tx, mut rx) = ws.split();
     let mut next = 0usize;
     let mut in_flight = std::collections::VecDeque::new();
@@ -105,7 +139,11 @@ async fn sender(ws_url: String, token: String, conv: String, prefix: String, ack
             let id = format!("{prefix}-{next}");
             next += 1;
             let frame = json!({"type":"send","client_msg_id": id,"conversation_id": conv,"text": format!("payload {id}")});
-            if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
+            if tx
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
                 return;
             }
             in_flight.push_back(id);
@@ -115,7 +153,11 @@ async fn sender(ws_url: String, token: String, conv: String, prefix: String, ack
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
                 if v["type"] == "sent" {
                     let id = v["client_msg_id"].as_str().unwrap().to_owned();
-                    assert_eq!(in_flight.pop_front().as_deref(), Some(id.as_str()), "acks in send order");
+                    assert_eq!(
+                        in_flight.pop_front().as_deref(),
+                        Some(id.as_str()),
+                        "acks in send order"
+                    );
                     acked.lock().unwrap().insert(id, v["seq"].as_u64().unwrap());
                 }
             }
@@ -135,7 +177,13 @@ async fn acknowledged_messages_survive_sigkill() {
     wait_healthy(&base).await;
     let (_alice_id, alice) = account(&base, "alice").await;
     let (bob_id, bob) = account(&base, "bob").await;
-    let (st, v) = post(&base, Some(&alice), "/v1/conversations/direct", json!({"peer_id": bob_id})).await;
+    let (st, v) = post(
+        &base,
+        Some(&alice),
+        "/v1/conversations/direct",
+        json!({"peer_id": bob_id}),
+    )
+    .await;
     assert_eq!(st, 200);
     let conv = v["conversation_id"].as_str().unwrap().to_owned();
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -143,8 +191,18 @@ async fn acknowledged_messages_survive_sigkill() {
     for round in 0..ROUNDS {
         let tasks: Vec<_> = (0..SENDERS)
             .map(|i| {
-                let token = if i % 2 == 0 { alice.clone() } else { bob.clone() };
-                tokio::spawn(sender(ws_url.clone(), token, conv.clone(), format!("r{round}s{i}"), acked.clone()))
+                let token = if i % 2 == 0 {
+                    alice.clone()
+                } else {
+                    bob.clone()
+                };
+                tokio::spawn(sender(
+                    ws_url.clone(),
+                    token,
+                    conv.clone(),
+                    format!("r{round}s{i}"),
+                    acked.clone(),
+                ))
             })
             .collect();
         // Let traffic build, then kill mid-stream.
@@ -159,9 +217,17 @@ async fn acknowledged_messages_survive_sigkill() {
         }
         server = ServerProc::start(addr, dir.path());
         wait_healthy(&base).await;
-        verify(&base, &alice, &bob, &conv, &acked.lock().unwrap()).await;
+        let snapshot = acked.lock().unwrap().clone();
+        eprintln!(
+            "round {round}: {} messages acknowledged so far; verifying after SIGKILL",
+            snapshot.len()
+        );
+        verify(&base, &alice, &bob, &conv, &snapshot).await;
     }
-    assert!(acked.lock().unwrap().len() >= ROUNDS * 300, "enough traffic was acknowledged");
+    assert!(
+        acked.lock().unwrap().len() >= ROUNDS * 300,
+        "enough traffic was acknowledged"
+    );
     drop(server);
 }
 
@@ -170,7 +236,12 @@ async fn verify(base: &str, alice: &str, bob: &str, conv: &str, acked: &HashMap<
     let mut stored: BTreeMap<u64, String> = BTreeMap::new();
     let mut after = 0;
     loop {
-        let page = get(base, alice, &format!("/v1/conversations/{conv}/messages?after_seq={after}&limit=200")).await;
+        let page = get(
+            base,
+            alice,
+            &format!("/v1/conversations/{conv}/messages?after_seq={after}&limit=200"),
+        )
+        .await;
         let msgs = page["messages"].as_array().unwrap();
         if msgs.is_empty() {
             break;
@@ -198,17 +269,38 @@ async fn verify(base: &str, alice: &str, bob: &str, conv: &str, acked: &HashMap<
             break;
         }
         for e in events {
-            assert_eq!(e["cursor"].as_u64().unwrap(), cursor + 1, "cursors are gap-free");
+            assert_eq!(
+                e["cursor"].as_u64().unwrap(),
+                cursor + 1,
+                "cursors are gap-free"
+            );
             cursor += 1;
-            assert!(seen.insert(e["message"]["seq"].as_u64().unwrap()), "event delivered once");
+            assert!(
+                seen.insert(e["message"]["seq"].as_u64().unwrap()),
+                "event delivered once"
+            );
         }
     }
     assert_eq!(seen.len(), stored.len(), "inbox holds every stored message");
     // Retrying acknowledged sends reports duplicates with the original seq.
     for (id, seq) in acked.iter().take(25) {
-        let token = if id.contains("s0") || id.contains("s2") { alice } else { bob };
-        let (st, v) = post(base, Some(token), &format!("/v1/conversations/{conv}/messages"), json!({"client_msg_id": id, "text": format!("payload {id}")})).await;
+        let token = if id.contains("s0") || id.contains("s2") {
+            alice
+        } else {
+            bob
+        };
+        let (st, v) = post(
+            base,
+            Some(token),
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": id, "text": format!("payload {id}")}),
+        )
+        .await;
         assert_eq!(st, 200);
-        assert_eq!((v["seq"].as_u64(), v["duplicate"].as_bool()), (Some(*seq), Some(true)), "retry of {id}");
+        assert_eq!(
+            (v["seq"].as_u64(), v["duplicate"].as_bool()),
+            (Some(*seq), Some(true)),
+            "retry of {id}"
+        );
     }
 }

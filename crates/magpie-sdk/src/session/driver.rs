@@ -152,7 +152,7 @@ impl Driver {
                 Ending::Closed => break,
                 Ending::Revoked => {
                     info!(label = %self.config.label, "session revoked");
-                    let _ = self.events.send(SessionEvent::Revoked).await;
+                    let _ = self.emit(SessionEvent::Revoked).await;
                     break;
                 }
                 Ending::Lost(reason) => reason,
@@ -164,7 +164,7 @@ impl Driver {
             let retry_in = self.backoff.next_delay(&mut rand::rng());
             info!(label = %self.config.label, %reason, ?retry_in, "disconnected");
             let event = SessionEvent::Disconnected { reason, retry_in };
-            if self.events.send(event).await.is_err() || !self.pause(retry_in).await {
+            if self.emit(event).await.is_err() || !self.pause(retry_in).await {
                 break;
             }
         }
@@ -182,7 +182,9 @@ impl Driver {
         match tokio::task::spawn_blocking(move || store.load()).await {
             Ok(Ok(Some(cursor))) => self.resume_at(cursor),
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot read the cursor store; using the server's cursor"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the cursor store; using the server's cursor")
+            }
             Err(e) => warn!(error = %e, "cursor store panicked; using the server's cursor"),
         }
     }
@@ -233,9 +235,26 @@ impl Driver {
         };
         let ready_at = Instant::now();
         let ending = self.serve(&mut sink, &mut stream, heartbeat_ms).await;
+        if matches!(ending, Ending::Closed) {
+            self.note_app_acks();
+            if let Some(cursor) = self.flush_cursor(true).await {
+                let _ = timeout(
+                    Duration::from_secs(1),
+                    write(&mut sink, &ClientFrame::Ack { cursor }),
+                )
+                .await;
+            }
+        }
         if !matches!(ending, Ending::Lost(_)) {
-            let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-            let _ = timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            let _ = timeout(
+                Duration::from_secs(1),
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
         }
         (ending, Some(ready_at))
     }
@@ -248,12 +267,19 @@ impl Driver {
                 match stream.next().await {
                     Some(Ok(Message::Text(text))) => {
                         match serde_json::from_str::<ServerFrame>(&text) {
-                            Ok(ServerFrame::Ready { user_id, device_id, cursor, heartbeat_ms }) => {
+                            Ok(ServerFrame::Ready {
+                                user_id,
+                                device_id,
+                                cursor,
+                                heartbeat_ms,
+                            }) => {
                                 return Ok((user_id, device_id, cursor, heartbeat_ms));
                             }
                             Ok(other) => debug!(?other, "frame before ready ignored"),
                             Err(e) => {
-                                return Err(Ending::Lost(format!("bad frame instead of ready: {e}")))
+                                return Err(Ending::Lost(format!(
+                                    "bad frame instead of ready: {e}"
+                                )))
                             }
                         }
                     }
@@ -284,18 +310,38 @@ impl Driver {
             resumed_from,
             heartbeat_ms,
         };
-        self.events.send(connected).await.map_err(|_| Ending::Closed)?;
-        write(sink, &ClientFrame::Sync { cursor: resumed_from }).await?;
+        self.events
+            .send(connected)
+            .await
+            .map_err(|_| Ending::Closed)?;
+        write(
+            sink,
+            &ClientFrame::Sync {
+                cursor: resumed_from,
+            },
+        )
+        .await?;
         if self.acker.flushed() > server_cursor {
             // Progress persisted while offline (or by an earlier run) the server has not seen.
-            write(sink, &ClientFrame::Ack { cursor: self.acker.flushed() }).await?;
+            write(
+                sink,
+                &ClientFrame::Ack {
+                    cursor: self.acker.flushed(),
+                },
+            )
+            .await?;
         }
         self.write_outbox(sink).await?;
         Ok(heartbeat_ms)
     }
 
     /// The frame loop of an established connection.
-    async fn serve(&mut self, sink: &mut WsSink, stream: &mut WsStream, heartbeat_ms: u64) -> Ending {
+    async fn serve(
+        &mut self,
+        sink: &mut WsSink,
+        stream: &mut WsStream,
+        heartbeat_ms: u64,
+    ) -> Ending {
         let heartbeat = Duration::from_millis(heartbeat_ms);
         let ping_every = heartbeat / 2;
         let dead_after = heartbeat * DEAD_AFTER_HEARTBEATS;
@@ -305,23 +351,34 @@ impl Driver {
         loop {
             let ack_at = self.acker.deadline();
             let retry_at = self.retry_at;
-            // Biased: inbound frames before the dead-connection timer, so frames that queued
-            // up while we were blocked on a slow application still count as signs of life.
+            // Biased, in this order: close requests; the cheap timers and wake-ups (so a flood
+            // of inbound frames cannot starve pings or sends); inbound frames; and only then
+            // the dead-connection timer, so frames that queued up while we were blocked on a
+            // slow application still count as signs of life.
             let step: Result<(), Ending> = tokio::select! {
                 biased;
                 req = self.close_rx.recv() => {
                     self.closers.extend(req);
-                    self.note_app_acks();
-                    if let Some(cursor) = self.flush_cursor(true).await {
-                        let _ = write(sink, &ClientFrame::Ack { cursor }).await;
-                    }
                     Err(Ending::Closed)
+                }
+                _ = ping.tick() => write(sink, &ClientFrame::Ping).await,
+                _ = self.shared.wake.notified() => {
+                    self.note_app_acks();
+                    self.write_outbox(sink).await
+                }
+                _ = maybe_sleep_until(ack_at) => match self.flush_cursor(false).await {
+                    Some(cursor) => write(sink, &ClientFrame::Ack { cursor }).await,
+                    None => Ok(()),
+                },
+                _ = maybe_sleep_until(retry_at) => {
+                    self.retry_at = None;
+                    self.write_outbox(sink).await
                 }
                 msg = stream.next() => {
                     last_inbound = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                            Ok(frame) => self.on_frame(frame, sink).await,
+                            Ok(frame) => self.on_frame(frame).await,
                             Err(e) => {
                                 // Tolerated: a newer server may send frames we do not know.
                                 warn!(error = %e, "ignoring unparseable frame");
@@ -337,19 +394,6 @@ impl Driver {
                 _ = sleep_until(last_inbound + dead_after) => {
                     Err(Ending::Lost(format!("no frame from the server for {dead_after:?}")))
                 }
-                _ = ping.tick() => write(sink, &ClientFrame::Ping).await,
-                _ = self.shared.wake.notified() => {
-                    self.note_app_acks();
-                    self.write_outbox(sink).await
-                }
-                _ = maybe_sleep_until(ack_at) => match self.flush_cursor(false).await {
-                    Some(cursor) => write(sink, &ClientFrame::Ack { cursor }).await,
-                    None => Ok(()),
-                },
-                _ = maybe_sleep_until(retry_at) => {
-                    self.retry_at = None;
-                    self.write_outbox(sink).await
-                }
             };
             if let Err(ending) = step {
                 return ending;
@@ -357,19 +401,34 @@ impl Driver {
         }
     }
 
-    async fn on_frame(&mut self, frame: ServerFrame, sink: &mut WsSink) -> Result<(), Ending> {
+    async fn on_frame(&mut self, frame: ServerFrame) -> Result<(), Ending> {
         match frame {
             ServerFrame::Event(event) => self.on_event(event).await,
-            ServerFrame::Sent { client_msg_id, conversation_id, seq, ts_ms, duplicate } => {
+            ServerFrame::Sent {
+                client_msg_id,
+                conversation_id,
+                seq,
+                ts_ms,
+                duplicate,
+            } => {
                 if self.shared.outbox().complete(&client_msg_id).is_none() {
                     debug!(%client_msg_id, "sent for an id no longer pending");
                     return Ok(());
                 }
-                let sent =
-                    SessionEvent::Sent { client_msg_id, conversation_id, seq, ts_ms, duplicate };
+                let sent = SessionEvent::Sent {
+                    client_msg_id,
+                    conversation_id,
+                    seq,
+                    ts_ms,
+                    duplicate,
+                };
                 self.emit(sent).await
             }
-            ServerFrame::Error { code, message, client_msg_id: Some(id) } => {
+            ServerFrame::Error {
+                code,
+                message,
+                client_msg_id: Some(id),
+            } => {
                 if is_transient(code) {
                     if self.shared.outbox().retry(&id) {
                         let at = Instant::now() + Duration::from_millis(TRANSIENT_RETRY_MS);
@@ -380,25 +439,37 @@ impl Driver {
                 if self.shared.outbox().complete(&id).is_none() {
                     return Ok(());
                 }
-                self.emit(SessionEvent::SendFailed { client_msg_id: id, code, message }).await
+                self.emit(SessionEvent::SendFailed {
+                    client_msg_id: id,
+                    code,
+                    message,
+                })
+                .await
             }
-            ServerFrame::Error { code, message, client_msg_id: None } => {
+            ServerFrame::Error {
+                code,
+                message,
+                client_msg_id: None,
+            } => {
                 warn!(code = code.as_str(), %message, "server reported an error");
                 Ok(())
             }
             ServerFrame::Pong => Ok(()),
             ServerFrame::Ready { .. } => {
                 debug!("duplicate ready ignored");
-                let _ = sink;
                 Ok(())
             }
         }
     }
 
     async fn on_event(&mut self, event: WireEvent) -> Result<(), Ending> {
-        let mut source = HttpSource { client: &self.client };
+        let mut source = HttpSource {
+            client: &self.client,
+        };
         let mut sink = AppSink {
             events: &self.events,
+            close_rx: &mut self.close_rx,
+            closers: &mut self.closers,
             acker: &mut self.acker,
             auto_ack: self.config.ack_mode == AckMode::Auto,
         };
@@ -411,14 +482,18 @@ impl Driver {
         Ok(())
     }
 
-    async fn emit(&self, event: SessionEvent) -> Result<(), Ending> {
-        self.events.send(event).await.map_err(|_| Ending::Closed)
+    async fn emit(&mut self, event: SessionEvent) -> Result<(), Ending> {
+        emit_or_close(&self.events, &mut self.close_rx, &mut self.closers, event)
+            .await
+            .map_err(Ending::from)
     }
 
     async fn write_outbox(&mut self, sink: &mut WsSink) -> Result<(), Ending> {
         let frames = self.shared.outbox().take_unwritten();
         for frame in &frames {
-            sink.feed(Message::text(to_json(frame)?)).await.map_err(ws_lost)?;
+            sink.feed(Message::text(to_json(frame)?))
+                .await
+                .map_err(ws_lost)?;
         }
         if !frames.is_empty() {
             sink.flush().await.map_err(ws_lost)?;
@@ -436,7 +511,11 @@ impl Driver {
     /// Persists the processed cursor if a flush is due (or `force`). Returns the cursor to
     /// ack over the socket.
     async fn flush_cursor(&mut self, force: bool) -> Option<u64> {
-        let cursor = if force { self.acker.take_now() } else { self.acker.take_due(Instant::now()) }?;
+        let cursor = if force {
+            self.acker.take_now()
+        } else {
+            self.acker.take_due(Instant::now())
+        }?;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.save(cursor)).await {
             Ok(Ok(())) => {}
@@ -457,17 +536,35 @@ async fn connect(client: &Client, connect_timeout: Duration) -> Result<Ws, Endin
     // Already validated in `Session::start`; the header keeps the token out of URLs/logs.
     let token = client.token().unwrap_or_default();
     request.headers_mut().insert(AUTHORIZATION, bearer(token)?);
-    match timeout(connect_timeout, tokio_tungstenite::connect_async(request)).await
-    {
+    match timeout(connect_timeout, tokio_tungstenite::connect_async(request)).await {
         Err(_) => Err(Ending::Lost("connect timed out".into())),
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(resp))) if resp.status().as_u16() == 401 => {
             Err(Ending::Revoked)
         }
-        Ok(Err(tungstenite::Error::Http(resp))) => {
-            Err(Ending::Lost(format!("websocket upgrade refused: HTTP {}", resp.status())))
-        }
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(Ending::Lost(format!(
+            "websocket upgrade refused: HTTP {}",
+            resp.status()
+        ))),
+        Ok(Err(tungstenite::Error::Io(e))) => Err(Ending::Lost(format!("cannot connect: {e}"))),
         Ok(Err(e)) => Err(Ending::Lost(format!("connect failed: {e}"))),
+    }
+}
+
+/// Hands `event` to the application unless a close request arrives first: an application
+/// blocked in `Session::close` is not reading, so waiting for channel space would deadlock.
+async fn emit_or_close(
+    events: &mpsc::Sender<SessionEvent>,
+    close_rx: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    closers: &mut Vec<oneshot::Sender<()>>,
+    event: SessionEvent,
+) -> Result<()> {
+    tokio::select! {
+        sent = events.send(event) => sent.map_err(|_| SdkError::Closed),
+        req = close_rx.recv() => {
+            closers.extend(req);
+            Err(SdkError::Closed)
+        }
     }
 }
 
@@ -478,13 +575,19 @@ struct HttpSource<'a> {
 
 impl EventSource for HttpSource<'_> {
     async fn fetch_after(&mut self, after: u64) -> Result<Vec<WireEvent>> {
-        Ok(self.client.sync(after, Some(GAP_FILL_PAGE_EVENTS), None).await?.events)
+        Ok(self
+            .client
+            .sync(after, Some(GAP_FILL_PAGE_EVENTS), None)
+            .await?
+            .events)
     }
 }
 
 /// Hands events to the application and, in auto mode, counts them as processed.
 struct AppSink<'a> {
     events: &'a mpsc::Sender<SessionEvent>,
+    close_rx: &'a mut mpsc::Receiver<oneshot::Sender<()>>,
+    closers: &'a mut Vec<oneshot::Sender<()>>,
     acker: &'a mut AckTracker,
     auto_ack: bool,
 }
@@ -492,7 +595,8 @@ struct AppSink<'a> {
 impl EventSink for AppSink<'_> {
     async fn deliver(&mut self, event: WireEvent) -> Result<()> {
         let cursor = event.cursor;
-        self.events.send(SessionEvent::Event(event)).await.map_err(|_| SdkError::Closed)?;
+        let event = SessionEvent::Event(event);
+        emit_or_close(self.events, self.close_rx, self.closers, event).await?;
         if self.auto_ack {
             self.acker.note_processed(cursor, Instant::now());
         }
@@ -502,7 +606,10 @@ impl EventSink for AppSink<'_> {
 
 /// Refusals worth retrying on the same connection.
 fn is_transient(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal)
+    matches!(
+        code,
+        ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+    )
 }
 
 fn ending_for_close(frame: Option<CloseFrame>) -> Ending {
@@ -529,7 +636,9 @@ fn to_json(frame: &ClientFrame) -> Result<String, Ending> {
 }
 
 async fn write(sink: &mut WsSink, frame: &ClientFrame) -> Result<(), Ending> {
-    sink.send(Message::text(to_json(frame)?)).await.map_err(ws_lost)
+    sink.send(Message::text(to_json(frame)?))
+        .await
+        .map_err(ws_lost)
 }
 
 async fn maybe_sleep_until(at: Option<Instant>) {
@@ -545,8 +654,16 @@ mod tests {
 
     #[test]
     fn close_codes_map_to_endings() {
-        let frame = |code: u16| Some(CloseFrame { code: CloseCode::from(code), reason: "".into() });
-        assert!(matches!(ending_for_close(frame(CLOSE_REVOKED)), Ending::Revoked));
+        let frame = |code: u16| {
+            Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            })
+        };
+        assert!(matches!(
+            ending_for_close(frame(CLOSE_REVOKED)),
+            Ending::Revoked
+        ));
         for code in [CLOSE_RESYNC, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN, 1000] {
             assert!(matches!(ending_for_close(frame(code)), Ending::Lost(_)));
         }
@@ -555,10 +672,16 @@ mod tests {
 
     #[test]
     fn sdk_errors_map_to_endings() {
-        let unauthorized =
-            SdkError::Api { status: 401, code: ErrorCode::Unauthorized, message: String::new() };
+        let unauthorized = SdkError::Api {
+            status: 401,
+            code: ErrorCode::Unauthorized,
+            message: String::new(),
+        };
         assert!(matches!(Ending::from(unauthorized), Ending::Revoked));
         assert!(matches!(Ending::from(SdkError::Closed), Ending::Closed));
-        assert!(matches!(Ending::from(SdkError::Protocol("x".into())), Ending::Lost(_)));
+        assert!(matches!(
+            Ending::from(SdkError::Protocol("x".into())),
+            Ending::Lost(_)
+        ));
     }
 }

@@ -188,7 +188,8 @@ impl Session {
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
         });
-        let driver = driver::Driver::new(client, store, config, shared.clone(), events_tx, close_rx);
+        let driver =
+            driver::Driver::new(client, store, config, shared.clone(), events_tx, close_rx);
         tokio::spawn(driver.run());
         Ok((Session { shared, close_tx }, events_rx))
     }
@@ -277,11 +278,17 @@ mod tests {
             Session::start(client.clone(), store.clone(), SessionConfig::default()),
             Err(SdkError::Invalid(_))
         ));
-        let config = SessionConfig { outbox_capacity: 1, ..SessionConfig::default() };
+        let config = SessionConfig {
+            outbox_capacity: 1,
+            ..SessionConfig::default()
+        };
         let (session, _events) = Session::start(client.with_token("t"), store, config).unwrap();
         let conv = ConversationId(1);
         assert!(matches!(session.send(conv, ""), Err(SdkError::Invalid(_))));
-        assert!(matches!(session.send_with_id(conv, "has space", "x"), Err(SdkError::Invalid(_))));
+        assert!(matches!(
+            session.send_with_id(conv, "has space", "x"),
+            Err(SdkError::Invalid(_))
+        ));
         session.send_with_id(conv, "a", "x").unwrap();
         session.send_with_id(conv, "a", "x").unwrap();
         assert!(matches!(session.send(conv, "y"), Err(SdkError::OutboxFull)));

@@ -52,11 +52,19 @@ impl FakeServer {
                 }
             }
         });
-        FakeServer { base_url, sockets, inbox, sync_calls }
+        FakeServer {
+            base_url,
+            sockets,
+            inbox,
+            sync_calls,
+        }
     }
 
     async fn accept(&mut self) -> ServerWs {
-        tokio::time::timeout(WAIT, self.sockets.recv()).await.expect("no connection").unwrap()
+        tokio::time::timeout(WAIT, self.sockets.recv())
+            .await
+            .expect("no connection")
+            .unwrap()
     }
 
     fn session(&self, config: SessionConfig) -> (Session, mpsc::Receiver<SessionEvent>) {
@@ -92,9 +100,19 @@ async fn answer_sync(
         .and_then(|d| d.parse().ok())
         .unwrap_or(0);
     calls.lock().unwrap().push(after);
-    let events: Vec<_> = inbox.lock().unwrap().iter().filter(|e| e.cursor > after).cloned().collect();
+    let events: Vec<_> = inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.cursor > after)
+        .cloned()
+        .collect();
     let next_cursor = events.last().map_or(after, |e| e.cursor);
-    let body = serde_json::to_string(&SyncPage { events, next_cursor }).unwrap();
+    let body = serde_json::to_string(&SyncPage {
+        events,
+        next_cursor,
+    })
+    .unwrap();
     let resp = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -119,19 +137,29 @@ fn event(cursor: u64) -> WireEvent {
 }
 
 async fn push(ws: &mut ServerWs, frame: ServerFrame) {
-    ws.send(Message::text(serde_json::to_string(&frame).unwrap())).await.unwrap();
+    ws.send(Message::text(serde_json::to_string(&frame).unwrap()))
+        .await
+        .unwrap();
 }
 
 async fn ready(ws: &mut ServerWs, cursor: u64, heartbeat_ms: u64) {
-    let frame =
-        ServerFrame::Ready { user_id: UserId(1), device_id: DeviceId(1), cursor, heartbeat_ms };
+    let frame = ServerFrame::Ready {
+        user_id: UserId(1),
+        device_id: DeviceId(1),
+        cursor,
+        heartbeat_ms,
+    };
     push(ws, frame).await;
 }
 
 /// The next client frame other than `ping`.
 async fn recv(ws: &mut ServerWs) -> ClientFrame {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("no frame").unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame")
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = msg {
             let frame: ClientFrame = serde_json::from_str(&t).unwrap();
             if frame != ClientFrame::Ping {
@@ -146,7 +174,10 @@ async fn next_where(
     mut pred: impl FnMut(&SessionEvent) -> bool,
 ) -> SessionEvent {
     loop {
-        let e = tokio::time::timeout(WAIT, rx.recv()).await.expect("no event").expect("ended");
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no event")
+            .expect("ended");
         if pred(&e) {
             return e;
         }
@@ -156,7 +187,9 @@ async fn next_where(
 async fn cursors(rx: &mut mpsc::Receiver<SessionEvent>, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     while out.len() < n {
-        if let SessionEvent::Event(e) = next_where(rx, |e| matches!(e, SessionEvent::Event(_))).await {
+        if let SessionEvent::Event(e) =
+            next_where(rx, |e| matches!(e, SessionEvent::Event(_))).await
+        {
             out.push(e.cursor);
         }
     }
@@ -175,7 +208,11 @@ async fn live_gap_is_filled_over_http_and_duplicates_dropped() {
         push(&mut ws, ServerFrame::Event(event(c))).await;
     }
     assert_eq!(cursors(&mut rx, 5).await, [1, 2, 3, 4, 5]);
-    assert_eq!(*server.sync_calls.lock().unwrap(), [1], "one HTTP fetch after cursor 1");
+    assert_eq!(
+        *server.sync_calls.lock().unwrap(),
+        [1],
+        "one HTTP fetch after cursor 1"
+    );
     // Nothing else arrives: the late 3 and 1 were dropped.
     push(&mut ws, ServerFrame::Event(event(6))).await;
     assert_eq!(cursors(&mut rx, 1).await, [6]);
@@ -184,7 +221,10 @@ async fn live_gap_is_filled_over_http_and_duplicates_dropped() {
 #[tokio::test]
 async fn resync_close_reconnects_resumes_and_resends_with_the_same_id() {
     let mut server = FakeServer::start().await;
-    let config = SessionConfig { backoff_cap_ms: 50, ..SessionConfig::default() };
+    let config = SessionConfig {
+        backoff_cap_ms: 50,
+        ..SessionConfig::default()
+    };
     let (session, mut rx) = server.session(config);
     let id = session.send(ConversationId(1), "hello").unwrap();
 
@@ -196,7 +236,10 @@ async fn resync_close_reconnects_resumes_and_resends_with_the_same_id() {
     push(&mut ws, ServerFrame::Event(event(1))).await;
     assert_eq!(cursors(&mut rx, 1).await, [1]);
     // The server stored the send but the client is cut off before the `sent` frame.
-    let close = CloseFrame { code: CloseCode::from(CLOSE_RESYNC), reason: "behind".into() };
+    let close = CloseFrame {
+        code: CloseCode::from(CLOSE_RESYNC),
+        reason: "behind".into(),
+    };
     ws.close(Some(close)).await.unwrap();
     match next_where(&mut rx, |e| matches!(e, SessionEvent::Disconnected { .. })).await {
         SessionEvent::Disconnected { reason, .. } => assert!(reason.contains("4000"), "{reason}"),
@@ -205,7 +248,11 @@ async fn resync_close_reconnects_resumes_and_resends_with_the_same_id() {
 
     let mut ws = server.accept().await;
     ready(&mut ws, 0, 30_000).await;
-    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 1 }, "resumes after delivered");
+    assert_eq!(
+        recv(&mut ws).await,
+        ClientFrame::Sync { cursor: 1 },
+        "resumes after delivered"
+    );
     assert_eq!(recv(&mut ws).await, first, "same frame, same client_msg_id");
     let sent = ServerFrame::Sent {
         client_msg_id: id.clone(),
@@ -216,7 +263,14 @@ async fn resync_close_reconnects_resumes_and_resends_with_the_same_id() {
     };
     push(&mut ws, sent).await;
     let e = next_where(&mut rx, |e| matches!(e, SessionEvent::Sent { .. })).await;
-    assert!(matches!(e, SessionEvent::Sent { seq: 7, duplicate: true, .. }));
+    assert!(matches!(
+        e,
+        SessionEvent::Sent {
+            seq: 7,
+            duplicate: true,
+            ..
+        }
+    ));
     assert_eq!(session.pending_sends(), 0);
 }
 
@@ -243,17 +297,29 @@ async fn rate_limited_sends_are_retried_not_failed() {
     };
     push(&mut ws, error).await;
     let e = next_where(&mut rx, |e| {
-        matches!(e, SessionEvent::SendFailed { .. } | SessionEvent::Sent { .. })
+        matches!(
+            e,
+            SessionEvent::SendFailed { .. } | SessionEvent::Sent { .. }
+        )
     })
     .await;
-    assert!(matches!(e, SessionEvent::SendFailed { code: ErrorCode::MessageTooLong, .. }));
+    assert!(matches!(
+        e,
+        SessionEvent::SendFailed {
+            code: ErrorCode::MessageTooLong,
+            ..
+        }
+    ));
     assert_eq!(session.pending_sends(), 0);
 }
 
 #[tokio::test]
 async fn pings_at_half_heartbeat_and_silence_means_dead() {
     let mut server = FakeServer::start().await;
-    let config = SessionConfig { backoff_cap_ms: 50, ..SessionConfig::default() };
+    let config = SessionConfig {
+        backoff_cap_ms: 50,
+        ..SessionConfig::default()
+    };
     let (_session, mut rx) = server.session(config);
     let mut ws = server.accept().await;
     let started = tokio::time::Instant::now();
@@ -273,11 +339,42 @@ async fn pings_at_half_heartbeat_and_silence_means_dead() {
         }
     };
     let elapsed = started.elapsed();
-    assert!(matches!(&reason, SessionEvent::Disconnected { reason, .. } if reason.contains("no frame")));
+    assert!(
+        matches!(&reason, SessionEvent::Disconnected { reason, .. } if reason.contains("no frame"))
+    );
     assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
     assert!(pings >= 3, "about every 100 ms: {pings}");
     // And it comes back.
     let mut ws = server.accept().await;
     ready(&mut ws, 0, 30_000).await;
     assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+}
+
+#[tokio::test]
+async fn close_returns_while_the_app_is_not_reading_and_acks_what_was_handed_over() {
+    let mut server = FakeServer::start().await;
+    let store = Arc::new(MemoryCursorStore::new());
+    let client = Client::new(&server.base_url).unwrap().with_token("tok");
+    let config = SessionConfig {
+        event_buffer: 1,
+        ..SessionConfig::default()
+    };
+    let (session, rx) = Session::start(client, store.clone(), config).unwrap();
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    for c in 1..=5 {
+        push(&mut ws, ServerFrame::Event(event(c))).await;
+    }
+    // Connected and event 1 fill the channel (the sender waits for space); nobody reads.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(WAIT, session.close())
+        .await
+        .expect("close deadlocked");
+    drop(rx);
+    let persisted = crate::CursorStore::load(&*store).unwrap();
+    assert!(
+        matches!(persisted, None | Some(0..=1)),
+        "only handed-over events count: {persisted:?}"
+    );
 }

@@ -30,7 +30,13 @@ pub async fn register(
     let hash = hash_password(&state, body.password).await?;
     let user = state.store.create_user(body.username, hash).await?;
     metrics::counter!("magpie_accounts_created_total").increment(1);
-    Ok((StatusCode::CREATED, Json(UserInfo { user_id: user.id, username: user.username })))
+    Ok((
+        StatusCode::CREATED,
+        Json(UserInfo {
+            user_id: user.id,
+            username: user.username,
+        }),
+    ))
 }
 
 /// `POST /v1/sessions`: a login creates a new device with its own token.
@@ -42,20 +48,33 @@ pub async fn login(
     if validate_username(&body.username).is_err() || validate_password(&body.password).is_err() {
         return Err(wrong());
     }
-    let user = state.store.user_by_name(&body.username).await?.ok_or_else(wrong)?;
+    let user = state
+        .store
+        .user_by_name(&body.username)
+        .await?
+        .ok_or_else(wrong)?;
     if !verify_password(&state, body.password, user.password_hash.clone()).await? {
         return Err(wrong());
     }
     let name = truncate(body.device_name.unwrap_or_default(), DEVICE_NAME_BYTES_MAX);
     let (token, hash) = new_token();
     let device = state.store.create_device(user.id, name, hash).await?;
-    Ok((StatusCode::CREATED, Json(SessionCreated { token, user_id: user.id, device_id: device.id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated {
+            token,
+            user_id: user.id,
+            device_id: device.id,
+        }),
+    ))
 }
 
 /// `DELETE /v1/sessions/current`: revokes the token and closes the device's sockets.
 pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
     state.store.revoke_device(auth.device_id()).await?;
-    state.hub.kick_device(auth.user_id(), auth.device_id(), KICK_REVOKED);
+    state
+        .hub
+        .kick_device(auth.user_id(), auth.device_id(), KICK_REVOKED);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -66,8 +85,15 @@ pub async fn user_by_id(
     Path(raw): Path<String>,
 ) -> Result<Json<UserInfo>, ApiError> {
     let id: UserId = parse_id(&raw, "user")?;
-    let user = state.store.user_by_id(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(UserInfo { user_id: user.id, username: user.username }))
+    let user = state
+        .store
+        .user_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserInfo {
+        user_id: user.id,
+        username: user.username,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -84,8 +110,15 @@ pub async fn user_by_name(
     if validate_username(&q.username).is_err() {
         return Err(ApiError::not_found("user"));
     }
-    let user = state.store.user_by_name(&q.username).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(UserInfo { user_id: user.id, username: user.username }))
+    let user = state
+        .store
+        .user_by_name(&q.username)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserInfo {
+        user_id: user.id,
+        username: user.username,
+    }))
 }
 
 fn truncate(mut s: String, max: usize) -> String {

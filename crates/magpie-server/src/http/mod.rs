@@ -71,7 +71,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::invalid(e.body_text())),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
+                Err(ApiError::invalid(e.body_text()))
+            }
             Err(e) => Err(ApiError::invalid(e.body_text())),
         }
     }

@@ -34,14 +34,18 @@ pub async fn sync(
     let after = Cursor(q.cursor.unwrap_or(0));
     let limit = q.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
     if limit == 0 || limit > PAGE_LIMIT_MAX {
-        return Err(ApiError::invalid(format!("limit must be 1 to {PAGE_LIMIT_MAX}")));
+        return Err(ApiError::invalid(format!(
+            "limit must be 1 to {PAGE_LIMIT_MAX}"
+        )));
     }
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(SYNC_WAIT_MS_MAX));
     let deadline = tokio::time::Instant::now() + wait;
     let user = auth.user_id();
     let head = state.store.inbox_head(user).await?;
     if after > head {
-        return Err(ApiError::invalid(format!("cursor {after} is ahead of the inbox head {head}")));
+        return Err(ApiError::invalid(format!(
+            "cursor {after} is ahead of the inbox head {head}"
+        )));
     }
     loop {
         // Register before reading so an event committed between the read and the wait still
@@ -54,7 +58,10 @@ pub async fn sync(
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             let next_cursor = events.last().map_or(after.0, |e| e.cursor.0);
             let events = events.iter().map(event_to_wire).collect();
-            return Ok(Json(SyncPage { events, next_cursor }));
+            return Ok(Json(SyncPage {
+                events,
+                next_cursor,
+            }));
         }
         tokio::select! {
             _ = &mut notified => {}
@@ -62,7 +69,10 @@ pub async fn sync(
             _ = state.shutdown.cancelled() => {}
         }
         if state.shutdown_requested() {
-            return Ok(Json(SyncPage { events: Vec::new(), next_cursor: after.0 }));
+            return Ok(Json(SyncPage {
+                events: Vec::new(),
+                next_cursor: after.0,
+            }));
         }
     }
 }

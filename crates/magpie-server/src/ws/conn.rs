@@ -38,7 +38,10 @@ const LIVE_DRAIN_EVENTS_MAX: usize = 64;
 /// A send waiting for its turn, or an answer already decided (kept in line so that errors and
 /// acks reach the client in the order of its sends).
 enum Queued {
-    Append { client_msg_id: String, req: magpie_store::AppendRequest },
+    Append {
+        client_msg_id: String,
+        req: magpie_store::AppendRequest,
+    },
     Answer(ServerFrame),
 }
 
@@ -150,12 +153,19 @@ impl Conn {
             let _ = self.on_batch_done(done).await;
         }
         if self.ack_wanted > self.ack_written {
-            let _ = self.state.store.ack_cursor(self.device.id, self.ack_wanted).await;
+            let _ = self
+                .state
+                .store
+                .ack_cursor(self.device.id, self.ack_wanted)
+                .await;
         } else if let Some(flight) = self.ack_flight.take() {
             flight.await;
         }
         if let End::Close(code, reason) = end {
-            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
             let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
         }
         let _ = self.socket.flush().await;
@@ -163,14 +173,20 @@ impl Conn {
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = serde_json::to_string(frame).map_err(|_| End::Gone)?;
-        self.socket.feed(WsMessage::Text(text.into())).await.map_err(|_| End::Gone)
+        self.socket
+            .feed(WsMessage::Text(text.into()))
+            .await
+            .map_err(|_| End::Gone)
     }
 
     async fn flush(&mut self) -> Result<(), End> {
         self.socket.flush().await.map_err(|_| End::Gone)
     }
 
-    async fn on_socket(&mut self, frame: Option<Result<WsMessage, axum::Error>>) -> Result<(), End> {
+    async fn on_socket(
+        &mut self,
+        frame: Option<Result<WsMessage, axum::Error>>,
+    ) -> Result<(), End> {
         let msg = match frame {
             None => return Err(End::Gone),
             Some(Err(e)) => {
@@ -183,7 +199,10 @@ impl Conn {
         self.deadline = Instant::now() + silence_limit(&self.state);
         match msg {
             WsMessage::Text(text) => self.on_text(text.as_str()).await,
-            WsMessage::Binary(_) => self.reply_error(ErrorCode::BadFrame, "binary frames are not supported", None).await,
+            WsMessage::Binary(_) => {
+                self.reply_error(ErrorCode::BadFrame, "binary frames are not supported", None)
+                    .await
+            }
             WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
             WsMessage::Close(_) => Err(End::Gone),
         }
@@ -192,7 +211,15 @@ impl Conn {
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
-            Err(e) => return self.reply_error(ErrorCode::BadFrame, &format!("unparseable frame: {e}"), None).await,
+            Err(e) => {
+                return self
+                    .reply_error(
+                        ErrorCode::BadFrame,
+                        &format!("unparseable frame: {e}"),
+                        None,
+                    )
+                    .await
+            }
         };
         match frame {
             ClientFrame::Ping => {
@@ -207,12 +234,25 @@ impl Conn {
                 self.ack_wanted = self.ack_wanted.max(capped);
                 Ok(())
             }
-            ClientFrame::Send { client_msg_id, conversation_id, text } => {
+            ClientFrame::Send {
+                client_msg_id,
+                conversation_id,
+                text,
+            } => {
                 let queued = if !self.bucket.try_take() {
                     metrics::counter!("magpie_ws_rate_limited_total").increment(1);
-                    Queued::Answer(error_frame(ErrorCode::RateLimited, "too many sends; slow down", Some(client_msg_id)))
+                    Queued::Answer(error_frame(
+                        ErrorCode::RateLimited,
+                        "too many sends; slow down",
+                        Some(client_msg_id),
+                    ))
                 } else {
-                    match build_request(self.device.user_id, conversation_id, client_msg_id.clone(), text) {
+                    match build_request(
+                        self.device.user_id,
+                        conversation_id,
+                        client_msg_id.clone(),
+                        text,
+                    ) {
                         Ok(req) => Queued::Append { client_msg_id, req },
                         Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
                     }
@@ -223,7 +263,12 @@ impl Conn {
         }
     }
 
-    async fn reply_error(&mut self, code: ErrorCode, message: &str, id: Option<String>) -> Result<(), End> {
+    async fn reply_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        id: Option<String>,
+    ) -> Result<(), End> {
         self.write(&error_frame(code, message, id)).await?;
         self.flush().await
     }
@@ -244,7 +289,9 @@ impl Conn {
         };
         if cursor > head {
             let msg = format!("cursor {cursor} is ahead of the inbox head {head}");
-            return self.reply_error(ErrorCode::InvalidRequest, &msg, None).await;
+            return self
+                .reply_error(ErrorCode::InvalidRequest, &msg, None)
+                .await;
         }
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE_EVENTS_MAX);
         self.reg.go_live(tx);
@@ -267,7 +314,12 @@ impl Conn {
     }
 
     async fn read_events(&mut self, limit: usize) -> Result<Vec<Event>, End> {
-        match self.state.store.events(self.device.user_id, self.last_sent, limit).await {
+        match self
+            .state
+            .store
+            .events(self.device.user_id, self.last_sent, limit)
+            .await
+        {
             Ok(events) => Ok(events),
             Err(e) => {
                 tracing::error!(error = %e, "reading inbox failed");
@@ -277,8 +329,13 @@ impl Conn {
     }
 
     async fn send_event(&mut self, event: &Event) -> Result<(), End> {
-        debug_assert_eq!(event.cursor, self.last_sent.next(), "events must be sent gap-free");
-        self.write(&ServerFrame::Event(event_to_wire(event))).await?;
+        debug_assert_eq!(
+            event.cursor,
+            self.last_sent.next(),
+            "events must be sent gap-free"
+        );
+        self.write(&ServerFrame::Event(event_to_wire(event)))
+            .await?;
         self.last_sent = event.cursor;
         metrics::counter!("magpie_events_delivered_total").increment(1);
         Ok(())
@@ -336,7 +393,11 @@ impl Conn {
             .collect();
         let store = self.state.store.clone();
         self.in_flight = Some(Box::pin(async move {
-            let result = if requests.is_empty() { Ok(Vec::new()) } else { store.append(requests).await };
+            let result = if requests.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store.append(requests).await
+            };
             (items, result)
         }));
     }
@@ -359,7 +420,10 @@ impl Conn {
     }
 
     /// Answers a finished batch in the order of the client's sends.
-    async fn on_batch_done(&mut self, (items, result): (Vec<Queued>, BatchResult)) -> Result<(), End> {
+    async fn on_batch_done(
+        &mut self,
+        (items, result): (Vec<Queued>, BatchResult),
+    ) -> Result<(), End> {
         let mut outcomes = match result {
             Ok(v) => v.into_iter(),
             Err(e) => {
@@ -394,7 +458,11 @@ impl Conn {
                         }
                     }
                     Some(Err(e)) => api_error_frame(append_error(e), Some(client_msg_id)),
-                    None => error_frame(ErrorCode::Internal, "missing append result", Some(client_msg_id)),
+                    None => error_frame(
+                        ErrorCode::Internal,
+                        "missing append result",
+                        Some(client_msg_id),
+                    ),
                 },
             };
             self.write(&frame).await?;
@@ -404,11 +472,19 @@ impl Conn {
 }
 
 fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) -> ServerFrame {
-    ServerFrame::Error { code, message: message.to_owned(), client_msg_id }
+    ServerFrame::Error {
+        code,
+        message: message.to_owned(),
+        client_msg_id,
+    }
 }
 
 fn api_error_frame(e: ApiError, client_msg_id: Option<String>) -> ServerFrame {
-    ServerFrame::Error { code: e.code, message: e.message, client_msg_id }
+    ServerFrame::Error {
+        code: e.code,
+        message: e.message,
+        client_msg_id,
+    }
 }
 
 /// Polls an optional future; pending forever when absent (a disabled `select!` branch).

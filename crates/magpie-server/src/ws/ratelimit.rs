@@ -17,7 +17,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
-        Self { tokens: burst as f64, rate_per_sec: rate_per_sec as f64, burst: burst as f64, last: Instant::now() }
+        Self {
+            tokens: burst as f64,
+            rate_per_sec: rate_per_sec as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
     }
 
     /// Takes one token if available.

@@ -43,7 +43,11 @@ impl Enc {
 
     fn bytes(&mut self, v: &[u8]) -> &mut Self {
         // Every field we store is validated far below 4 GiB (texts are at most 400 KB).
-        assert!(v.len() <= u32::MAX as usize, "field of {} bytes does not fit the codec", v.len());
+        assert!(
+            v.len() <= u32::MAX as usize,
+            "field of {} bytes does not fit the codec",
+            v.len()
+        );
         self.0.extend_from_slice(&(v.len() as u32).to_be_bytes());
         self.0.extend_from_slice(v);
         self
@@ -169,7 +173,14 @@ pub(crate) fn decode_device(bytes: &[u8]) -> Result<Device, StoreError> {
         _ => return Err(d.corrupt("revoked flag is not 0 or 1")),
     };
     d.done()?;
-    Ok(Device { id, user_id, name, token_hash, cursor, revoked })
+    Ok(Device {
+        id,
+        user_id,
+        name,
+        token_hash,
+        cursor,
+        revoked,
+    })
 }
 
 /// Encodes a `convs` value.
@@ -178,7 +189,10 @@ pub(crate) fn encode_conversation(c: &Conversation) -> Vec<u8> {
         ConversationKind::Direct => KIND_DIRECT,
     };
     let mut enc = Enc::new(8 + 1 + 8 + 8 + 8 * c.members.len());
-    enc.u64(c.id.0).u8(kind).u64(c.created_ms).u64(c.members.len() as u64);
+    enc.u64(c.id.0)
+        .u8(kind)
+        .u64(c.created_ms)
+        .u64(c.members.len() as u64);
     for m in &c.members {
         enc.u64(m.0);
     }
@@ -199,9 +213,16 @@ pub(crate) fn decode_conversation(bytes: &[u8]) -> Result<Conversation, StoreErr
     if count > (d.rest.len() / 8) as u64 {
         return Err(d.corrupt("member count exceeds record"));
     }
-    let members = (0..count).map(|_| d.u64().map(UserId)).collect::<Result<Vec<_>, _>>()?;
+    let members = (0..count)
+        .map(|_| d.u64().map(UserId))
+        .collect::<Result<Vec<_>, _>>()?;
     d.done()?;
-    Ok(Conversation { id, kind, members, created_ms })
+    Ok(Conversation {
+        id,
+        kind,
+        members,
+        created_ms,
+    })
 }
 
 /// Encodes a `messages` value. Conversation and seq live in the key, not here.
@@ -220,7 +241,8 @@ pub(crate) fn decode_message(key: &[u8], bytes: &[u8]) -> Result<Message, StoreE
     let mut d = Dec::new("message", bytes)?;
     let sender_id = UserId(d.u64()?);
     let ts_ms = d.u64()?;
-    let client_msg_id = ClientMsgId::new(d.string()?).map_err(|_| d.corrupt("invalid client_msg_id"))?;
+    let client_msg_id =
+        ClientMsgId::new(d.string()?).map_err(|_| d.corrupt("invalid client_msg_id"))?;
     let text = d.string()?;
     d.done()?;
     Ok(Message {
@@ -231,6 +253,27 @@ pub(crate) fn decode_message(key: &[u8], bytes: &[u8]) -> Result<Message, StoreE
         text,
         ts_ms,
     })
+}
+
+/// Encodes a `tokens` value: the holders' ids as big-endian u64s, ascending, no header (an
+/// index entry, rebuilt from `devices` if its layout ever changes).
+pub(crate) fn encode_device_ids(ids: &[DeviceId]) -> Vec<u8> {
+    debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "token holders ascend");
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+}
+
+/// Decodes a `tokens` value.
+pub(crate) fn decode_device_ids(bytes: &[u8]) -> Result<Vec<DeviceId>, StoreError> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(StoreError::Corrupt(format!(
+            "tokens value of {} bytes",
+            bytes.len()
+        )));
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| be_u64(c, "tokens value").map(DeviceId))
+        .collect()
 }
 
 /// An inbox entry as stored: a reference, so a long text is stored once, not once per member.
@@ -273,7 +316,12 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let user = User { id: UserId(3), username: "ann".into(), password_hash: "$argon".into(), created_ms: 9 };
+        let user = User {
+            id: UserId(3),
+            username: "ann".into(),
+            password_hash: "$argon".into(),
+            created_ms: 9,
+        };
         assert_eq!(decode_user(&encode_user(&user)).unwrap(), user);
 
         let dev = Device {
@@ -292,7 +340,10 @@ mod tests {
             members: vec![UserId(1), UserId(3)],
             created_ms: 12,
         };
-        assert_eq!(decode_conversation(&encode_conversation(&conv)).unwrap(), conv);
+        assert_eq!(
+            decode_conversation(&encode_conversation(&conv)).unwrap(),
+            conv
+        );
 
         let msg = Message {
             conversation_id: ConversationId(5),
@@ -305,23 +356,42 @@ mod tests {
         let key = message_key(msg.conversation_id, msg.seq);
         assert_eq!(decode_message(&key, &encode_message(&msg)).unwrap(), msg);
 
+        let ids = vec![DeviceId(2), DeviceId(300)];
+        assert_eq!(decode_device_ids(&encode_device_ids(&ids)).unwrap(), ids);
+        assert!(decode_device_ids(&[0; 9]).is_err());
+
         let ev = StoredEvent::Message(ConversationId(5), Seq(6));
         assert_eq!(decode_event(&encode_event(ev)).unwrap(), ev);
     }
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
-        let user = encode_user(&User { id: UserId(1), username: "a".into(), password_hash: "b".into(), created_ms: 0 });
+        let user = encode_user(&User {
+            id: UserId(1),
+            username: "a".into(),
+            password_hash: "b".into(),
+            created_ms: 0,
+        });
         for cut in 0..user.len() {
-            assert!(matches!(decode_user(&user[..cut]), Err(StoreError::Corrupt(_))));
+            assert!(matches!(
+                decode_user(&user[..cut]),
+                Err(StoreError::Corrupt(_))
+            ));
         }
         let mut long = user.clone();
         long.push(0);
         assert!(matches!(decode_user(&long), Err(StoreError::Corrupt(_))));
         let mut wrong_format = user;
         wrong_format[0] = 99;
-        assert!(matches!(decode_user(&wrong_format), Err(StoreError::Corrupt(_))));
-        assert!(decode_conversation(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255]).is_err());
+        assert!(matches!(
+            decode_user(&wrong_format),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(decode_conversation(&[
+            1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255,
+            255, 255
+        ])
+        .is_err());
         assert!(decode_event(&[1, 2]).is_err());
     }
 }

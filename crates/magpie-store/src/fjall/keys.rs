@@ -25,7 +25,9 @@ pub(crate) enum Ks {
     Usernames,
     /// `device_id` → device record.
     Devices,
-    /// `token_hash` (32 bytes) → `device_id`, only for unrevoked devices.
+    /// `token_hash` (32 bytes) → ids of the unrevoked devices holding it, ascending (one,
+    /// unless hashes of random tokens collide; kept a list so the oldest holder wins, as in
+    /// MemoryStore, while the lookup stays a point read).
     Tokens,
     /// `conv_id` → conversation record (members included).
     Convs,
@@ -150,18 +152,24 @@ pub(crate) fn pair(hi: u64, lo: u64) -> [u8; PAIR_BYTES] {
 
 /// Splits a two-part key (or value) written by [`pair`].
 pub(crate) fn parse_pair(bytes: &[u8], what: &str) -> Result<(u64, u64), StoreError> {
-    let arr: [u8; PAIR_BYTES] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what}: expected {PAIR_BYTES} bytes, got {}", bytes.len())))?;
+    let arr: [u8; PAIR_BYTES] = bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "{what}: expected {PAIR_BYTES} bytes, got {}",
+            bytes.len()
+        ))
+    })?;
     let (hi, lo) = arr.split_at(ID_BYTES);
     Ok((be_u64(hi, what)?, be_u64(lo, what)?))
 }
 
 /// Reads one big-endian u64 that must fill `bytes` exactly.
 pub(crate) fn be_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
-    let arr: [u8; ID_BYTES] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what}: expected {ID_BYTES} bytes, got {}", bytes.len())))?;
+    let arr: [u8; ID_BYTES] = bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "{what}: expected {ID_BYTES} bytes, got {}",
+            bytes.len()
+        ))
+    })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -171,11 +179,21 @@ mod tests {
 
     #[test]
     fn pairs_sort_numerically_and_round_trip() {
-        assert!(message_key(ConversationId(1), Seq(255)) < message_key(ConversationId(1), Seq(256)));
-        assert!(message_key(ConversationId(1), Seq(u64::MAX)) < message_key(ConversationId(2), Seq(0)));
-        assert_eq!(parse_pair(&inbox_key(UserId(7), Cursor(9)), "t").ok(), Some((7, 9)));
+        assert!(
+            message_key(ConversationId(1), Seq(255)) < message_key(ConversationId(1), Seq(256))
+        );
+        assert!(
+            message_key(ConversationId(1), Seq(u64::MAX)) < message_key(ConversationId(2), Seq(0))
+        );
+        assert_eq!(
+            parse_pair(&inbox_key(UserId(7), Cursor(9)), "t").ok(),
+            Some((7, 9))
+        );
         assert!(parse_pair(&[1, 2, 3], "t").is_err());
-        assert_eq!(direct_key(UserId(5), UserId(2)), direct_key(UserId(2), UserId(5)));
+        assert_eq!(
+            direct_key(UserId(5), UserId(2)),
+            direct_key(UserId(2), UserId(5))
+        );
     }
 
     #[test]

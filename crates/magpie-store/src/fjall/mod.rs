@@ -11,7 +11,7 @@
 //! | `users`     | user_id                           | user record                     |
 //! | `usernames` | username bytes                    | user_id                         |
 //! | `devices`   | device_id                         | device record                   |
-//! | `tokens`    | token_hash (32 bytes)             | device_id (unrevoked only)      |
+//! | `tokens`    | token_hash (32 bytes)             | unrevoked holders' device_ids   |
 //! | `convs`     | conv_id                           | conversation record + members   |
 //! | `directs`   | min_user ‖ max_user               | conv_id                         |
 //! | `messages`  | conv_id ‖ seq                     | sender, ts, client id, text     |
@@ -37,7 +37,9 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use fjall::{Database, PersistMode, Snapshot};
-use magpie_core::{Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, User, UserId};
+use magpie_core::{
+    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, User, UserId,
+};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -76,7 +78,11 @@ pub struct FjallConfig {
 impl FjallConfig {
     /// Defaults: 256 MiB of cache, batches of up to 1024 ops.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), cache_bytes: CACHE_BYTES_DEFAULT, batch_ops_max: BATCH_OPS_MAX_DEFAULT }
+        Self {
+            path: path.into(),
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            batch_ops_max: BATCH_OPS_MAX_DEFAULT,
+        }
     }
 }
 
@@ -104,7 +110,15 @@ impl Shared {
         let ks = Keyspaces::open(&db)?;
         let ids = init_meta(&db, &ks)?;
         let durable = RwLock::new(db.snapshot());
-        Ok((Arc::new(Shared { db, ks, durable, poisoned: AtomicBool::new(false) }), ids))
+        Ok((
+            Arc::new(Shared {
+                db,
+                ks,
+                durable,
+                poisoned: AtomicBool::new(false),
+            }),
+            ids,
+        ))
     }
 }
 
@@ -131,7 +145,11 @@ impl FjallStore {
             .name(WRITER_THREAD_NAME.into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Engine(format!("cannot start the writer thread: {e}")))?;
-        Ok(FjallStore { shared, tx: RwLock::new(Some(tx)), writer: Mutex::new(Some(handle)) })
+        Ok(FjallStore {
+            shared,
+            tx: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     /// Stops accepting writes, lets the writer commit everything already queued, persists and
@@ -139,7 +157,9 @@ impl FjallStore {
     /// committed, so call it once callers have stopped (it is quick then).
     pub fn close(&self) {
         drop(self.tx.write().take());
-        let Some(handle) = self.writer.lock().take() else { return };
+        let Some(handle) = self.writer.lock().take() else {
+            return;
+        };
         if handle.thread().id() == std::thread::current().id() {
             // Dropped from the writer thread itself (e.g. by the sink): it exits on its own.
             return;
@@ -159,10 +179,14 @@ impl FjallStore {
             return Err(StoreError::Poisoned);
         }
         let tx = self.tx.read().clone();
-        let Some(tx) = tx else { return Err(StoreError::Closed) };
+        let Some(tx) = tx else {
+            return Err(StoreError::Closed);
+        };
         let (reply, rx) = oneshot::channel();
         // Waits (asynchronously) while the queue is full: backpressure without blocking a worker.
-        tx.send(wrap(Pending::new(cmd, reply))).await.map_err(|_| StoreError::Closed)?;
+        tx.send(wrap(Pending::new(cmd, reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         // Release our sender before waiting, so `close` only waits for ops, not for callers.
         drop(tx);
         rx.await.map_err(|_| StoreError::Closed)?
@@ -177,7 +201,10 @@ impl FjallStore {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let snap = shared.durable.read().clone();
-            f(&View { ks: &shared.ks, snap: &snap })
+            f(&View {
+                ks: &shared.ks,
+                snap: &snap,
+            })
         })
         .await
         .map_err(|e| StoreError::Engine(format!("read task failed: {e}")))?
@@ -203,8 +230,13 @@ fn init_meta(db: &Database, ks: &Keyspaces) -> Result<Counters, StoreError> {
             }
         }
         None => {
-            if Ks::ALL.iter().any(|k| ks.get(*k).first_key_value().is_some()) {
-                return Err(StoreError::Corrupt("database has data but no schema version".into()));
+            if Ks::ALL
+                .iter()
+                .any(|k| ks.get(*k).first_key_value().is_some())
+            {
+                return Err(StoreError::Corrupt(
+                    "database has data but no schema version".into(),
+                ));
             }
             let mut batch = db.batch().durability(None);
             batch.insert(meta, META_SCHEMA_VERSION, SCHEMA_VERSION.to_be_bytes());
@@ -227,8 +259,19 @@ fn init_meta(db: &Database, ks: &Keyspaces) -> Result<Counters, StoreError> {
 
 #[async_trait]
 impl Store for FjallStore {
-    async fn create_user(&self, username: String, password_hash: String) -> Result<User, StoreError> {
-        self.write(NewUser { username, password_hash }, WriteOp::CreateUser).await
+    async fn create_user(
+        &self,
+        username: String,
+        password_hash: String,
+    ) -> Result<User, StoreError> {
+        self.write(
+            NewUser {
+                username,
+                password_hash,
+            },
+            WriteOp::CreateUser,
+        )
+        .await
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -240,8 +283,21 @@ impl Store for FjallStore {
         self.read(move |v| v.user_by_name(&username)).await
     }
 
-    async fn create_device(&self, user: UserId, name: String, token_hash: [u8; 32]) -> Result<Device, StoreError> {
-        self.write(NewDevice { user, name, token_hash }, WriteOp::CreateDevice).await
+    async fn create_device(
+        &self,
+        user: UserId,
+        name: String,
+        token_hash: [u8; 32],
+    ) -> Result<Device, StoreError> {
+        self.write(
+            NewDevice {
+                user,
+                name,
+                token_hash,
+            },
+            WriteOp::CreateDevice,
+        )
+        .await
     }
 
     async fn device_by_token(&self, token_hash: [u8; 32]) -> Result<Option<Device>, StoreError> {
@@ -273,7 +329,10 @@ impl Store for FjallStore {
         self.read(move |v| v.conversation(id)).await
     }
 
-    async fn append(&self, batch: Vec<AppendRequest>) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    async fn append(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -286,10 +345,16 @@ impl Store for FjallStore {
         range: MessageRange,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        self.read(move |v| v.messages(conversation, range, limit)).await
+        self.read(move |v| v.messages(conversation, range, limit))
+            .await
     }
 
-    async fn events(&self, user: UserId, after: Cursor, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn events(
+        &self,
+        user: UserId,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         self.read(move |v| v.events(user, after, limit)).await
     }
 

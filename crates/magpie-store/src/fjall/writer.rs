@@ -21,21 +21,26 @@ use magpie_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fjall::codec::{
-    decode_conversation, decode_device, decode_message, encode_conversation, encode_device,
-    encode_event, encode_message, encode_user, StoredEvent,
+    decode_conversation, decode_device, decode_device_ids, decode_message, encode_conversation,
+    encode_device, encode_device_ids, encode_event, encode_message, encode_user, StoredEvent,
 };
 use crate::fjall::keys::{
-    be_u64, conv_key, dedup_key, device_key, direct_key, message_key, pair, parse_pair, user_key,
-    inbox_key, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_USER_ID,
+    be_u64, conv_key, dedup_key, device_key, direct_key, inbox_key, message_key, pair, parse_pair,
+    user_key, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_USER_ID,
 };
 use crate::fjall::read::inbox_head_of;
 use crate::fjall::Shared;
 use crate::{AppendError, AppendRequest, Appended, CommitSink, StoreError};
 
 /// Past this many entries a cache is dropped at the next batch boundary and refilled lazily
-/// from disk, so memory stays bounded (about 50 MiB per cache) however many conversations and
-/// users have been active since the store opened.
+/// from disk, so memory stays bounded however many conversations and users have been active
+/// since the store opened (at the bound: tens of MiB for tips and heads, roughly 100 MiB of
+/// cached conversations).
 const CACHE_ENTRIES_MAX: usize = 1 << 20;
+
+/// A batch stops taking more ops once their payload reaches this many bytes, so a burst of
+/// large messages cannot make one batch (held twice in memory while staged) arbitrarily big.
+const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Histogram: commit + fsync time of one batch, in seconds.
 const METRIC_COMMIT_SECONDS: &str = "magpie_store_commit_seconds";
@@ -60,7 +65,12 @@ pub(crate) struct Pending<C, T> {
 
 impl<C, T> Pending<C, T> {
     pub(crate) fn new(cmd: C, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
-        Self { cmd, reply, result: None, failed: None }
+        Self {
+            cmd,
+            reply,
+            result: None,
+            failed: None,
+        }
     }
 
     /// Stages the op with `f`. An engine or corruption error aborts the whole staging attempt
@@ -101,30 +111,55 @@ fn aborts_staging(e: &StoreError) -> bool {
     !matches!(e, StoreError::UsernameTaken | StoreError::NotFound(_))
 }
 
-/// A new account.
+/// A new account, as `Store::create_user` received it.
 pub(crate) struct NewUser {
+    /// Must not exist yet.
     pub(crate) username: String,
+    /// Stored as given.
     pub(crate) password_hash: String,
 }
 
-/// A new device.
+/// A new device, as `Store::create_device` received it.
 pub(crate) struct NewDevice {
+    /// Must exist.
     pub(crate) user: UserId,
+    /// Stored as given.
     pub(crate) name: String,
+    /// Indexed in `tokens`.
     pub(crate) token_hash: [u8; 32],
 }
 
-/// Every mutation the writer performs.
+/// Every mutation the writer performs; one variant per mutating `Store` method.
 pub(crate) enum WriteOp {
+    /// `Store::create_user`.
     CreateUser(Pending<NewUser, User>),
+    /// `Store::create_device`.
     CreateDevice(Pending<NewDevice, Device>),
+    /// `Store::revoke_device`.
     RevokeDevice(Pending<DeviceId, ()>),
+    /// `Store::ack_cursor`.
     AckCursor(Pending<(DeviceId, Cursor), ()>),
+    /// `Store::direct_conversation` when the pair has no conversation yet (as of the read).
     DirectConversation(Pending<(UserId, UserId), Conversation>),
+    /// `Store::append`.
     Append(Pending<Vec<AppendRequest>, Vec<Result<Appended, AppendError>>>),
 }
 
 impl WriteOp {
+    /// Roughly how many bytes this op adds to a batch (texts dominate).
+    fn payload_bytes(&self) -> usize {
+        match self {
+            WriteOp::Append(p) => p
+                .cmd
+                .iter()
+                .map(|r| r.text.len() + r.client_msg_id.as_str().len())
+                .sum(),
+            WriteOp::CreateUser(p) => p.cmd.username.len() + p.cmd.password_hash.len(),
+            WriteOp::CreateDevice(p) => p.cmd.name.len(),
+            WriteOp::RevokeDevice(_) | WriteOp::AckCursor(_) | WriteOp::DirectConversation(_) => 0,
+        }
+    }
+
     fn finish(self) {
         match self {
             WriteOp::CreateUser(p) => p.finish(),
@@ -151,8 +186,11 @@ impl WriteOp {
 /// The next id of each kind; persisted in `meta` whenever one is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counters {
+    /// The id the next user gets.
     pub(crate) next_user: u64,
+    /// The id the next device gets.
     pub(crate) next_device: u64,
+    /// The id the next conversation gets.
     pub(crate) next_conversation: u64,
 }
 
@@ -180,7 +218,11 @@ struct Staged {
 
 impl Staged {
     fn new() -> Self {
-        Self { writes: vec![HashMap::new(); Ks::ALL.len()], events: Vec::new(), messages_appended: 0 }
+        Self {
+            writes: vec![HashMap::new(); Ks::ALL.len()],
+            events: Vec::new(),
+            messages_appended: 0,
+        }
     }
 
     fn put(&mut self, ks: Ks, key: impl AsRef<[u8]>, value: impl Into<Slice>) {
@@ -225,7 +267,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, sink: Arc<dyn CommitSink>, batch_ops_max: usize, ids: Counters) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        sink: Arc<dyn CommitSink>,
+        batch_ops_max: usize,
+        ids: Counters,
+    ) -> Self {
         Self {
             shared,
             sink,
@@ -242,10 +289,14 @@ impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut ops = Vec::with_capacity(self.batch_ops_max);
         while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.payload_bytes();
             ops.push(first);
-            while ops.len() < self.batch_ops_max {
+            while ops.len() < self.batch_ops_max && bytes < BATCH_BYTES_MAX {
                 match rx.try_recv() {
-                    Ok(op) => ops.push(op),
+                    Ok(op) => {
+                        bytes += op.payload_bytes();
+                        ops.push(op);
+                    }
                     Err(_) => break,
                 }
             }
@@ -338,7 +389,10 @@ impl Writer {
                 WriteOp::Append(p) => p.stage(|c| self.append(&mut st, c))?,
             }
         }
-        debug_assert!(st.len() >= st.events.len(), "every event has its inbox write");
+        debug_assert!(
+            st.len() >= st.events.len(),
+            "every event has its inbox write"
+        );
         Ok(st)
     }
 
@@ -380,11 +434,17 @@ impl Writer {
         }
     }
 
-    fn load_conversation(&mut self, st: &Staged, id: ConversationId) -> Result<Option<Arc<Conversation>>, StoreError> {
+    fn load_conversation(
+        &mut self,
+        st: &Staged,
+        id: ConversationId,
+    ) -> Result<Option<Arc<Conversation>>, StoreError> {
         if let Some(conv) = self.convs.get(&id) {
             return Ok(Some(conv.clone()));
         }
-        let Some(v) = self.get(st, Ks::Convs, &conv_key(id))? else { return Ok(None) };
+        let Some(v) = self.get(st, Ks::Convs, &conv_key(id))? else {
+            return Ok(None);
+        };
         let conv = Arc::new(decode_conversation(&v)?);
         self.convs.insert(id, conv.clone());
         Ok(Some(conv))
@@ -396,13 +456,25 @@ impl Writer {
         if let Some(tip) = self.tips.get(&conv) {
             return Ok(*tip);
         }
-        let tip = match self.shared.ks.get(Ks::Messages).prefix(conv_key(conv)).next_back() {
+        let tip = match self
+            .shared
+            .ks
+            .get(Ks::Messages)
+            .prefix(conv_key(conv))
+            .next_back()
+        {
             Some(guard) => {
                 let (k, v) = guard.into_inner()?;
                 let m = decode_message(&k, &v)?;
-                Tip { seq: m.seq, ts_ms: m.ts_ms }
+                Tip {
+                    seq: m.seq,
+                    ts_ms: m.ts_ms,
+                }
             }
-            None => Tip { seq: Seq(0), ts_ms: 0 },
+            None => Tip {
+                seq: Seq(0),
+                ts_ms: 0,
+            },
         };
         self.tips.insert(conv, tip);
         Ok(tip)
@@ -418,8 +490,19 @@ impl Writer {
         Ok(head)
     }
 
+    /// The unrevoked devices whose token hashes to `hash`, ascending by id.
+    fn token_holders(&self, st: &Staged, hash: &[u8; 32]) -> Result<Vec<DeviceId>, StoreError> {
+        match self.get(st, Ks::Tokens, hash)? {
+            Some(v) => decode_device_ids(&v),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn create_user(&mut self, st: &mut Staged, c: &NewUser) -> Result<User, StoreError> {
-        if self.get(st, Ks::Usernames, c.username.as_bytes())?.is_some() {
+        if self
+            .get(st, Ks::Usernames, c.username.as_bytes())?
+            .is_some()
+        {
             return Err(StoreError::UsernameTaken);
         }
         let user = User {
@@ -429,7 +512,11 @@ impl Writer {
             created_ms: now_ms(),
         };
         self.ids.next_user += 1;
-        st.put(Ks::Meta, META_NEXT_USER_ID, self.ids.next_user.to_be_bytes());
+        st.put(
+            Ks::Meta,
+            META_NEXT_USER_ID,
+            self.ids.next_user.to_be_bytes(),
+        );
         st.put(Ks::Users, user_key(user.id), encode_user(&user));
         st.put(Ks::Usernames, c.username.as_bytes(), user.id.to_be_bytes());
         Ok(user)
@@ -448,14 +535,17 @@ impl Writer {
             revoked: false,
         };
         self.ids.next_device += 1;
-        st.put(Ks::Meta, META_NEXT_DEVICE_ID, self.ids.next_device.to_be_bytes());
+        st.put(
+            Ks::Meta,
+            META_NEXT_DEVICE_ID,
+            self.ids.next_device.to_be_bytes(),
+        );
         st.put(Ks::Devices, device_key(device.id), encode_device(&device));
-        // A token hash already held by an unrevoked device keeps authenticating that older
-        // device, as in MemoryStore (first match wins). Hashes of fresh random tokens never
-        // collide, so this only matters for consistency between backends.
-        if self.get(st, Ks::Tokens, &c.token_hash)?.is_none() {
-            st.put(Ks::Tokens, c.token_hash, device.id.to_be_bytes());
-        }
+        // Normally the only holder of its token; if hashes ever collide, the oldest unrevoked
+        // device wins, exactly as in MemoryStore.
+        let mut holders = self.token_holders(st, &c.token_hash)?;
+        holders.push(device.id);
+        st.put(Ks::Tokens, c.token_hash, encode_device_ids(&holders));
         Ok(device)
     }
 
@@ -466,15 +556,22 @@ impl Writer {
         }
         device.revoked = true;
         st.put(Ks::Devices, device_key(id), encode_device(&device));
-        if let Some(owner) = self.get(st, Ks::Tokens, &device.token_hash)? {
-            if be_u64(&owner, "tokens value")? == id.0 {
-                st.delete(Ks::Tokens, device.token_hash);
-            }
+        let mut holders = self.token_holders(st, &device.token_hash)?;
+        holders.retain(|&holder| holder != id);
+        if holders.is_empty() {
+            st.delete(Ks::Tokens, device.token_hash);
+        } else {
+            st.put(Ks::Tokens, device.token_hash, encode_device_ids(&holders));
         }
         Ok(())
     }
 
-    fn ack_cursor(&mut self, st: &mut Staged, id: DeviceId, cursor: Cursor) -> Result<(), StoreError> {
+    fn ack_cursor(
+        &mut self,
+        st: &mut Staged,
+        id: DeviceId,
+        cursor: Cursor,
+    ) -> Result<(), StoreError> {
         let mut device = self.load_device(st, id)?;
         if cursor > device.cursor {
             device.cursor = cursor;
@@ -483,7 +580,12 @@ impl Writer {
         Ok(())
     }
 
-    fn direct(&mut self, st: &mut Staged, a: UserId, b: UserId) -> Result<Conversation, StoreError> {
+    fn direct(
+        &mut self,
+        st: &mut Staged,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Conversation, StoreError> {
         for user in [a, b] {
             if !self.user_exists(st, user)? {
                 return Err(StoreError::NotFound("user"));
@@ -494,7 +596,9 @@ impl Writer {
             let id = ConversationId(be_u64(&id, "directs value")?);
             return match self.load_conversation(st, id)? {
                 Some(conv) => Ok((*conv).clone()),
-                None => Err(StoreError::Corrupt(format!("direct pair points to missing conversation {id}"))),
+                None => Err(StoreError::Corrupt(format!(
+                    "direct pair points to missing conversation {id}"
+                ))),
             };
         }
         let conv = Conversation {
@@ -504,7 +608,11 @@ impl Writer {
             created_ms: now_ms(),
         };
         self.ids.next_conversation += 1;
-        st.put(Ks::Meta, META_NEXT_CONVERSATION_ID, self.ids.next_conversation.to_be_bytes());
+        st.put(
+            Ks::Meta,
+            META_NEXT_CONVERSATION_ID,
+            self.ids.next_conversation.to_be_bytes(),
+        );
         st.put(Ks::Convs, conv_key(conv.id), encode_conversation(&conv));
         st.put(Ks::Directs, key, conv.id.to_be_bytes());
         self.convs.insert(conv.id, Arc::new(conv.clone()));
@@ -520,7 +628,11 @@ impl Writer {
     }
 
     /// Outer error: the disk failed. Inner error: this message is refused.
-    fn append_one(&mut self, st: &mut Staged, req: &AppendRequest) -> Result<Result<Appended, AppendError>, StoreError> {
+    fn append_one(
+        &mut self,
+        st: &mut Staged,
+        req: &AppendRequest,
+    ) -> Result<Result<Appended, AppendError>, StoreError> {
         let Some(conv) = self.load_conversation(st, req.conversation_id)? else {
             return Ok(Err(AppendError::NoConversation));
         };
@@ -532,16 +644,25 @@ impl Writer {
             let (cid, seq) = parse_pair(&target, "dedup value")?;
             let key = message_key(ConversationId(cid), Seq(seq));
             let Some(v) = self.get(st, Ks::Messages, &key)? else {
-                return Err(StoreError::Corrupt(format!("dedup entry points to missing message {cid}/{seq}")));
+                return Err(StoreError::Corrupt(format!(
+                    "dedup entry points to missing message {cid}/{seq}"
+                )));
             };
             let message = Arc::new(decode_message(&key, &v)?);
-            return Ok(Ok(Appended { message, duplicate: true }));
+            return Ok(Ok(Appended {
+                message,
+                duplicate: true,
+            }));
         }
 
         let tip = self.tip(conv.id)?;
         let seq = tip.seq.next();
         let key = message_key(conv.id, seq);
-        assert!(st.staged(Ks::Messages, &key).is_none(), "seq {seq} of conversation {} staged twice", conv.id);
+        assert!(
+            st.staged(Ks::Messages, &key).is_none(),
+            "seq {seq} of conversation {} staged twice",
+            conv.id
+        );
         debug_assert!(
             !matches!(self.shared.ks.get(Ks::Messages).contains_key(key), Ok(true)),
             "seq {seq} of conversation {} already on disk",
@@ -561,17 +682,36 @@ impl Writer {
         for &member in &conv.members {
             let cursor = self.head(member)?.next();
             let ikey = inbox_key(member, cursor);
-            assert!(st.staged(Ks::Inbox, &ikey).is_none(), "cursor {cursor} of inbox {member} staged twice");
+            assert!(
+                st.staged(Ks::Inbox, &ikey).is_none(),
+                "cursor {cursor} of inbox {member} staged twice"
+            );
+            debug_assert!(
+                !matches!(self.shared.ks.get(Ks::Inbox).contains_key(ikey), Ok(true)),
+                "cursor {cursor} of inbox {member} already on disk"
+            );
             st.put(Ks::Inbox, ikey, stored.as_slice());
             self.heads.insert(member, cursor);
             st.events.push(UserEvent {
                 user_id: member,
-                event: Event { cursor, payload: EventPayload::Message(message.clone()) },
+                event: Event {
+                    cursor,
+                    payload: EventPayload::Message(message.clone()),
+                },
             });
         }
-        self.tips.insert(conv.id, Tip { seq, ts_ms: message.ts_ms });
+        self.tips.insert(
+            conv.id,
+            Tip {
+                seq,
+                ts_ms: message.ts_ms,
+            },
+        );
         st.messages_appended += 1;
-        Ok(Ok(Appended { message, duplicate: false }))
+        Ok(Ok(Appended {
+            message,
+            duplicate: false,
+        }))
     }
 }
 
@@ -597,7 +737,12 @@ mod tests {
         let (shared, ids) = Shared::open(&FjallConfig::new(dir.path())).unwrap();
         let sink = RecordingSink::new();
         let writer = Writer::new(shared.clone(), sink.clone(), 1024, ids);
-        Harness { _dir: dir, shared, sink, writer }
+        Harness {
+            _dir: dir,
+            shared,
+            sink,
+            writer,
+        }
     }
 
     type Rx<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -608,10 +753,20 @@ mod tests {
     }
 
     fn user(name: &str) -> (WriteOp, Rx<User>) {
-        op(NewUser { username: name.into(), password_hash: "h".into() }, WriteOp::CreateUser)
+        op(
+            NewUser {
+                username: name.into(),
+                password_hash: "h".into(),
+            },
+            WriteOp::CreateUser,
+        )
     }
 
-    fn append(conv: u64, sender: u64, id: &str) -> (WriteOp, Rx<Vec<Result<Appended, AppendError>>>) {
+    fn append(
+        conv: u64,
+        sender: u64,
+        id: &str,
+    ) -> (WriteOp, Rx<Vec<Result<Appended, AppendError>>>) {
         let req = AppendRequest {
             conversation_id: ConversationId(conv),
             sender_id: UserId(sender),
@@ -644,7 +799,14 @@ mod tests {
         let (u1, r1) = user("ann");
         let (u2, r2) = user("ann");
         let (u3, r3) = user("bob");
-        let (dev, rdev) = op(NewDevice { user: UserId(2), name: "d".into(), token_hash: [1; 32] }, WriteOp::CreateDevice);
+        let (dev, rdev) = op(
+            NewDevice {
+                user: UserId(2),
+                name: "d".into(),
+                token_hash: [1; 32],
+            },
+            WriteOp::CreateDevice,
+        );
         let (ack, rack) = op((DeviceId(1), Cursor(4)), WriteOp::AckCursor);
         let (rev, rrev) = op(DeviceId(1), WriteOp::RevokeDevice);
         let (dir, rdir) = op((UserId(2), UserId(1)), WriteOp::DirectConversation);
@@ -656,42 +818,80 @@ mod tests {
 
         assert_eq!(got(r1).unwrap().id, UserId(1));
         assert!(matches!(got(r2), Err(StoreError::UsernameTaken)));
-        assert_eq!(got(r3).unwrap().id, UserId(2), "the refused name burnt no id");
+        assert_eq!(
+            got(r3).unwrap().id,
+            UserId(2),
+            "the refused name burnt no id"
+        );
         assert_eq!(got(rdev).unwrap().id, DeviceId(1));
         got(rack).unwrap();
         got(rrev).unwrap();
         assert_eq!(got(rdir).unwrap().id, ConversationId(1));
-        assert_eq!(got(rdir2).unwrap().id, ConversationId(1), "same pair in one batch, one conversation");
+        assert_eq!(
+            got(rdir2).unwrap().id,
+            ConversationId(1),
+            "same pair in one batch, one conversation"
+        );
         assert_eq!(appended(ra1), (1, false));
-        assert_eq!(appended(ra2), (2, false), "consecutive seqs within one batch");
-        assert_eq!(appended(ra3), (1, true), "a duplicate within one batch is detected");
+        assert_eq!(
+            appended(ra2),
+            (2, false),
+            "consecutive seqs within one batch"
+        );
+        assert_eq!(
+            appended(ra3),
+            (1, true),
+            "a duplicate within one batch is detected"
+        );
 
         let events = h.sink.take();
-        let ann: Vec<u64> = events.iter().filter(|e| e.user_id == UserId(1)).map(|e| e.event.cursor.0).collect();
+        let ann: Vec<u64> = events
+            .iter()
+            .filter(|e| e.user_id == UserId(1))
+            .map(|e| e.event.cursor.0)
+            .collect();
         assert_eq!(ann, vec![1, 2]);
         assert_eq!(events.len(), 4);
 
         // Everything is durable and visible to readers at the new snapshot.
         let snap = h.shared.durable.read().clone();
-        let view = crate::fjall::read::View { ks: &h.shared.ks, snap: &snap };
+        let view = crate::fjall::read::View {
+            ks: &h.shared.ks,
+            snap: &snap,
+        };
         let d = view.device(DeviceId(1)).unwrap().unwrap();
         assert_eq!((d.cursor, d.revoked), (Cursor(4), true));
         assert_eq!(view.device_by_token(&[1; 32]).unwrap(), None);
         assert_eq!(view.inbox_head(UserId(2)).unwrap(), Cursor(2));
-        assert_eq!(h.writer.committed_ids, Counters { next_user: 3, next_device: 2, next_conversation: 2 });
+        assert_eq!(
+            h.writer.committed_ids,
+            Counters {
+                next_user: 3,
+                next_device: 2,
+                next_conversation: 2
+            }
+        );
     }
 
     #[test]
     fn a_corrupt_record_fails_only_its_op() {
         let mut h = harness();
-        h.shared.ks.get(Ks::Devices).insert(device_key(DeviceId(5)), [9u8, 9, 9]).unwrap();
+        h.shared
+            .ks
+            .get(Ks::Devices)
+            .insert(device_key(DeviceId(5)), [9u8, 9, 9])
+            .unwrap();
         let (u1, r1) = user("ann");
         let (ack, rack) = op((DeviceId(5), Cursor(1)), WriteOp::AckCursor);
         let (u2, r2) = user("bob");
         h.run(vec![u1, ack, u2]);
         assert!(matches!(got(rack), Err(StoreError::Corrupt(_))));
         assert_eq!(got(r1).unwrap().id, UserId(1));
-        assert_eq!(got(r2).unwrap().id, UserId(2), "restaged without the failed op, ids unchanged");
+        assert_eq!(
+            got(r2).unwrap().id,
+            UserId(2),
+            "restaged without the failed op, ids unchanged"
+        );
     }
 
     #[test]

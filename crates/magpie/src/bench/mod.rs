@@ -82,7 +82,10 @@ impl Target {
             .strip_prefix("http://")
             .context("--server must start with http:// (TLS is not supported by the bench)")?
             .trim_end_matches('/');
-        anyhow::ensure!(!authority.is_empty() && !authority.contains('/'), "--server must be http://HOST:PORT");
+        anyhow::ensure!(
+            !authority.is_empty() && !authority.contains('/'),
+            "--server must be http://HOST:PORT"
+        );
         let addr = tokio::net::lookup_host(authority)
             .await
             .with_context(|| format!("resolving {authority}"))?
@@ -92,12 +95,20 @@ impl Target {
             addr.ip().is_loopback(),
             "the bench only targets loopback addresses; {addr} is not one"
         );
-        Ok(Target { base: format!("http://{authority}"), authority: authority.to_owned(), addr })
+        Ok(Target {
+            base: format!("http://{authority}"),
+            authority: authority.to_owned(),
+            addr,
+        })
     }
 
     /// The WebSocket URL for a token.
     pub fn ws_url(&self, token: &str) -> String {
-        format!("ws://{}{}?token={token}", self.authority, magpie_protocol::WS_PATH)
+        format!(
+            "ws://{}{}?token={token}",
+            self.authority,
+            magpie_protocol::WS_PATH
+        )
     }
 }
 
@@ -125,7 +136,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", outcome.human);
     }
-    anyhow::ensure!(outcome.violations == 0, "{} correctness violations (see above)", outcome.violations);
+    anyhow::ensure!(
+        outcome.violations == 0,
+        "{} correctness violations (see above)",
+        outcome.violations
+    );
     Ok(())
 }
 

@@ -38,21 +38,33 @@ pub struct ProcSample {
 /// Reads `VmRSS` and CPU time of `proc`.
 pub fn sample(proc: Proc) -> anyhow::Result<ProcSample> {
     let dir = proc.dir();
-    let status = std::fs::read_to_string(format!("{dir}/status")).with_context(|| format!("reading {dir}/status"))?;
+    let status = std::fs::read_to_string(format!("{dir}/status"))
+        .with_context(|| format!("reading {dir}/status"))?;
     let rss_kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS in /proc status")?;
-    let stat = std::fs::read_to_string(format!("{dir}/stat")).with_context(|| format!("reading {dir}/stat"))?;
+    let stat = std::fs::read_to_string(format!("{dir}/stat"))
+        .with_context(|| format!("reading {dir}/stat"))?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state); utime and stime are fields 14 and 15.
     let field = |n: usize| -> anyhow::Result<u64> {
-        fields.get(n - 3).and_then(|v| v.parse().ok()).context("malformed /proc stat")
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .context("malformed /proc stat")
     };
-    Ok(ProcSample { rss_kib, cpu_ticks: field(14)? + field(15)?, at: Instant::now() })
+    Ok(ProcSample {
+        rss_kib,
+        cpu_ticks: field(14)? + field(15)?,
+        at: Instant::now(),
+    })
 }
 
 /// Reads a sample if a pid was given; a vanished process is reported as an error.
@@ -66,7 +78,8 @@ pub fn cpu_percent(before: &ProcSample, after: &ProcSample) -> f64 {
     if wall_s <= 0.0 {
         return 0.0;
     }
-    let cpu_s = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_sec() as f64;
+    let cpu_s =
+        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_sec() as f64;
     100.0 * cpu_s / wall_s
 }
 
@@ -81,8 +94,11 @@ fn clock_ticks_per_sec() -> u64 {
 }
 
 /// Raises this process's open-files soft limit to the hard limit; returns `(soft, hard)`.
-pub fn raise_nofile_limit() -> anyhow::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+pub fn raise_nofile_limit() -> anyhow::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
@@ -94,7 +110,7 @@ pub fn raise_nofile_limit() -> anyhow::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
         }
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Reads the system load averages (1, 5, 15 minutes) from /proc/loadavg.
@@ -113,8 +129,12 @@ impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         let mut map = HashMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((key, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.trim().parse::<f64>() else { continue };
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
             let name = key.split('{').next().unwrap_or(key).trim();
             // Keep histogram buckets apart from the plain series: only `_sum`/`_count` matter.
             if key.contains("le=\"") {
@@ -161,7 +181,10 @@ impl StoreDelta {
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
         StoreDelta {
             commits_per_s: per_s(commits),
-            mean_batch_ops: ratio(d("magpie_store_batch_ops_sum"), d("magpie_store_batch_ops_count")),
+            mean_batch_ops: ratio(
+                d("magpie_store_batch_ops_sum"),
+                d("magpie_store_batch_ops_count"),
+            ),
             mean_commit_ms: 1000.0 * ratio(d("magpie_store_commit_seconds_sum"), commits),
             commit_busy: per_s(d("magpie_store_commit_seconds_sum")),
             server_sent_per_s: per_s(d("magpie_messages_sent_total")),

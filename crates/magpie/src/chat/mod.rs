@@ -81,9 +81,17 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     let (client, login) = authenticate(&anon, &state, &args).await?;
     let me = login.user_id().context("saved login has no user id")?;
-    let config = SessionConfig { label: args.user.clone(), ..SessionConfig::default() };
+    let config = SessionConfig {
+        label: args.user.clone(),
+        ..SessionConfig::default()
+    };
     let (session, events) = Session::start(client.clone(), Arc::new(state.cursor_store()), config)?;
-    say!("* {} on {} (state in {}); /help for commands", args.user, args.server, state.path().display());
+    say!(
+        "* {} on {} (state in {}); /help for commands",
+        args.user,
+        args.server,
+        state.path().display()
+    );
     let mut chat = Chat {
         client,
         session,
@@ -93,6 +101,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         own: OwnSends::default(),
         current: None,
         connected_before: false,
+        online: false,
     };
     if let Some(peer) = &args.to {
         chat.switch_to(peer).await;
@@ -118,7 +127,11 @@ fn password(args: &ChatArgs) -> anyhow::Result<&str> {
 
 async fn register(anon: &Client, args: &ChatArgs) -> anyhow::Result<()> {
     match anon.register(&args.user, password(args)?).await {
-        Ok(info) => say!("* created account {} (user {})", info.username, info.user_id),
+        Ok(info) => say!(
+            "* created account {} (user {})",
+            info.username,
+            info.user_id
+        ),
         Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
         Err(e) => return Err(e).context("registering"),
     }
@@ -210,6 +223,8 @@ struct Chat {
     current: Option<Current>,
     /// Distinguishes "connected" from "reconnected".
     connected_before: bool,
+    /// Whether the last state change was a connect (the next drop is news, retries are not).
+    online: bool,
 }
 
 impl Chat {
@@ -220,14 +235,13 @@ impl Chat {
     ) -> anyhow::Result<()> {
         let mut stdin_open = true;
         let mut drain_until = None;
-        let mut outcome = Ok(());
         loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(SessionEvent::Revoked) => {
+                        // Expected when logged out elsewhere: say so and exit normally.
                         say!("* session revoked; run again to log in");
                         self.state.forget_login();
-                        outcome = Err(anyhow::anyhow!("session revoked"));
                         break;
                     }
                     Some(event) => self.on_event(event).await,
@@ -259,7 +273,7 @@ impl Chat {
             }
         }
         self.session.close().await;
-        outcome
+        Ok(())
     }
 
     async fn on_event(&mut self, event: SessionEvent) {
@@ -271,9 +285,15 @@ impl Chat {
                     say!("* connected (device {device_id})");
                 }
                 self.connected_before = true;
+                self.online = true;
             }
             SessionEvent::Disconnected { reason, retry_in } => {
-                say!("* disconnected: {reason}; reconnecting in {:.1}s", retry_in.as_secs_f64());
+                let secs = retry_in.as_secs_f64();
+                if std::mem::take(&mut self.online) {
+                    say!("* disconnected ({reason}); reconnecting in {secs:.1}s");
+                } else {
+                    say!("* reconnecting in {secs:.1}s ({reason})");
+                }
             }
             SessionEvent::Event(event) => match event.body {
                 EventBody::Message { message } => {
@@ -338,7 +358,9 @@ impl Chat {
         };
         match self.session.send(current.conversation_id, text) {
             Ok(id) => self.own.insert(id),
-            Err(SdkError::OutboxFull) => say!("! too many unsent messages; wait for the connection"),
+            Err(SdkError::OutboxFull) => {
+                say!("! too many unsent messages; wait for the connection")
+            }
             Err(e) => say!("! not sent: {e}"),
         }
     }
@@ -363,7 +385,10 @@ impl Chat {
             Ok(conv) => {
                 self.names.remember(peer.user_id, &peer.username);
                 say!("* talking to {}", peer.username);
-                self.current = Some(Current { peer: peer.username, conversation_id: conv.conversation_id });
+                self.current = Some(Current {
+                    peer: peer.username,
+                    conversation_id: conv.conversation_id,
+                });
             }
             Err(e) => say!("! cannot open a conversation with {name}: {e}"),
         }
@@ -383,7 +408,11 @@ impl Chat {
             }
         };
         let (conversation_id, peer) = (current.conversation_id, current.peer.clone());
-        match self.client.messages(conversation_id, HistoryRange::Latest, Some(count)).await {
+        match self
+            .client
+            .messages(conversation_id, HistoryRange::Latest, Some(count))
+            .await
+        {
             Ok(messages) if messages.is_empty() => say!("* no messages with {peer} yet"),
             Ok(messages) => {
                 say!("* last {} message(s) with {peer}:", messages.len());

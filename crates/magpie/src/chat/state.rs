@@ -62,7 +62,9 @@ impl StateDir {
             .filter(|h| !h.is_empty())
             .context("HOME is not set; pass --state-dir")?;
         // ':' is legal on Unix file systems; keep the name readable.
-        Ok(Path::new(&home).join(".magpie").join(format!("{user}@{host_port}")))
+        Ok(Path::new(&home)
+            .join(".magpie")
+            .join(format!("{user}@{host_port}")))
     }
 
     /// The directory.
@@ -86,7 +88,9 @@ impl StateDir {
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            let mut f = options
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
             f.write_all(&serde_json::to_vec_pretty(login)?)?;
             f.sync_all()?;
         }

@@ -10,7 +10,12 @@ const OWN_IDS_MAX: usize = 1_024;
 /// `HH:MM:SS` (UTC) of a Unix-millisecond timestamp.
 pub fn clock(ts_ms: u64) -> String {
     let secs = (ts_ms / 1_000) % 86_400;
-    format!("{:02}:{:02}:{:02}", secs / 3_600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3_600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// Username lookups, cached: every message carries only the sender's id.
@@ -22,7 +27,9 @@ pub struct Names {
 impl Names {
     /// A cache that already knows the local user.
     pub fn new(me: UserId, my_name: &str) -> Self {
-        Self { known: HashMap::from([(me, my_name.to_owned())]) }
+        Self {
+            known: HashMap::from([(me, my_name.to_owned())]),
+        }
     }
 
     /// Records a name learnt elsewhere (e.g. from `/to`).
@@ -97,7 +104,10 @@ mod tests {
             ts_ms: 3_600_000,
         };
         assert_eq!(message_line(&m, "bob", false), "[01:00:00] bob: hi");
-        assert_eq!(message_line(&m, "alice", true), "[01:00:00] alice (you): hi");
+        assert_eq!(
+            message_line(&m, "alice", true),
+            "[01:00:00] alice (you): hi"
+        );
     }
 
     #[test]
