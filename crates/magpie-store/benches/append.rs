@@ -88,7 +88,10 @@ fn main() {
     // so the test suite checks the bench still works without paying for a full measurement.
     let full = std::env::args().any(|a| a == "--bench");
     let tasks = env_usize("MAGPIE_BENCH_TASKS", if full { 64 } else { 4 });
-    let per_task = env_usize("MAGPIE_BENCH_APPENDS_PER_TASK", if full { 2000 } else { 50 });
+    let per_task = env_usize(
+        "MAGPIE_BENCH_APPENDS_PER_TASK",
+        if full { 2000 } else { 50 },
+    );
     let captured = Captured::default();
     metrics::set_global_recorder(captured.clone()).expect("first recorder");
 
