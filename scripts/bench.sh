@@ -13,7 +13,7 @@
 #
 # Knobs (environment): PORT, DURATION_S, WARMUP_S, PAIRS_LIST, WINDOW_LIST, LATENCY_PAIRS,
 # HALF_RATE (skip the throughput matrix for the half-max latency run), IDLE_CONNECTIONS,
-# IDLE_HOLD_S, RESULTS.
+# IDLE_HOLD_S, RESULTS, MAGPIE_BIN (use this binary instead of building target/release/magpie).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +28,7 @@ LATENCY_PAIRS=${LATENCY_PAIRS:-100}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-15000}
 IDLE_HOLD_S=${IDLE_HOLD_S:-5}
 RESULTS=${RESULTS:-$ROOT/target/bench-results.jsonl}
-BIN=$ROOT/target/release/magpie
+BIN=${MAGPIE_BIN:-$ROOT/target/release/magpie}
 SERVER="http://127.0.0.1:$PORT"
 
 SCENARIOS=("$@")
@@ -36,7 +36,9 @@ if [ ${#SCENARIOS[@]} -eq 0 ]; then
     SCENARIOS=(throughput latency idle)
 fi
 
-cargo build --release -p magpie
+if [ -z "${MAGPIE_BIN:-}" ]; then
+    cargo build --release -p magpie
+fi
 # 15,000 sockets need more than the usual 1,024 descriptors, for the server and for the bench.
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$(dirname "$RESULTS")"

@@ -63,6 +63,10 @@ numeric_id!(
     /// A conversation (direct or group); owns one storage timeline.
     ConversationId
 );
+numeric_id!(
+    /// A friend request.
+    RequestId
+);
 
 /// Position of a message in its conversation's storage timeline: 1, 2, 3, … without gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

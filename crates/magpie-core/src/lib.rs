@@ -9,9 +9,12 @@ pub mod limits;
 mod model;
 mod validate;
 
-pub use ids::{ClientMsgId, ConversationId, Cursor, DeviceId, IdParseError, Seq, UserId};
+pub use ids::{
+    ClientMsgId, ConversationId, Cursor, DeviceId, IdParseError, RequestId, Seq, UserId,
+};
 pub use model::{
-    Conversation, ConversationKind, Device, Event, EventPayload, Message, User, UserEvent,
+    Conversation, ConversationKind, Device, Event, EventPayload, FriendRequest, Member, Message,
+    Role, SystemEvent, User, UserEvent,
 };
 pub use validate::{
     validate_password, validate_text, validate_username, TextError, ValidationError,

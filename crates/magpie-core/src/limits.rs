@@ -23,3 +23,21 @@ pub const DEVICE_NAME_BYTES_MAX: usize = 64;
 pub const PAGE_LIMIT_MAX: usize = 200;
 /// The page size when the client does not ask for one.
 pub const PAGE_LIMIT_DEFAULT: usize = 50;
+
+/// The longest friend-request message, in characters.
+pub const FRIEND_MESSAGE_CHARS_MAX: usize = 500;
+
+/// The longest group name, in characters.
+pub const GROUP_NAME_CHARS_MAX: usize = 100;
+
+/// Default largest group, in members.
+pub const GROUP_MEMBERS_MAX_DEFAULT: u32 = 10_000;
+
+/// Default largest group that still uses write fan-out, in members.
+pub const FANOUT_WRITE_MAX_DEFAULT: u32 = 500;
+
+/// The most user ids one request may name (group creation, adding members, presence).
+pub const USER_IDS_PER_REQUEST_MAX: usize = 10_000;
+
+/// Unread counts are exact up to this many unread messages and reported as this value beyond.
+pub const UNREAD_COUNT_MAX: u64 = 9_999;

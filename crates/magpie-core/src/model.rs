@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{ClientMsgId, ConversationId, Cursor, DeviceId, Seq, UserId};
+use crate::{ClientMsgId, ConversationId, Cursor, DeviceId, RequestId, Seq, UserId};
 
 /// A registered account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,26 +39,85 @@ pub struct Device {
 pub enum ConversationKind {
     /// Exactly two members, created once per pair of users.
     Direct,
+    /// A named group of up to `group_members_max` members with an owner and admins.
+    Group,
 }
 
-/// A conversation and its members.
+/// A conversation. Its members live in their own records ([`Member`]) because a group may
+/// have 10,000 of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     /// Server-assigned, never reused.
     pub id: ConversationId,
-    /// Direct for now; groups arrive with the social-graph issue.
+    /// Direct or group.
     pub kind: ConversationKind,
-    /// Sorted ascending, no duplicates.
+    /// Group name; empty for direct conversations.
+    pub name: String,
+    /// The group's owner; `None` for direct conversations (and for a group everyone left).
+    pub owner: Option<UserId>,
+    /// Current number of members.
+    pub member_count: u32,
+    /// For direct conversations the two members, sorted; empty for groups.
     pub members: Vec<UserId>,
     /// When the conversation was created.
     pub created_ms: u64,
 }
 
-impl Conversation {
-    /// Whether `user` may read and write this conversation.
-    pub fn has_member(&self, user: UserId) -> bool {
-        self.members.binary_search(&user).is_ok()
-    }
+/// A member's role in a group. Direct conversations have only `Member`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// May add and remove members; may not change roles.
+    Admin,
+    /// Everything admins may, plus changing roles; exactly one per group.
+    Owner,
+    /// May send, read, and leave.
+    Member,
+}
+
+/// One user's membership in one conversation, with their per-conversation state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The member.
+    pub user_id: UserId,
+    /// Owner, admin or member.
+    pub role: Role,
+    /// The seq of the system message that announced the join (1 for creators and direct
+    /// members). The member reads history from this seq on.
+    pub joined_seq: Seq,
+    /// The highest seq the user has read; only moves forward.
+    pub read_seq: Seq,
+    /// Pushes for this conversation are suppressed.
+    pub muted: bool,
+}
+
+/// What a system message says happened; stored in the conversation timeline so that every
+/// member sees membership changes in order with the messages around them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemEvent {
+    /// The group was created by `actor` with `members` (the actor included).
+    GroupCreated {
+        actor: UserId,
+        name: String,
+        members: Vec<UserId>,
+    },
+    /// `actor` added `users`.
+    MembersAdded { actor: UserId, users: Vec<UserId> },
+    /// `actor` removed `user`.
+    MemberRemoved { actor: UserId, user: UserId },
+    /// `user` left by themselves.
+    MemberLeft { user: UserId },
+    /// `actor` (the owner) set `user`'s role.
+    RoleChanged {
+        actor: UserId,
+        user: UserId,
+        role: Role,
+    },
+    /// `actor` renamed the group.
+    Renamed { actor: UserId, name: String },
+    /// Ownership passed to `user` because the owner left.
+    OwnerChanged { user: UserId },
 }
 
 /// One entry of a conversation's storage timeline.
@@ -72,18 +131,57 @@ pub struct Message {
     pub sender_id: UserId,
     /// The sender's idempotency key.
     pub client_msg_id: ClientMsgId,
-    /// 1 to `MESSAGE_CHARS_MAX` characters.
+    /// 1 to `MESSAGE_CHARS_MAX` characters; empty for system messages.
     pub text: String,
+    /// Set for system messages (membership changes); `None` for user text.
+    pub system: Option<SystemEvent>,
     /// Server time when the message was stored.
+    pub ts_ms: u64,
+}
+
+/// A pending or decided friend request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendRequest {
+    /// Server-assigned, never reused.
+    pub id: RequestId,
+    /// Who asks.
+    pub from: UserId,
+    /// Who is asked.
+    pub to: UserId,
+    /// Free text from the requester (bounded by `FRIEND_MESSAGE_CHARS_MAX`).
+    pub message: String,
+    /// When it was made.
     pub ts_ms: u64,
 }
 
 /// What an inbox event carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventPayload {
-    /// A new message in one of the user's conversations. Shared, because write fan-out puts the
-    /// same message into every member's inbox.
+    /// A new message in one of the user's conversations (direct or write-fan-out group).
+    /// Shared, because write fan-out puts the same message into every member's inbox.
     Message(Arc<Message>),
+    /// Someone asked the user to be friends.
+    FriendRequest(FriendRequest),
+    /// The user and `user_id` are now friends; `conversation_id` is their direct conversation.
+    FriendAdded {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
+    /// The user was added to a group (or created it).
+    GroupJoined { conversation_id: ConversationId },
+    /// The user left or was removed from a group.
+    GroupLeft { conversation_id: ConversationId },
+    /// The user (on some device) read `conversation_id` up to `read_seq`.
+    Read {
+        conversation_id: ConversationId,
+        read_seq: Seq,
+    },
+    /// Another member, `user_id`, read `conversation_id` up to `read_seq`.
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        read_seq: Seq,
+    },
 }
 
 /// One entry of a user's sync timeline.

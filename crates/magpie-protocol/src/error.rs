@@ -15,6 +15,9 @@ pub enum ErrorCode {
     BadFrame,
     RateLimited,
     PayloadTooLarge,
+    NotFriends,
+    AlreadyFriends,
+    GroupFull,
     Unavailable,
     Internal,
 }
@@ -32,6 +35,9 @@ impl ErrorCode {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFriends => "not_friends",
+            ErrorCode::AlreadyFriends => "already_friends",
+            ErrorCode::GroupFull => "group_full",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -40,11 +46,14 @@ impl ErrorCode {
     /// The HTTP status that goes with the code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::BadFrame | ErrorCode::MessageTooLong => 400,
+            ErrorCode::InvalidRequest
+            | ErrorCode::BadFrame
+            | ErrorCode::MessageTooLong
+            | ErrorCode::GroupFull => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::NotFriends => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::UsernameTaken => 409,
+            ErrorCode::UsernameTaken | ErrorCode::AlreadyFriends => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,

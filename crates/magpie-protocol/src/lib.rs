@@ -7,11 +7,14 @@
 pub mod close;
 pub mod error;
 pub mod http;
+pub mod social;
 pub mod ws;
 
 mod convert;
 
-pub use convert::{event_to_wire, message_to_wire};
+pub use convert::{
+    event_to_wire, friend_request_to_wire, message_to_wire, role_name, system_to_wire,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// The path of the WebSocket endpoint.

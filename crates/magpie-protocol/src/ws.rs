@@ -16,6 +16,50 @@ pub struct WireMessage {
     pub client_msg_id: String,
     pub text: String,
     pub ts_ms: u64,
+    /// `"text"` or `"system"`.
+    #[serde(default = "text_kind")]
+    pub kind: String,
+    /// What happened, for system messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<WireSystem>,
+}
+
+fn text_kind() -> String {
+    "text".into()
+}
+
+/// The `system` object of a system message, tagged by `action`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum WireSystem {
+    GroupCreated {
+        actor_id: String,
+        name: String,
+        user_ids: Vec<String>,
+    },
+    MembersAdded {
+        actor_id: String,
+        user_ids: Vec<String>,
+    },
+    MemberRemoved {
+        actor_id: String,
+        user_id: String,
+    },
+    MemberLeft {
+        user_id: String,
+    },
+    RoleChanged {
+        actor_id: String,
+        user_id: String,
+        role: String,
+    },
+    Renamed {
+        actor_id: String,
+        name: String,
+    },
+    OwnerChanged {
+        user_id: String,
+    },
 }
 
 /// An event object: `{"cursor","kind":"message","message":{...}}`.
@@ -30,7 +74,38 @@ pub struct WireEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
-    Message { message: WireMessage },
+    Message {
+        message: WireMessage,
+    },
+    FriendRequest {
+        request: crate::social::WireFriendRequest,
+    },
+    FriendAdded {
+        #[serde(with = "crate::id_string")]
+        user_id: UserId,
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+    },
+    GroupJoined {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+    },
+    GroupLeft {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+    },
+    Read {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        read_seq: u64,
+    },
+    Receipt {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        #[serde(with = "crate::id_string")]
+        user_id: UserId,
+        read_seq: u64,
+    },
 }
 
 /// Frames a client sends.
@@ -50,6 +125,25 @@ pub enum ClientFrame {
     Ack { cursor: u64 },
     /// Heartbeat; answered by `pong`.
     Ping,
+    /// Reads a conversation's timeline after `after_seq`; answered by `messages`.
+    Pull {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        after_seq: u64,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Marks the conversation read up to `seq`.
+    Read {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        seq: u64,
+    },
+    /// The user is typing in the conversation (relayed, not stored).
+    Typing {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+    },
 }
 
 /// Frames the server sends.
@@ -80,6 +174,32 @@ pub enum ServerFrame {
         client_msg_id: Option<String>,
     },
     Pong,
+    /// A read-fan-out conversation has messages up to `last_seq`; pull what you miss.
+    Notify {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        last_seq: u64,
+    },
+    /// Answer to `pull`.
+    Messages {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        messages: Vec<WireMessage>,
+    },
+    /// A friend came online or went offline.
+    Presence {
+        #[serde(with = "crate::id_string")]
+        user_id: UserId,
+        online: bool,
+        last_seen_ms: u64,
+    },
+    /// Another member is typing.
+    Typing {
+        #[serde(with = "crate::id_string")]
+        conversation_id: ConversationId,
+        #[serde(with = "crate::id_string")]
+        user_id: UserId,
+    },
 }
 
 #[cfg(test)]
@@ -98,6 +218,8 @@ mod tests {
                     client_msg_id: "c1".into(),
                     text: "hi".into(),
                     ts_ms: 5,
+                    kind: "text".into(),
+                    system: None,
                 },
             },
         });

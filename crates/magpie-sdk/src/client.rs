@@ -2,10 +2,16 @@
 
 use std::time::Duration;
 
-use magpie_core::{ConversationId, UserId};
+use magpie_core::{ConversationId, RequestId, UserId};
 use magpie_protocol::http::{
     ConversationInfo, Credentials, DirectRequest, MessagesPage, SendRequest, SendResult,
     SessionCreated, SyncPage, UserInfo,
+};
+use magpie_protocol::social::{
+    ConversationList, ConversationRow, ConversationSettings, FriendAccepted, FriendList,
+    FriendRequestCreate, FriendRequestCreated, FriendRequests, GroupCreate, GroupInfo, GroupPatch,
+    MemberPage, MembersAdd, PresenceList, ReadRequest, ReadState, Receipts, RoleSet, WireFriend,
+    WireMember, WirePresence,
 };
 use magpie_protocol::ws::WireMessage;
 use magpie_protocol::ErrorBody;
@@ -34,6 +40,26 @@ pub enum HistoryRange {
     After(u64),
     /// Messages with `seq` less than this one (paging backwards).
     Before(u64),
+}
+
+/// A role that can be given to a group member with [`Client::set_member_role`] (ownership
+/// only changes hands when the owner leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRole {
+    /// May add and remove (non-admin) members and rename the group.
+    Admin,
+    /// May send, read and leave.
+    Member,
+}
+
+impl MemberRole {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Admin => "admin",
+            MemberRole::Member => "member",
+        }
+    }
 }
 
 /// An HTTP client for one Magpie server, optionally authenticated with a bearer token.
@@ -245,6 +271,203 @@ impl Client {
         self.json(req.query(&query)).await
     }
 
+    // --- Friends ---------------------------------------------------------------------------
+
+    /// `POST /v1/friends/requests`: asks `user` to become a friend, with an optional note.
+    /// Errors: `already_friends` (409), `not_found` (404), `invalid_request` (e.g. yourself).
+    pub async fn send_friend_request(
+        &self,
+        user: UserId,
+        message: Option<&str>,
+    ) -> Result<RequestId> {
+        let body = FriendRequestCreate {
+            user_id: user,
+            message: message.map(str::to_owned),
+        };
+        let created: FriendRequestCreated = self
+            .json(self.request(Method::POST, "/v1/friends/requests").json(&body))
+            .await?;
+        Ok(created.request_id)
+    }
+
+    /// `GET /v1/friends/requests`: pending requests, incoming and outgoing.
+    pub async fn friend_requests(&self) -> Result<FriendRequests> {
+        self.json(self.request(Method::GET, "/v1/friends/requests"))
+            .await
+    }
+
+    /// `POST /v1/friends/requests/{id}/accept`: returns the direct conversation with the new
+    /// friend.
+    pub async fn accept_friend_request(&self, request: RequestId) -> Result<ConversationId> {
+        let path = format!("/v1/friends/requests/{request}/accept");
+        let accepted: FriendAccepted = self.json(self.request(Method::POST, &path)).await?;
+        Ok(accepted.conversation_id)
+    }
+
+    /// `POST /v1/friends/requests/{id}/decline`.
+    pub async fn decline_friend_request(&self, request: RequestId) -> Result<()> {
+        let path = format!("/v1/friends/requests/{request}/decline");
+        self.empty(self.request(Method::POST, &path)).await
+    }
+
+    /// `GET /v1/friends`: friends with their presence.
+    pub async fn friends(&self) -> Result<Vec<WireFriend>> {
+        let list: FriendList = self.json(self.request(Method::GET, "/v1/friends")).await?;
+        Ok(list.friends)
+    }
+
+    /// `DELETE /v1/friends/{user_id}`: ends the friendship (both directions; history stays).
+    pub async fn remove_friend(&self, user: UserId) -> Result<()> {
+        self.empty(self.request(Method::DELETE, &format!("/v1/friends/{user}")))
+            .await
+    }
+
+    // --- Groups ----------------------------------------------------------------------------
+
+    /// `POST /v1/groups`: creates a group owned by the caller with `members` (the caller is
+    /// added if missing).
+    pub async fn create_group(&self, name: &str, members: &[UserId]) -> Result<GroupInfo> {
+        let body = GroupCreate {
+            name: name.to_owned(),
+            member_ids: members.iter().map(ToString::to_string).collect(),
+        };
+        self.json(self.request(Method::POST, "/v1/groups").json(&body))
+            .await
+    }
+
+    /// `GET /v1/groups/{id}`: the group with its current fan-out mode.
+    pub async fn group(&self, group: ConversationId) -> Result<GroupInfo> {
+        self.json(self.request(Method::GET, &format!("/v1/groups/{group}")))
+            .await
+    }
+
+    /// `GET /v1/groups/{id}/members`: one page of members ordered by user id, after `after`.
+    /// Follow `next_after` for the next page.
+    pub async fn group_members(
+        &self,
+        group: ConversationId,
+        after: Option<UserId>,
+        limit: Option<u32>,
+    ) -> Result<MemberPage> {
+        let mut query: Vec<(&str, String)> = Vec::with_capacity(2);
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        let path = format!("/v1/groups/{group}/members");
+        self.json(self.request(Method::GET, &path).query(&query))
+            .await
+    }
+
+    /// `POST /v1/groups/{id}/members` (owner or admin): adds users; existing members are
+    /// skipped. Returns the updated group.
+    pub async fn add_group_members(
+        &self,
+        group: ConversationId,
+        users: &[UserId],
+    ) -> Result<GroupInfo> {
+        let body = MembersAdd {
+            user_ids: users.iter().map(ToString::to_string).collect(),
+        };
+        let path = format!("/v1/groups/{group}/members");
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    /// `DELETE /v1/groups/{id}/members/{user_id}`: removes `user` (owner or admin), or leaves
+    /// the group when `user` is the caller.
+    pub async fn remove_group_member(&self, group: ConversationId, user: UserId) -> Result<()> {
+        let path = format!("/v1/groups/{group}/members/{user}");
+        self.empty(self.request(Method::DELETE, &path)).await
+    }
+
+    /// `PUT /v1/groups/{id}/members/{user_id}` (owner): sets a member's role.
+    pub async fn set_member_role(
+        &self,
+        group: ConversationId,
+        user: UserId,
+        role: MemberRole,
+    ) -> Result<WireMember> {
+        let body = RoleSet {
+            role: role.as_str().to_owned(),
+        };
+        let path = format!("/v1/groups/{group}/members/{user}");
+        self.json(self.request(Method::PUT, &path).json(&body))
+            .await
+    }
+
+    /// `PATCH /v1/groups/{id}` (owner or admin): renames the group.
+    pub async fn rename_group(&self, group: ConversationId, name: &str) -> Result<GroupInfo> {
+        let body = GroupPatch {
+            name: name.to_owned(),
+        };
+        let path = format!("/v1/groups/{group}");
+        self.json(self.request(Method::PATCH, &path).json(&body))
+            .await
+    }
+
+    // --- Conversation state ----------------------------------------------------------------
+
+    /// `GET /v1/conversations`: the caller's conversations, most recent activity first, with
+    /// last message, unread count and fan-out mode.
+    pub async fn conversations(&self) -> Result<Vec<ConversationRow>> {
+        let list: ConversationList = self
+            .json(self.request(Method::GET, "/v1/conversations"))
+            .await?;
+        Ok(list.conversations)
+    }
+
+    /// `POST /v1/conversations/{id}/read`: marks the conversation read up to `seq` (the read
+    /// position only moves forward). Returns the resulting position.
+    pub async fn mark_read(&self, conversation: ConversationId, seq: u64) -> Result<u64> {
+        let path = format!("/v1/conversations/{conversation}/read");
+        let state: ReadState = self
+            .json(
+                self.request(Method::POST, &path)
+                    .json(&ReadRequest { seq }),
+            )
+            .await?;
+        Ok(state.read_seq)
+    }
+
+    /// `GET /v1/conversations/{id}/receipts?seq=S`: who has and has not read message `seq`.
+    pub async fn receipts(&self, conversation: ConversationId, seq: u64) -> Result<Receipts> {
+        let path = format!("/v1/conversations/{conversation}/receipts");
+        self.json(self.request(Method::GET, &path).query(&[("seq", seq)]))
+            .await
+    }
+
+    /// `PUT /v1/conversations/{id}/settings`: mutes or unmutes offline pushes.
+    pub async fn set_muted(&self, conversation: ConversationId, muted: bool) -> Result<bool> {
+        let path = format!("/v1/conversations/{conversation}/settings");
+        let settings: ConversationSettings = self
+            .json(
+                self.request(Method::PUT, &path)
+                    .json(&ConversationSettings { muted }),
+            )
+            .await?;
+        Ok(settings.muted)
+    }
+
+    /// `GET /v1/presence?user_ids=…`: presence of those of `users` who are friends (others
+    /// are omitted by the server).
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<WirePresence>> {
+        let ids = users
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let list: PresenceList = self
+            .json(
+                self.request(Method::GET, "/v1/presence")
+                    .query(&[("user_ids", ids)]),
+            )
+            .await?;
+        Ok(list.presence)
+    }
+
     /// `GET /healthz`: whether the server is up.
     pub async fn health(&self) -> Result<()> {
         let resp = self.request(Method::GET, "/healthz").send().await?;
@@ -261,6 +484,11 @@ impl Client {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
+    }
+
+    /// Sends a request whose success carries no body of interest (204 and the like).
+    async fn empty(&self, req: RequestBuilder) -> Result<()> {
+        check(req.send().await?).await.map(drop)
     }
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {

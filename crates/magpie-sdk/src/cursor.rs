@@ -1,10 +1,17 @@
-//! Where a session remembers how far the application has processed its inbox.
+//! Where a session remembers how far the application has processed its inbox, and how far
+//! each conversation's message stream has been delivered.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use magpie_core::ConversationId;
+
 use crate::error::{Result, SdkError};
+
+/// Most per-conversation entries read back from a seq file (a corrupt or hostile file cannot
+/// make `load_seqs` allocate without bound).
+pub const SEQ_ENTRIES_MAX: usize = 1_000_000;
 
 /// Persistent storage for the inbox cursor of one account on one device.
 ///
@@ -15,6 +22,23 @@ pub trait CursorStore: Send + Sync + 'static {
     /// Stores `cursor`, replacing the previous value. Must be atomic: after a crash `load`
     /// returns either the old or the new value, never garbage.
     fn save(&self, cursor: u64) -> Result<()>;
+
+    /// The last delivered seq per conversation, as saved by [`CursorStore::save_seqs`].
+    ///
+    /// Read-fan-out groups deliver messages outside the inbox, so the inbox cursor alone
+    /// cannot tell a restarted session what it already showed there. A store that does not
+    /// keep this (the default) makes a restarted session pull read-fan-out groups it finds in
+    /// the conversation list from the beginning.
+    fn load_seqs(&self) -> Result<Vec<(ConversationId, u64)>> {
+        Ok(Vec::new())
+    }
+
+    /// Replaces the saved per-conversation seqs. Called just before `save` with the state
+    /// that goes with that cursor. Must be atomic like `save`.
+    fn save_seqs(&self, seqs: &[(ConversationId, u64)]) -> Result<()> {
+        let _ = seqs;
+        Ok(())
+    }
 }
 
 /// A cursor kept in memory only (tests, or apps that keep no local state).
@@ -22,6 +46,8 @@ pub trait CursorStore: Send + Sync + 'static {
 pub struct MemoryCursorStore {
     /// The last saved value.
     value: Mutex<Option<u64>>,
+    /// The last saved per-conversation seqs.
+    seqs: Mutex<Vec<(ConversationId, u64)>>,
 }
 
 impl MemoryCursorStore {
@@ -34,6 +60,7 @@ impl MemoryCursorStore {
     pub fn with_cursor(cursor: u64) -> Self {
         Self {
             value: Mutex::new(Some(cursor)),
+            seqs: Mutex::new(Vec::new()),
         }
     }
 }
@@ -47,9 +74,19 @@ impl CursorStore for MemoryCursorStore {
         *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(cursor);
         Ok(())
     }
+
+    fn load_seqs(&self) -> Result<Vec<(ConversationId, u64)>> {
+        Ok(self.seqs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn save_seqs(&self, seqs: &[(ConversationId, u64)]) -> Result<()> {
+        *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = seqs.to_vec();
+        Ok(())
+    }
 }
 
-/// A cursor in a small text file, replaced atomically (write temp file, fsync, rename).
+/// A cursor in a small text file, replaced atomically (write temp file, fsync, rename). The
+/// per-conversation seqs live next to it in `<file>.seqs`, one `CONVERSATION_ID SEQ` line each.
 #[derive(Debug, Clone)]
 pub struct FileCursorStore {
     /// The file holding the decimal cursor.
@@ -67,15 +104,50 @@ impl FileCursorStore {
         &self.path
     }
 
+    /// The file holding the per-conversation seqs.
+    pub fn seqs_path(&self) -> PathBuf {
+        self.sibling(".seqs")
+    }
+
+    #[cfg(test)]
     fn temp_path(&self) -> PathBuf {
+        self.sibling(".tmp")
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
         let mut name = self
             .path
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_default();
-        name.push(".tmp");
+        name.push(suffix);
         self.path.with_file_name(name)
     }
+
+    /// Writes `contents` to `path` atomically: temp file, fsync, rename.
+    fn replace(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(contents)?;
+            // Without this, a crash after the rename could leave an empty file in place.
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+fn invalid_data(path: &Path, what: &str) -> SdkError {
+    SdkError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{}: {what}", path.display()),
+    ))
 }
 
 impl CursorStore for FileCursorStore {
@@ -85,27 +157,45 @@ impl CursorStore for FileCursorStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        raw.trim().parse::<u64>().map(Some).map_err(|_| {
-            SdkError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: not a cursor: {:?}", self.path.display(), raw.trim()),
-            ))
-        })
+        raw.trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| invalid_data(&self.path, &format!("not a cursor: {:?}", raw.trim())))
     }
 
     fn save(&self, cursor: u64) -> Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+        self.replace(&self.path, format!("{cursor}\n").as_bytes())
+    }
+
+    fn load_seqs(&self) -> Result<Vec<(ConversationId, u64)>> {
+        let path = self.seqs_path();
+        let raw = match std::fs::read_to_string(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+            if out.len() >= SEQ_ENTRIES_MAX {
+                return Err(invalid_data(&path, "too many entries"));
+            }
+            let mut parts = line.split_whitespace();
+            let entry = match (parts.next(), parts.next(), parts.next()) {
+                (Some(id), Some(seq), None) => id.parse().ok().zip(seq.parse().ok()),
+                _ => None,
+            };
+            let entry = entry.ok_or_else(|| invalid_data(&path, &format!("bad line {line:?}")))?;
+            out.push(entry);
         }
-        let tmp = self.temp_path();
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            writeln!(f, "{cursor}")?;
-            // Without this, a crash after the rename could leave an empty file in place.
-            f.sync_all()?;
+        Ok(out)
+    }
+
+    fn save_seqs(&self, seqs: &[(ConversationId, u64)]) -> Result<()> {
+        let mut text = String::with_capacity(seqs.len() * 16);
+        for (id, seq) in seqs {
+            text.push_str(&format!("{id} {seq}\n"));
         }
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        self.replace(&self.seqs_path(), text.as_bytes())
     }
 }
 
@@ -132,6 +222,22 @@ mod tests {
         assert_eq!(s.load().unwrap(), Some(42));
         assert_eq!(FileCursorStore::new(s.path()).load().unwrap(), Some(42));
         assert!(!s.temp_path().exists(), "temp file is renamed away");
+    }
+
+    #[test]
+    fn seqs_round_trip_in_both_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileCursorStore::new(dir.path().join("cursor"));
+        let memory = MemoryCursorStore::new();
+        let seqs = vec![(ConversationId(3), 7), (ConversationId(12), 1)];
+        for store in [&file as &dyn CursorStore, &memory] {
+            assert!(store.load_seqs().unwrap().is_empty());
+            store.save_seqs(&seqs).unwrap();
+            assert_eq!(store.load_seqs().unwrap(), seqs);
+        }
+        assert!(file.seqs_path().exists());
+        std::fs::write(file.seqs_path(), "3 x\n").unwrap();
+        assert!(file.load_seqs().is_err());
     }
 
     #[test]

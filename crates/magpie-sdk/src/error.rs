@@ -34,6 +34,9 @@ pub enum SdkError {
     /// `Session::send` found the outbox at capacity; retry after some `Sent` events.
     #[error("outbox full: too many unacknowledged sends")]
     OutboxFull,
+    /// Too many `read`/`typing`/`pull` requests are waiting for the connection.
+    #[error("too many requests waiting for the connection")]
+    QueueFull,
     /// The session's background task has stopped (closed, or revoked).
     #[error("session closed")]
     Closed,

@@ -9,6 +9,26 @@ use magpie_protocol::ws::WireEvent;
 
 use crate::error::Result;
 
+/// An inbox event as received: one this SDK understands, or one of a kind added to the
+/// protocol later, of which only the cursor matters (it must still be stepped over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// A known event.
+    Event(WireEvent),
+    /// An event of an unknown kind at this cursor.
+    Unknown(u64),
+}
+
+impl Inbound {
+    /// The event's inbox cursor.
+    pub(crate) fn cursor(&self) -> u64 {
+        match self {
+            Inbound::Event(e) => e.cursor,
+            Inbound::Unknown(cursor) => *cursor,
+        }
+    }
+}
+
 /// What to do with an incoming event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -68,13 +88,13 @@ impl Sequencer {
 /// Where missing events come from (`GET /v1/sync` in the session).
 pub(crate) trait EventSource {
     /// Up to one page of events with cursor > `after`, ascending.
-    async fn fetch_after(&mut self, after: u64) -> Result<Vec<WireEvent>>;
+    async fn fetch_after(&mut self, after: u64) -> Result<Vec<Inbound>>;
 }
 
 /// Where accepted events go (the application's channel in the session).
 pub(crate) trait EventSink {
     /// Hands one event on. An error stops processing (the application went away).
-    async fn deliver(&mut self, event: WireEvent) -> Result<()>;
+    async fn deliver(&mut self, event: Inbound) -> Result<()>;
 }
 
 /// How `accept_live` ended.
@@ -95,11 +115,11 @@ pub(crate) enum Accepted {
 /// (delivering page by page, so memory stays bounded), then delivers it.
 pub(crate) async fn accept_live<S: EventSource, K: EventSink>(
     seq: &mut Sequencer,
-    event: WireEvent,
+    event: Inbound,
     source: &mut S,
     sink: &mut K,
 ) -> Result<Accepted> {
-    let target = event.cursor;
+    let target = event.cursor();
     let mut outcome = Accepted::InOrder;
     match seq.check(target) {
         Verdict::Duplicate => return Ok(Accepted::InOrder),
@@ -110,8 +130,8 @@ pub(crate) async fn accept_live<S: EventSource, K: EventSink>(
             while seq.last_delivered() + 1 < target {
                 let before = seq.last_delivered();
                 for e in source.fetch_after(before).await? {
-                    if e.cursor > seq.last_delivered() {
-                        let cursor = e.cursor;
+                    if e.cursor() > seq.last_delivered() {
+                        let cursor = e.cursor();
                         sink.deliver(e).await?;
                         seq.delivered(cursor);
                     }
@@ -141,8 +161,8 @@ mod tests {
     use magpie_core::{ConversationId, UserId};
     use magpie_protocol::ws::{EventBody, WireMessage};
 
-    fn ev(cursor: u64) -> WireEvent {
-        WireEvent {
+    fn ev(cursor: u64) -> Inbound {
+        Inbound::Event(WireEvent {
             cursor,
             body: EventBody::Message {
                 message: WireMessage {
@@ -152,9 +172,11 @@ mod tests {
                     client_msg_id: format!("c{cursor}"),
                     text: "t".into(),
                     ts_ms: 0,
+                    kind: "text".into(),
+                    system: None,
                 },
             },
-        }
+        })
     }
 
     /// A server inbox holding cursors `1..=len` except `holes`, paged by `page`.
@@ -166,7 +188,7 @@ mod tests {
     }
 
     impl EventSource for FakeInbox {
-        async fn fetch_after(&mut self, after: u64) -> Result<Vec<WireEvent>> {
+        async fn fetch_after(&mut self, after: u64) -> Result<Vec<Inbound>> {
             self.fetches.push(after);
             Ok((after + 1..=self.len)
                 .filter(|c| !self.holes.contains(c))
@@ -180,8 +202,8 @@ mod tests {
     struct Collect(Vec<u64>);
 
     impl EventSink for Collect {
-        async fn deliver(&mut self, event: WireEvent) -> Result<()> {
-            self.0.push(event.cursor);
+        async fn deliver(&mut self, event: Inbound) -> Result<()> {
+            self.0.push(event.cursor());
             Ok(())
         }
     }
@@ -265,6 +287,29 @@ mod tests {
             .unwrap();
         assert_eq!(out.0, (1..=8).collect::<Vec<_>>());
         assert_eq!(seq.last_delivered(), 8);
+    }
+
+    #[tokio::test]
+    async fn unknown_kinds_are_stepped_over() {
+        let mut seq = Sequencer::new(0);
+        let mut src = FakeInbox {
+            len: 0,
+            holes: vec![],
+            page: 10,
+            fetches: vec![],
+        };
+        let mut out = Collect::default();
+        accept_live(&mut seq, ev(1), &mut src, &mut out)
+            .await
+            .unwrap();
+        accept_live(&mut seq, Inbound::Unknown(2), &mut src, &mut out)
+            .await
+            .unwrap();
+        accept_live(&mut seq, ev(3), &mut src, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.0, vec![1, 2, 3]);
+        assert!(src.fetches.is_empty(), "an unknown kind is not a gap");
     }
 
     #[tokio::test]

@@ -20,6 +20,11 @@ pub const SEND_BURST_DEFAULT: u32 = 10_000;
 pub const ARGON2_M_KIB_DEFAULT: u32 = 19_456;
 /// Argon2id iterations (OWASP's recommended 2).
 pub const ARGON2_T_DEFAULT: u32 = 2;
+/// How long a user whose last device dropped still counts as online, so that a quick
+/// reconnect announces nothing.
+pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 30_000;
+/// Offline pushes for one user within this window become one push.
+pub const PUSH_COALESCE_MS_DEFAULT: u64 = 1_000;
 
 /// `magpie serve` flags. Every flag can also come from `MAGPIE_<NAME>` or the config file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -51,6 +56,36 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `magpie_server=debug`.
     #[arg(long, env = "MAGPIE_LOG")]
     pub log: Option<String>,
+    /// Allow direct conversations between users who are not friends.
+    #[arg(long, env = "MAGPIE_ALLOW_STRANGERS")]
+    pub allow_strangers: Option<bool>,
+    /// Largest group that uses write fan-out, in members.
+    #[arg(long, env = "MAGPIE_FANOUT_WRITE_MAX")]
+    pub fanout_write_max: Option<u32>,
+    /// Largest group, in members.
+    #[arg(long, env = "MAGPIE_GROUP_MEMBERS_MAX")]
+    pub group_members_max: Option<u32>,
+    /// Grace period before a disconnected user is announced offline, in milliseconds.
+    #[arg(long, env = "MAGPIE_PRESENCE_GRACE_MS")]
+    pub presence_grace_ms: Option<u64>,
+    /// Webhook that receives offline push notifications (`push.webhook_url` in the file).
+    #[arg(long, env = "MAGPIE_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the webhook signature (`push.secret` in the file).
+    #[arg(long, env = "MAGPIE_PUSH_SECRET")]
+    pub push_secret: Option<String>,
+    /// Push coalescing window per user, in milliseconds (`push.coalesce_ms` in the file).
+    #[arg(long, env = "MAGPIE_PUSH_COALESCE_MS")]
+    pub push_coalesce_ms: Option<u64>,
+}
+
+/// The `[push]` table of the config file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct PushFileConfig {
+    webhook_url: Option<String>,
+    secret: Option<String>,
+    coalesce_ms: Option<u64>,
 }
 
 /// The TOML file: every key optional, same names as the flags.
@@ -65,6 +100,12 @@ struct FileConfig {
     argon2_m_kib: Option<u32>,
     argon2_t: Option<u32>,
     log: Option<String>,
+    allow_strangers: Option<bool>,
+    fanout_write_max: Option<u32>,
+    group_members_max: Option<u32>,
+    presence_grace_ms: Option<u64>,
+    #[serde(default)]
+    push: PushFileConfig,
 }
 
 /// The resolved configuration the server runs with.
@@ -86,6 +127,18 @@ pub struct Config {
     pub argon2_t: u32,
     /// Log filter.
     pub log: String,
+    /// Direct conversations without friendship are allowed.
+    pub allow_strangers: bool,
+    /// Group size and fan-out policy.
+    pub policy: magpie_store::GroupPolicy,
+    /// Presence offline-announcement delay.
+    pub presence_grace_ms: u64,
+    /// Offline push webhook, if configured.
+    pub push_webhook_url: Option<String>,
+    /// Webhook signing key.
+    pub push_secret: String,
+    /// Push coalescing window.
+    pub push_coalesce_ms: u64,
 }
 
 impl Config {
@@ -120,6 +173,30 @@ impl Config {
                 .unwrap_or(ARGON2_M_KIB_DEFAULT),
             argon2_t: args.argon2_t.or(file.argon2_t).unwrap_or(ARGON2_T_DEFAULT),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            allow_strangers: args
+                .allow_strangers
+                .or(file.allow_strangers)
+                .unwrap_or(false),
+            policy: magpie_store::GroupPolicy {
+                members_max: args
+                    .group_members_max
+                    .or(file.group_members_max)
+                    .unwrap_or(magpie_core::limits::GROUP_MEMBERS_MAX_DEFAULT),
+                fanout_write_max: args
+                    .fanout_write_max
+                    .or(file.fanout_write_max)
+                    .unwrap_or(magpie_core::limits::FANOUT_WRITE_MAX_DEFAULT),
+            },
+            presence_grace_ms: args
+                .presence_grace_ms
+                .or(file.presence_grace_ms)
+                .unwrap_or(PRESENCE_GRACE_MS_DEFAULT),
+            push_webhook_url: args.push_webhook_url.or(file.push.webhook_url),
+            push_secret: args.push_secret.or(file.push.secret).unwrap_or_default(),
+            push_coalesce_ms: args
+                .push_coalesce_ms
+                .or(file.push.coalesce_ms)
+                .unwrap_or(PUSH_COALESCE_MS_DEFAULT),
         };
         config.check()?;
         Ok(config)
@@ -136,6 +213,12 @@ impl Config {
             argon2_m_kib: 64,
             argon2_t: 1,
             log: "warn".into(),
+            allow_strangers: false,
+            policy: magpie_store::GroupPolicy::default(),
+            presence_grace_ms: PRESENCE_GRACE_MS_DEFAULT,
+            push_webhook_url: None,
+            push_secret: String::new(),
+            push_coalesce_ms: PUSH_COALESCE_MS_DEFAULT,
         }
     }
 
@@ -151,6 +234,20 @@ impl Config {
         anyhow::ensure!(self.send_burst >= 1, "send_burst must be at least 1");
         anyhow::ensure!(self.argon2_m_kib >= 8, "argon2_m_kib must be at least 8");
         anyhow::ensure!(self.argon2_t >= 1, "argon2_t must be at least 1");
+        anyhow::ensure!(
+            self.policy.members_max >= 2,
+            "group_members_max must be at least 2"
+        );
+        anyhow::ensure!(
+            self.policy.fanout_write_max <= self.policy.members_max,
+            "fanout_write_max must not exceed group_members_max"
+        );
+        if self.push_webhook_url.is_some() {
+            anyhow::ensure!(
+                !self.push_secret.is_empty(),
+                "push.secret is required with push.webhook_url"
+            );
+        }
         Ok(())
     }
 }

@@ -1,24 +1,34 @@
 //! The in-process router: which devices of which users are connected here, and how committed
-//! events reach them.
+//! events, read-fan-out notifications and ephemeral frames reach them.
 //!
 //! The store calls [`Hub::committed`] right after each durable commit, in cursor order. The hub
 //! never blocks: it `try_send`s into each live device's bounded queue, and a device whose queue
 //! is full is kicked with `CLOSE_RESYNC` (it reconnects and resumes from its cursor, so nothing
-//! is lost and nothing is dropped silently). A cluster router (NATS) will wrap this local hub
-//! behind the same [`Router`] trait.
+//! is lost and nothing is dropped silently). Read-fan-out notices are handed to a notifier task
+//! (so a 10,000-member group never costs the store's writer thread a member scan), coalesced
+//! per conversation there and per device in a [`NotifyBox`]. A cluster router (NATS) will wrap
+//! this local hub behind the same [`Router`] trait.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use magpie_core::{DeviceId, Event, UserEvent, UserId};
+use magpie_core::{ConversationId, DeviceId, Event, EventPayload, Seq, UserEvent, UserId};
 use magpie_protocol::close::{CLOSE_RESYNC, CLOSE_REVOKED};
-use magpie_store::CommitSink;
+use magpie_store::{CommitSink, ConversationNotice};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-/// Events queued per device before it counts as too slow and is told to resync.
+use crate::presence::Presence;
+use crate::push::{PushCandidate, PushQueue};
+
+/// Items queued per device before it counts as too slow and is told to resync.
 pub const DEVICE_QUEUE_EVENTS_MAX: usize = 1024;
+/// Conversations with a pending notify per device; a device beyond it is told to resync.
+pub const NOTIFY_PENDING_CONVERSATIONS_MAX: usize = 4096;
+/// Read-fan-out conversations waiting for the notifier; beyond it the notice is merged into
+/// nothing and counted (members still see the message on their next pull or list refresh).
+pub const NOTICES_PENDING_MAX: usize = 65_536;
 /// Lock shards of the connection table, to keep fan-out from contending on one mutex.
 const SHARDS: usize = 64;
 
@@ -55,6 +65,44 @@ impl Kick {
     }
 }
 
+/// Read-fan-out notifications waiting to be written to one device: conversation → newest
+/// seq. A burst of messages in one group becomes a single `notify` frame.
+#[derive(Default)]
+pub struct NotifyBox {
+    pending: Mutex<HashMap<ConversationId, Seq>>,
+}
+
+impl NotifyBox {
+    /// Records `last_seq`; true if the box was empty (the device needs a wake-up).
+    fn add(&self, conversation: ConversationId, last_seq: Seq) -> Result<bool, ()> {
+        let mut pending = self.pending.lock();
+        let was_empty = pending.is_empty();
+        if pending.len() >= NOTIFY_PENDING_CONVERSATIONS_MAX && !pending.contains_key(&conversation)
+        {
+            return Err(());
+        }
+        let slot = pending.entry(conversation).or_default();
+        *slot = (*slot).max(last_seq);
+        Ok(was_empty)
+    }
+
+    /// Everything pending, emptying the box.
+    pub fn take(&self) -> Vec<(ConversationId, Seq)> {
+        self.pending.lock().drain().collect()
+    }
+}
+
+/// What goes into a device's queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An inbox event, delivered in cursor order.
+    Event(Event),
+    /// The device's [`NotifyBox`] has something.
+    NotifyWake,
+    /// A serialized ephemeral frame (presence, typing).
+    Frame(Arc<str>),
+}
+
 /// A connected device as the hub sees it.
 struct DeviceSlot {
     /// Unique per connection (a device may reconnect before its old socket is gone).
@@ -62,9 +110,35 @@ struct DeviceSlot {
     /// The device.
     device_id: DeviceId,
     /// Bounded queue into the connection task; only set once the client asked to `sync`.
-    live: Option<mpsc::Sender<Event>>,
+    live: Option<mpsc::Sender<Outbound>>,
+    /// Pending read-fan-out notifications.
+    notify_box: Arc<NotifyBox>,
     /// How to close this connection from outside.
     kick: Arc<Kick>,
+}
+
+impl DeviceSlot {
+    /// Queues `item`; a full queue kicks the device (it resyncs from its cursor).
+    fn push(&mut self, item: Outbound) -> bool {
+        let Some(tx) = &self.live else { return false };
+        match tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.live = None;
+                false
+            }
+        }
+    }
+
+    fn overflow(&mut self) {
+        self.live = None;
+        self.kick.kick(CLOSE_RESYNC);
+        metrics::counter!("magpie_ws_overflow_kicks_total").increment(1);
+    }
 }
 
 /// One user's presence on this node.
@@ -82,6 +156,8 @@ struct UserSlot {
 pub trait Router: CommitSink {
     /// Closes every connection of `device` with `code` (logout, overflow).
     fn kick_device(&self, user: UserId, device: DeviceId, code: u16);
+    /// Queues an ephemeral frame to every live device of `user`; dropped for slow devices.
+    fn send_frame(&self, user: UserId, frame: Arc<str>);
 }
 
 /// The in-process connection table.
@@ -90,12 +166,15 @@ pub struct Hub {
     shards: Vec<Mutex<HashMap<UserId, UserSlot>>>,
     /// Source of `conn_id`s.
     next_conn_id: AtomicU64,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Read-fan-out notices waiting for the notifier task, coalesced per conversation.
+    notices: Mutex<HashMap<ConversationId, ConversationNotice>>,
+    /// Wakes the notifier task.
+    notices_ready: Notify,
+    /// Presence tracking (online/offline announcements).
+    presence: Arc<Presence>,
+    /// Offline push intake, set once at start when a provider is configured (the queue needs
+    /// the store, which needs the hub, so it is attached after construction).
+    push: std::sync::OnceLock<PushQueue>,
 }
 
 /// Removes its connection from the hub when dropped, so a panicking or cancelled connection
@@ -106,11 +185,13 @@ pub struct Registration {
     conn_id: u64,
     /// How the hub closes this connection.
     pub kick: Arc<Kick>,
+    /// Pending read-fan-out notifications of this connection.
+    pub notify_box: Arc<NotifyBox>,
 }
 
 impl Registration {
     /// Starts live delivery into `tx` (after the client's `sync`).
-    pub fn go_live(&self, tx: mpsc::Sender<Event>) {
+    pub fn go_live(&self, tx: mpsc::Sender<Outbound>) {
         let mut shard = self.hub.shard(self.user).lock();
         if let Some(slot) = shard.get_mut(&self.user) {
             if let Some(d) = slot.devices.iter_mut().find(|d| d.conn_id == self.conn_id) {
@@ -129,6 +210,8 @@ impl Drop for Registration {
                 shard.remove(&self.user);
             }
         }
+        drop(shard);
+        self.hub.presence.disconnected(self.user);
         metrics::gauge!("magpie_ws_connections").decrement(1.0);
     }
 }
@@ -158,25 +241,41 @@ impl Drop for Waiter {
 
 impl Hub {
     /// An empty table.
-    pub fn new() -> Self {
+    pub fn new(presence: Arc<Presence>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_conn_id: AtomicU64::new(1),
+            notices: Mutex::new(HashMap::new()),
+            notices_ready: Notify::new(),
+            presence,
+            push: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the offline push queue (once).
+    pub fn set_push(&self, push: PushQueue) {
+        let _ = self.push.set(push);
     }
 
     fn shard(&self, user: UserId) -> &Mutex<HashMap<UserId, UserSlot>> {
         &self.shards[(user.0 % SHARDS as u64) as usize]
     }
 
+    /// Presence state.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
     /// Registers a new connection of `device`; not live until [`Registration::go_live`].
     pub fn connect(self: &Arc<Self>, user: UserId, device: DeviceId) -> Registration {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let kick = Arc::new(Kick::default());
+        let notify_box = Arc::new(NotifyBox::default());
         let slot = DeviceSlot {
             conn_id,
             device_id: device,
             live: None,
+            notify_box: notify_box.clone(),
             kick: kick.clone(),
         };
         self.shard(user)
@@ -185,12 +284,14 @@ impl Hub {
             .or_default()
             .devices
             .push(slot);
+        self.presence.connected(user);
         metrics::gauge!("magpie_ws_connections").increment(1.0);
         Registration {
             hub: self.clone(),
             user,
             conn_id,
             kick,
+            notify_box,
         }
     }
 
@@ -218,35 +319,114 @@ impl Hub {
             .sum()
     }
 
-    fn deliver(slot: &mut UserSlot, event: &Event) {
+    /// Whether `user` has a connected device on this node.
+    pub fn is_connected(&self, user: UserId) -> bool {
+        self.shard(user)
+            .lock()
+            .get(&user)
+            .is_some_and(|s| !s.devices.is_empty())
+    }
+
+    /// Delivers one event to a user's devices; returns whether any device is connected.
+    fn deliver(&self, ue: &UserEvent) -> bool {
+        let mut shard = self.shard(ue.user_id).lock();
+        let Some(slot) = shard.get_mut(&ue.user_id) else {
+            return false;
+        };
         for device in slot.devices.iter_mut() {
-            let Some(tx) = &device.live else { continue };
-            match tx.try_send(event.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // The device cannot keep up. Stop feeding it and tell it to resync from its
-                    // cursor; the events stay in its inbox.
-                    device.live = None;
-                    device.kick.kick(CLOSE_RESYNC);
-                    metrics::counter!("magpie_ws_overflow_kicks_total").increment(1);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => device.live = None,
-            }
+            device.push(Outbound::Event(ue.event.clone()));
         }
         if let Some(waiters) = &slot.waiters {
             waiters.notify_waiters();
         }
+        !slot.devices.is_empty()
+    }
+
+    fn offer_push(&self, ue: &UserEvent) {
+        let Some(push) = self.push.get() else { return };
+        let EventPayload::Message(m) = &ue.event.payload else {
+            return;
+        };
+        if m.sender_id == ue.user_id || m.system.is_some() {
+            return;
+        }
+        push.offer(PushCandidate {
+            user_id: ue.user_id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            preview: crate::push::preview(&m.text),
+        });
+    }
+
+    /// Runs forever: turns coalesced read-fan-out notices into per-device notify wake-ups.
+    pub async fn run_notifier(self: Arc<Self>) {
+        loop {
+            let batch: Vec<ConversationNotice> = {
+                let mut pending = self.notices.lock();
+                pending.drain().map(|(_, n)| n).collect()
+            };
+            if batch.is_empty() {
+                self.notices_ready.notified().await;
+                continue;
+            }
+            for notice in &batch {
+                self.notify_members(notice);
+                // A 10,000-member notice is a few milliseconds of work; let other tasks run.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    fn notify_members(&self, notice: &ConversationNotice) {
+        let mut woken = 0u64;
+        for &member in notice.members.iter() {
+            let mut shard = self.shard(member).lock();
+            let Some(slot) = shard.get_mut(&member) else {
+                continue;
+            };
+            for device in slot.devices.iter_mut().filter(|d| d.live.is_some()) {
+                match device
+                    .notify_box
+                    .add(notice.conversation_id, notice.last_seq)
+                {
+                    Ok(true) => {
+                        device.push(Outbound::NotifyWake);
+                        woken += 1;
+                    }
+                    Ok(false) => {}
+                    Err(()) => device.overflow(),
+                }
+            }
+        }
+        metrics::counter!("magpie_notify_wakeups_total").increment(woken);
     }
 }
 
 impl CommitSink for Hub {
-    fn committed(&self, events: &[UserEvent]) {
+    fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
         for ue in events {
-            let mut shard = self.shard(ue.user_id).lock();
-            if let Some(slot) = shard.get_mut(&ue.user_id) {
-                Hub::deliver(slot, &ue.event);
+            if !self.deliver(ue) {
+                self.offer_push(ue);
             }
         }
+        if notices.is_empty() {
+            return;
+        }
+        let mut pending = self.notices.lock();
+        for n in notices {
+            let room = pending.len() < NOTICES_PENDING_MAX;
+            match pending.get_mut(&n.conversation_id) {
+                Some(existing) if n.last_seq > existing.last_seq => *existing = n.clone(),
+                Some(_) => {}
+                None if room => {
+                    pending.insert(n.conversation_id, n.clone());
+                }
+                None => metrics::counter!("magpie_notices_dropped_total").increment(1),
+            }
+        }
+        drop(pending);
+        self.notices_ready.notify_one();
     }
 }
 
@@ -257,6 +437,21 @@ impl Router for Hub {
             for d in slot.devices.iter_mut().filter(|d| d.device_id == device) {
                 d.live = None;
                 d.kick.kick(code);
+            }
+        }
+    }
+
+    fn send_frame(&self, user: UserId, frame: Arc<str>) {
+        let mut shard = self.shard(user).lock();
+        if let Some(slot) = shard.get_mut(&user) {
+            for d in slot.devices.iter_mut() {
+                if let Some(tx) = &d.live {
+                    // Ephemeral frames are advisory: a full queue drops them rather than
+                    // kicking the device (its events are what must not be lost).
+                    if tx.try_send(Outbound::Frame(frame.clone())).is_err() {
+                        metrics::counter!("magpie_ephemeral_dropped_total").increment(1);
+                    }
+                }
             }
         }
     }

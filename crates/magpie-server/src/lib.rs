@@ -6,11 +6,14 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod hub;
 mod metrics_setup;
+pub mod presence;
 pub mod push;
 mod send;
+mod social;
 pub mod state;
 pub mod testing;
 pub mod ws;
@@ -104,27 +107,61 @@ pub struct Server {
     store: Arc<FjallStore>,
     /// The accept loop.
     task: JoinHandle<std::io::Result<()>>,
+    /// The notifier and presence announcer; aborted at stop.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let _ = metrics_setup::handle();
-        let hub = Arc::new(Hub::new());
+        let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(presence::PRESENCE_QUEUE_MAX);
+        let presence = presence::Presence::new(
+            std::time::Duration::from_millis(config.presence_grace_ms),
+            announce_tx,
+        );
+        let hub = Arc::new(Hub::new(presence));
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let store_config = FjallConfig::new(config.data_dir.join("store"));
+        let mut store_config = FjallConfig::new(config.data_dir.join("store"));
+        store_config.policy = config.policy;
         let sink: Arc<dyn magpie_store::CommitSink> = hub.clone();
         let store =
             Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);
+        let dyn_store: Arc<dyn Store> = store.clone();
+        if let Some(url) = &config.push_webhook_url {
+            let provider = push::WebhookProvider::new(url.clone(), config.push_secret.clone())
+                .map_err(|e| anyhow::anyhow!("push webhook: {e}"))?;
+            let push_config = push::PushConfig {
+                coalesce_ms: config.push_coalesce_ms,
+                ..Default::default()
+            };
+            hub.set_push(push::PushQueue::start(
+                Arc::new(provider),
+                dyn_store.clone(),
+                push_config,
+            ));
+        }
+        let background = vec![
+            tokio::spawn(hub.clone().run_notifier()),
+            tokio::spawn(social::announce_presence(
+                announce_rx,
+                dyn_store.clone(),
+                hub.clone(),
+            )),
+        ];
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = AppState {
             config: Arc::new(config),
-            store: store.clone() as Arc<dyn Store>,
+            store: dyn_store,
             hub,
+            gate: Arc::new(gate::ConversationGate::new(
+                gate::SENDS_IN_FLIGHT_PER_CONVERSATION_MAX,
+            )),
+            friend_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
             shutdown: Default::default(),
         };
@@ -140,6 +177,7 @@ impl Server {
             state,
             store,
             task,
+            background,
         })
     }
 
@@ -156,6 +194,9 @@ impl Server {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.state.hub.online_users() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for task in &self.background {
+            task.abort();
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;

@@ -1,11 +1,42 @@
 //! Validation and error mapping shared by the HTTP and WebSocket send paths, so both give the
 //! same answers to the same input.
 
-use magpie_core::{validate_text, ClientMsgId, ConversationId, TextError, UserId};
+use magpie_core::{
+    validate_text, ClientMsgId, ConversationId, ConversationKind, TextError, UserId,
+};
 use magpie_protocol::ErrorCode;
 use magpie_store::{AppendError, AppendRequest};
 
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Direct conversations need friendship unless `allow_strangers` is set. Groups (and unknown
+/// conversations, refused later by the store as `forbidden`) pass.
+pub async fn check_direct_allowed(
+    state: &AppState,
+    sender: UserId,
+    conversation: ConversationId,
+) -> Result<(), ApiError> {
+    if state.config.allow_strangers {
+        return Ok(());
+    }
+    let Some(conv) = state.store.conversation(conversation).await? else {
+        return Ok(());
+    };
+    if conv.kind != ConversationKind::Direct {
+        return Ok(());
+    }
+    let Some(peer) = conv.members.iter().copied().find(|m| *m != sender) else {
+        return Ok(());
+    };
+    if !conv.members.contains(&sender) || state.store.are_friends(sender, peer).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::NotFriends,
+        "you are no longer friends with this user",
+    ))
+}
 
 /// Turns a client's send into a store request, or the error the client must get.
 pub fn build_request(

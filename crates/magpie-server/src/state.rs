@@ -22,6 +22,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Connections on this node.
     pub hub: Arc<Hub>,
+    /// Bounds sends in flight per conversation (hot-group protection).
+    pub gate: Arc<crate::gate::ConversationGate>,
+    /// Bumped whenever a friendship ends, so cached "may send" answers are rechecked.
+    pub friend_epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Bounds concurrent password hashing.
     pub argon2_permits: Arc<Semaphore>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.

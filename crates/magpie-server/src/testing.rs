@@ -13,6 +13,8 @@ pub struct TestServer {
     _dir: Option<tempfile::TempDir>,
     /// Where the data lives (for restarts on the same dir).
     data_dir: PathBuf,
+    /// The configuration it runs with, reused by [`TestServer::restart`].
+    config: Config,
 }
 
 impl TestServer {
@@ -27,34 +29,43 @@ impl TestServer {
         let data_dir = dir.path().to_path_buf();
         let mut config = Config::for_tests(free_addr(), data_dir.clone());
         adjust(&mut config);
-        let server = Server::start(config).await.expect("server starts");
+        let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
             server,
             _dir: Some(dir),
             data_dir,
+            config,
         }
     }
 
     /// A server on an existing data dir (a restart); `addr` may reuse the old port.
     pub async fn start_on(data_dir: &Path, addr: SocketAddr) -> TestServer {
         let config = Config::for_tests(addr, data_dir.to_path_buf());
-        let server = Server::start(config).await.expect("server starts");
+        let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
             server,
             _dir: None,
             data_dir: data_dir.to_path_buf(),
+            config,
         }
     }
 
-    /// Stops and restarts on the same dir and port, keeping the temp dir alive.
+    /// Stops and restarts on the same dir, port and configuration, keeping the temp dir alive.
     pub async fn restart(self) -> TestServer {
-        let addr = self.addr();
+        let mut config = self.config.clone();
+        config.listen = self.addr();
         let dir = self._dir;
         let data_dir = self.data_dir.clone();
         self.server.stop().await.expect("server stops");
-        let mut next = Self::start_on(&data_dir, addr).await;
-        next._dir = dir;
-        next
+        let server = Server::start(config.clone())
+            .await
+            .expect("server restarts");
+        TestServer {
+            server,
+            _dir: dir,
+            data_dir,
+            config,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_sessions_and_user_lookup() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let c = reqwest::Client::new();
     let r = c
@@ -83,7 +83,7 @@ async fn accounts_sessions_and_user_lookup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_three_devices_get_ordered_delivery() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice1 = account(&base, "alice").await;
     let alice2 = login(&base, "alice").await;
@@ -149,7 +149,7 @@ async fn two_users_three_devices_get_ordered_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_device_catches_up_from_its_cursor() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;
@@ -216,7 +216,7 @@ async fn offline_device_catches_up_from_its_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_resend_returns_original_seq_and_no_new_event() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;
@@ -264,7 +264,7 @@ async fn duplicate_resend_returns_original_seq_and_no_new_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_in_both_directions() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;
@@ -349,7 +349,7 @@ async fn history_pages_in_both_directions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_send_and_long_poll_sync() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;
@@ -414,6 +414,7 @@ async fn http_send_and_long_poll_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_error_codes_keep_the_connection_open() {
     let s = TestServer::start_with(|c| {
+        c.allow_strangers = true;
         c.send_rate_per_sec = 1;
         c.send_burst = 8;
     })
@@ -483,7 +484,7 @@ async fn socket_error_codes_keep_the_connection_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_with_1009_and_server_survives() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
@@ -498,7 +499,7 @@ async fn oversized_frame_closes_with_1009_and_server_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_token_and_closes_sockets() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let other = login(&base, "alice").await;
@@ -530,7 +531,7 @@ async fn logout_revokes_token_and_closes_sockets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_is_refused_at_upgrade() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     for url in [
         s.ws_url(),
         format!("{}?token=deadbeef", s.ws_url()),
@@ -548,7 +549,11 @@ async fn bad_token_is_refused_at_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_is_closed_after_three_heartbeats() {
-    let s = TestServer::start_with(|c| c.heartbeat_ms = 100).await;
+    let s = TestServer::start_with(|c| {
+        c.allow_strangers = true;
+        c.heartbeat_ms = 100;
+    })
+    .await;
     let alice = account(&s.base_url(), "alice").await;
     let (mut a, ready) = Ws::connect(&s.ws_url(), &alice.token).await;
     assert_eq!(ready["heartbeat_ms"], 100);
@@ -563,7 +568,7 @@ async fn silent_connection_is_closed_after_three_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_history_cursors_and_dedup() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;

@@ -35,6 +35,49 @@ pub enum AppendError {
     NotMember,
 }
 
+/// Why a group or membership operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// No such conversation.
+    #[error("conversation not found")]
+    NotFound,
+    /// The operation needs a group, and this is a direct conversation.
+    #[error("not a group")]
+    NotGroup,
+    /// The actor (or the target user) is not a member.
+    #[error("not a member")]
+    NotMember,
+    /// The actor's role does not allow this.
+    #[error("not allowed")]
+    Forbidden,
+    /// The group would exceed its member limit.
+    #[error("group is full ({max} members)")]
+    GroupFull { max: u32 },
+    /// A named user does not exist.
+    #[error("unknown user {0}")]
+    UnknownUser(magpie_core::UserId),
+}
+
+/// Why a friend operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FriendError {
+    /// A request to oneself.
+    #[error("cannot befriend yourself")]
+    SelfRequest,
+    /// They are friends already.
+    #[error("already friends")]
+    AlreadyFriends,
+    /// The other user does not exist.
+    #[error("unknown user")]
+    UnknownUser,
+    /// No such pending request.
+    #[error("friend request not found")]
+    NotFound,
+    /// Only the addressee may answer.
+    #[error("only the addressee may answer a friend request")]
+    NotAddressee,
+}
+
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
         StoreError::Engine(e.to_string())

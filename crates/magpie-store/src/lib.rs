@@ -17,6 +17,9 @@ mod memory;
 mod types;
 
 pub use crate::fjall::{FjallConfig, FjallStore};
-pub use error::{AppendError, StoreError};
+pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
-pub use types::{AppendRequest, Appended, CommitSink, MessageRange, NoopSink, Store};
+pub use types::{
+    AppendRequest, Appended, CommitSink, ConversationNotice, ConversationSummary, Friend,
+    GroupPolicy, MessageRange, NoopSink, Store,
+};

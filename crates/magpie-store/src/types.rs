@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use magpie_core::{
-    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, Seq, User,
-    UserEvent, UserId,
+    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, FriendRequest,
+    Member, Message, RequestId, Role, Seq, User, UserEvent, UserId,
 };
 
-use crate::{AppendError, StoreError};
+use crate::{AppendError, FriendError, GroupError, StoreError};
 
 /// One message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,20 +43,84 @@ pub enum MessageRange {
     Latest,
 }
 
-/// Receives every inbox event once it is durable, in cursor order per user.
+/// Size and fan-out policy, fixed when a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// Largest group, in members (`group_full` beyond).
+    pub members_max: u32,
+    /// Groups with at most this many members use write fan-out (one inbox event per member);
+    /// larger groups use read fan-out (no inbox events; a [`ConversationNotice`] instead).
+    /// Direct conversations always use write fan-out.
+    pub fanout_write_max: u32,
+}
+
+impl Default for GroupPolicy {
+    fn default() -> Self {
+        Self {
+            members_max: magpie_core::limits::GROUP_MEMBERS_MAX_DEFAULT,
+            fanout_write_max: magpie_core::limits::FANOUT_WRITE_MAX_DEFAULT,
+        }
+    }
+}
+
+impl GroupPolicy {
+    /// Whether a conversation with `member_count` members uses write fan-out.
+    pub fn writes_fanout(&self, member_count: u32) -> bool {
+        member_count <= self.fanout_write_max
+    }
+}
+
+/// Announced on commit for a read-fan-out conversation that got new messages: the newest seq
+/// and who the members are, so the router can send light notifications to online members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationNotice {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// Its newest seq after the commit.
+    pub last_seq: Seq,
+    /// Its members after the commit (shared: a group may have 10,000).
+    pub members: Arc<[UserId]>,
+}
+
+/// Receives every inbox event once it is durable, in cursor order per user, and a notice per
+/// read-fan-out conversation that grew.
 ///
 /// Called synchronously by the backend right after a commit; implementations must not block
-/// (the router only enqueues into bounded per-device queues).
+/// (the router only enqueues into bounded queues).
 pub trait CommitSink: Send + Sync + 'static {
-    /// New events, durable and readable, in commit order.
-    fn committed(&self, events: &[UserEvent]);
+    /// New events and notices, durable and readable, in commit order.
+    fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]);
 }
 
 /// A sink that ignores events, for tools and tests that only read.
 pub struct NoopSink;
 
 impl CommitSink for NoopSink {
-    fn committed(&self, _events: &[UserEvent]) {}
+    fn committed(&self, _events: &[UserEvent], _notices: &[ConversationNotice]) {}
+}
+
+/// A friendship as seen from one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Friend {
+    /// The friend.
+    pub user_id: UserId,
+    /// The direct conversation of the two.
+    pub conversation_id: ConversationId,
+    /// When the friendship began.
+    pub since_ms: u64,
+}
+
+/// One row of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The user's membership (read_seq, muted, role).
+    pub member: Member,
+    /// The newest message, if any.
+    pub last_message: Option<Arc<Message>>,
+    /// Messages with seq > read_seq not sent by the user, capped at `UNREAD_COUNT_MAX`.
+    pub unread_count: u64,
 }
 
 /// Durable storage for Magpie, shaped by the Timeline model.
@@ -124,4 +188,119 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StoreError>;
     /// The newest cursor of the user's inbox (0 if empty).
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError>;
+    /// The newest seq of a conversation (0 if empty).
+    async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError>;
+
+    // --- Friends -------------------------------------------------------------------------
+
+    /// Asks `to` to be friends. A pending request from `from` to `to` is returned as is (no new
+    /// event). New requests append a `FriendRequest` event to `to`'s inbox.
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        message: String,
+    ) -> Result<Result<FriendRequest, FriendError>, StoreError>;
+    /// Pending requests: (incoming, outgoing), oldest first.
+    async fn friend_requests(
+        &self,
+        user: UserId,
+    ) -> Result<(Vec<FriendRequest>, Vec<FriendRequest>), StoreError>;
+    /// The addressee accepts or declines a pending request. Accepting makes both friends,
+    /// creates (or reuses) their direct conversation, appends `FriendAdded` to both inboxes,
+    /// and also settles a pending request in the other direction. Returns the direct
+    /// conversation on accept, `None` on decline.
+    async fn answer_friend_request(
+        &self,
+        user: UserId,
+        request: RequestId,
+        accept: bool,
+    ) -> Result<Result<Option<Conversation>, FriendError>, StoreError>;
+    /// The user's friends, ordered by user id.
+    async fn friends(&self, user: UserId) -> Result<Vec<Friend>, StoreError>;
+    /// Whether the two are friends.
+    async fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
+    /// Ends a friendship in both directions; false if there was none. The direct conversation
+    /// and its history stay.
+    async fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool, StoreError>;
+
+    // --- Groups ----------------------------------------------------------------------------
+
+    /// Creates a group owned by `owner` with `members` (the owner is added if missing,
+    /// duplicates ignored). Seq 1 is a `GroupCreated` system message; every member gets a
+    /// `GroupJoined` event. Unknown users → `GroupError::UnknownUser`; too many → `GroupFull`.
+    async fn create_group(
+        &self,
+        owner: UserId,
+        name: String,
+        members: Vec<UserId>,
+    ) -> Result<Result<Conversation, GroupError>, StoreError>;
+    /// Adds users (owner or admin only). Existing members are skipped; if nobody is new, nothing
+    /// is written and `None` is returned. Otherwise one `MembersAdded` system message whose seq
+    /// is each new member's `joined_seq`, and a `GroupJoined` event per new member.
+    async fn add_members(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        users: Vec<UserId>,
+    ) -> Result<Result<Option<Arc<Message>>, GroupError>, StoreError>;
+    /// Removes `user`: `actor == user` leaves (anyone), otherwise owner/admin removes (an admin
+    /// cannot remove the owner or another admin). Appends `MemberRemoved`/`MemberLeft`, and
+    /// `OwnerChanged` when the owner leaves (ownership passes to the longest-standing admin,
+    /// else member). The user gets `GroupLeft` and loses access at once.
+    async fn remove_member(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Result<Vec<Arc<Message>>, GroupError>, StoreError>;
+    /// The owner sets a member's role to `Admin` or `Member` (`Owner` is refused).
+    async fn set_role(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Result<Arc<Message>, GroupError>, StoreError>;
+    /// Owner or admin renames the group.
+    async fn rename_group(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        name: String,
+    ) -> Result<Result<Arc<Message>, GroupError>, StoreError>;
+    /// One membership (direct conversations have member records too).
+    async fn member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError>;
+    /// Members ordered by user id, starting after `after`, at most `limit`.
+    async fn members(
+        &self,
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError>;
+
+    // --- Per-user conversation state ------------------------------------------------------
+
+    /// The user's conversations, most recent activity first (last message time, else creation).
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// Sets `read_seq = max(old, min(seq, last_seq))`. When it moves: a `Read` event to the
+    /// user's own inbox (their other devices), and in direct and write-fan-out conversations
+    /// one `Receipt` event to every other member. Returns the resulting read_seq.
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Result<Result<Seq, GroupError>, StoreError>;
+    /// Mutes or unmutes pushes for one conversation.
+    async fn set_muted(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        muted: bool,
+    ) -> Result<Result<(), GroupError>, StoreError>;
 }

@@ -6,7 +6,7 @@ use magpie_store::{conformance, FjallConfig, FjallStore, MemoryStore};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_store_conforms() {
-    conformance::run_all(MemoryStore::new).await;
+    conformance::run_all(MemoryStore::with_policy).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -14,11 +14,15 @@ async fn fjall_store_conforms() {
     // One directory per check, all under one temporary root that outlives the suite.
     let root = tempfile::tempdir().expect("tempdir");
     let n = AtomicUsize::new(0);
-    conformance::run_all(|sink| {
+    conformance::run_all(|sink, policy| {
         let dir = root
             .path()
             .join(n.fetch_add(1, Ordering::Relaxed).to_string());
-        FjallStore::open(FjallConfig::new(dir), sink).expect("open")
+        let config = FjallConfig {
+            policy,
+            ..FjallConfig::new(dir)
+        };
+        FjallStore::open(config, sink).expect("open")
     })
     .await;
 }
@@ -28,12 +32,13 @@ async fn fjall_store_conforms_with_single_op_batches() {
     // batch_ops_max = 1 disables group commit: every op gets its own fsync.
     let root = tempfile::tempdir().expect("tempdir");
     let n = AtomicUsize::new(0);
-    conformance::run_all(|sink| {
+    conformance::run_all(|sink, policy| {
         let dir = root
             .path()
             .join(n.fetch_add(1, Ordering::Relaxed).to_string());
         let config = FjallConfig {
             batch_ops_max: 1,
+            policy,
             ..FjallConfig::new(dir)
         };
         FjallStore::open(config, sink).expect("open")

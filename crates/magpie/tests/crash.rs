@@ -33,6 +33,7 @@ impl ServerProc {
             .env("MAGPIE_ARGON2_M_KIB", "64")
             .env("MAGPIE_ARGON2_T", "1")
             .env("MAGPIE_LOG", "warn")
+            .env("MAGPIE_ALLOW_STRANGERS", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -3,6 +3,9 @@
 //! [`Session::start`] spawns a background task that connects, resumes the inbox from the
 //! persisted cursor, delivers every event exactly once and in order, re-sends unanswered
 //! messages after reconnecting, keeps the connection alive with pings and persists progress.
+//! Messages are merged from both fan-out paths (inbox events and notify + pull) by a
+//! [`ConversationTracker`](crate::ConversationTracker) into one stream of
+//! [`SessionEvent::Message`]s: per conversation exactly once and in `seq` order.
 //! The application reads [`SessionEvent`]s from a bounded channel; when it falls behind, the
 //! task stops reading the socket (back-pressure) instead of buffering without bound.
 
@@ -10,12 +13,13 @@ mod driver;
 #[cfg(test)]
 mod scripted_tests;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use magpie_core::{ClientMsgId, ConversationId, DeviceId, UserId};
-use magpie_protocol::ws::WireEvent;
+use magpie_protocol::ws::{WireEvent, WireMessage};
 use magpie_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -25,11 +29,17 @@ use crate::client::Client;
 use crate::cursor::CursorStore;
 use crate::error::{Result, SdkError};
 use crate::outbox::{Outbox, PendingSend, OUTBOX_CAPACITY_DEFAULT};
+use crate::progress::UNSETTLED_EVENTS_MAX_DEFAULT;
+use crate::tracker::TrackerLimits;
 
 /// Default capacity of the application's event channel.
 pub const EVENT_BUFFER_DEFAULT: usize = 256;
 /// How long connecting (TCP + WebSocket handshake) may take, in milliseconds.
 pub const WS_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// `read`/`typing`/`pull` requests waiting for the connection, at most.
+pub const CONTROL_QUEUE_MAX: usize = 256;
+/// Conversations with a manual message ack waiting to be picked up, at most.
+const MESSAGE_ACKS_MAX: usize = 4_096;
 
 /// Who decides that an event has been processed (and may be acked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,7 +48,8 @@ pub enum AckMode {
     /// events still sitting in the channel when the process dies are not re-delivered.
     #[default]
     Auto,
-    /// The application calls [`Session::ack`] after it has durably handled an event.
+    /// The application calls [`Session::ack`] after it has durably handled an `Event`, and
+    /// [`Session::ack_message`] after it has handled a `Message`.
     Manual,
 }
 
@@ -63,6 +74,11 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// Device label, only used in logs.
     pub label: String,
+    /// Bounds of the message stream (held messages, tracked conversations, pull size).
+    pub tracker: TrackerLimits,
+    /// Inbox events whose processing is pending (held messages, unacked events in manual
+    /// mode) before the oldest is counted as processed anyway.
+    pub unsettled_events_max: usize,
 }
 
 impl Default for SessionConfig {
@@ -77,6 +93,8 @@ impl Default for SessionConfig {
             backoff_cap_ms: BACKOFF_CAP_MS,
             connect_timeout: Duration::from_millis(WS_CONNECT_TIMEOUT_MS_DEFAULT),
             label: String::new(),
+            tracker: TrackerLimits::default(),
+            unsettled_events_max: UNSETTLED_EVENTS_MAX_DEFAULT,
         }
     }
 }
@@ -104,8 +122,29 @@ pub enum SessionEvent {
         /// Delay before the next attempt.
         retry_in: Duration,
     },
-    /// An inbox event, delivered exactly once and in cursor order.
+    /// A non-message inbox event (`friend_request`, `friend_added`, `group_joined`,
+    /// `group_left`, `read`, `receipt`), delivered exactly once and in cursor order. Messages
+    /// come as [`SessionEvent::Message`] instead; kinds this SDK does not know are skipped.
     Event(WireEvent),
+    /// A message (text or system), whichever fan-out path brought it: per conversation
+    /// exactly once and in `seq` order, starting where the member's history starts.
+    Message(WireMessage),
+    /// A friend came online or went offline.
+    Presence {
+        /// The friend.
+        user_id: UserId,
+        /// Whether they are online now.
+        online: bool,
+        /// When they were last seen (Unix ms).
+        last_seen_ms: u64,
+    },
+    /// Another member is typing (ephemeral; dropped when the application falls behind).
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+    },
     /// The server stored a message this session sent (`duplicate`: an earlier copy had).
     Sent {
         /// The id the send was made with.
@@ -132,10 +171,25 @@ pub enum SessionEvent {
     Revoked,
 }
 
+/// A request for the connection other than a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    /// Mark read up to `seq` (coalesced per conversation; kept while offline).
+    Read(ConversationId, u64),
+    /// Typing notice (dropped while offline).
+    Typing(ConversationId),
+    /// Bring the conversation's stream up to date.
+    Pull(ConversationId),
+}
+
 /// State shared between the handles and the background task.
 struct Shared {
     /// Unanswered sends, written by `send` and drained by the task.
     outbox: Mutex<Outbox>,
+    /// `read`/`typing`/`pull` requests, at most `CONTROL_QUEUE_MAX`.
+    control: Mutex<VecDeque<Control>>,
+    /// Manual message acks not yet picked up by the task: conversation → highest seq.
+    message_acks: Mutex<HashMap<ConversationId, u64>>,
     /// Highest cursor the application acked (manual mode).
     app_acked: AtomicU64,
     /// Wakes the task when the outbox or `app_acked` changed.
@@ -148,6 +202,16 @@ impl Shared {
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         // The outbox has no invariant a panicking holder could break halfway.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn control(&self) -> MutexGuard<'_, VecDeque<Control>> {
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn message_acks(&self) -> MutexGuard<'_, HashMap<ConversationId, u64>> {
+        self.message_acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -184,6 +248,8 @@ impl Session {
         let (close_tx, close_rx) = mpsc::channel(4);
         let shared = Arc::new(Shared {
             outbox: Mutex::new(Outbox::new(config.outbox_capacity)),
+            control: Mutex::new(VecDeque::new()),
+            message_acks: Mutex::new(HashMap::new()),
             app_acked: AtomicU64::new(0),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -230,6 +296,68 @@ impl Session {
     pub fn ack(&self, cursor: u64) {
         self.shared.app_acked.fetch_max(cursor, Ordering::AcqRel);
         self.shared.wake.notify_one();
+    }
+
+    /// Declares `seq` of `conversation_id` (and everything before it in that conversation)
+    /// handled ([`AckMode::Manual`]). A restarted session resumes each conversation after the
+    /// acked seq; inbox progress is acked once every message and event before it is.
+    pub fn ack_message(&self, conversation_id: ConversationId, seq: u64) {
+        {
+            let mut acks = self.shared.message_acks();
+            if acks.len() >= MESSAGE_ACKS_MAX && !acks.contains_key(&conversation_id) {
+                // The task is not picking acks up; an unrecorded ack only means re-delivery.
+                return;
+            }
+            let slot = acks.entry(conversation_id).or_default();
+            *slot = (*slot).max(seq);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// Marks `conversation_id` read up to `seq` (`read` frame). Requests for the same
+    /// conversation are merged, and kept until a connection is up.
+    pub fn read(&self, conversation_id: ConversationId, seq: u64) -> Result<()> {
+        self.control(Control::Read(conversation_id, seq))
+    }
+
+    /// Tells the other members that the user is typing (`typing` frame). Not kept while
+    /// offline: a late typing notice is worse than none.
+    pub fn typing(&self, conversation_id: ConversationId) -> Result<()> {
+        self.control(Control::Typing(conversation_id))
+    }
+
+    /// Asks for `conversation_id` to be brought up to date now (a `pull` after the last
+    /// delivered seq, or from its beginning if none was). What it finds arrives as
+    /// [`SessionEvent::Message`]s in order. Rarely needed: notifies, gaps and reconnects
+    /// trigger pulls on their own. For scrolling back through history use
+    /// [`Client::messages`].
+    pub fn pull(&self, conversation_id: ConversationId) -> Result<()> {
+        self.control(Control::Pull(conversation_id))
+    }
+
+    fn control(&self, request: Control) -> Result<()> {
+        if self.is_stopped() {
+            return Err(SdkError::Closed);
+        }
+        {
+            let mut queue = self.shared.control();
+            if let Control::Read(conv, seq) = request {
+                let queued = queue.iter_mut().find_map(|c| match c {
+                    Control::Read(c_conv, c_seq) if *c_conv == conv => Some(c_seq),
+                    _ => None,
+                });
+                if let Some(queued) = queued {
+                    *queued = (*queued).max(seq);
+                    return Ok(());
+                }
+            }
+            if queue.len() >= CONTROL_QUEUE_MAX {
+                return Err(SdkError::QueueFull);
+            }
+            queue.push_back(request);
+        }
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Sends still waiting for the server's answer.

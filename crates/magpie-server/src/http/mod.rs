@@ -1,14 +1,20 @@
 //! The HTTP API (`/v1/...`), `/healthz` and `/metrics`.
 
+pub use errors::group_error;
+
 mod accounts;
 mod conversations;
+mod errors;
+mod friends;
+mod groups;
+mod presence;
 mod sync;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -29,7 +35,36 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions/current", delete(accounts::logout))
         .route("/v1/users", get(accounts::user_by_name))
         .route("/v1/users/{user_id}", get(accounts::user_by_id))
+        .route("/v1/conversations", get(conversations::list))
         .route("/v1/conversations/direct", post(conversations::open_direct))
+        .route("/v1/conversations/{id}/read", post(conversations::read))
+        .route(
+            "/v1/conversations/{id}/receipts",
+            get(conversations::receipts),
+        )
+        .route(
+            "/v1/conversations/{id}/settings",
+            put(conversations::settings),
+        )
+        .route("/v1/friends", get(friends::list))
+        .route("/v1/friends/{user_id}", delete(friends::remove))
+        .route(
+            "/v1/friends/requests",
+            post(friends::request).get(friends::requests),
+        )
+        .route("/v1/friends/requests/{id}/accept", post(friends::accept))
+        .route("/v1/friends/requests/{id}/decline", post(friends::decline))
+        .route("/v1/groups", post(groups::create))
+        .route("/v1/groups/{id}", get(groups::get).patch(groups::rename))
+        .route(
+            "/v1/groups/{id}/members",
+            get(groups::members).post(groups::add),
+        )
+        .route(
+            "/v1/groups/{id}/members/{user_id}",
+            delete(groups::remove).put(groups::set_role),
+        )
+        .route("/v1/presence", get(presence::presence))
         .route(
             "/v1/conversations/{id}/messages",
             get(conversations::history).post(conversations::send),

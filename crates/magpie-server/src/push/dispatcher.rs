@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use magpie_core::limits::{PAGE_LIMIT_MAX, UNREAD_COUNT_MAX};
 use magpie_core::UserId;
+use magpie_store::{MessageRange, Store};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use super::{PushError, PushNotification, PushProvider};
+use super::{PushCandidate, PushError, PushNotification, PushProvider};
 
 /// Tunables of the push pipeline.
 #[derive(Debug, Clone)]
@@ -42,19 +44,23 @@ impl Default for PushConfig {
 #[derive(Clone)]
 pub struct PushQueue {
     /// Bounded intake.
-    tx: mpsc::Sender<PushNotification>,
+    tx: mpsc::Sender<PushCandidate>,
 }
 
 impl PushQueue {
     /// Starts the dispatcher on the current runtime and returns the intake.
-    pub fn start(provider: Arc<dyn PushProvider>, config: PushConfig) -> PushQueue {
+    pub fn start(
+        provider: Arc<dyn PushProvider>,
+        store: Arc<dyn Store>,
+        config: PushConfig,
+    ) -> PushQueue {
         let (tx, rx) = mpsc::channel(config.queue_max);
-        tokio::spawn(dispatch(rx, provider, config));
+        tokio::spawn(dispatch(rx, provider, store, config));
         PushQueue { tx }
     }
 
     /// Enqueues without waiting; a full queue drops the push (delivery must never wait on push).
-    pub fn offer(&self, n: PushNotification) {
+    pub fn offer(&self, n: PushCandidate) {
         match self.tx.try_send(n) {
             Ok(()) => metrics::counter!("magpie_push_enqueued_total").increment(1),
             Err(_) => metrics::counter!("magpie_push_dropped_total").increment(1),
@@ -64,8 +70,8 @@ impl PushQueue {
 
 /// Pending pushes: the latest notification per user and when its window closes.
 struct Coalescer {
-    /// user → (latest notification, flush time).
-    pending: HashMap<UserId, (PushNotification, Instant)>,
+    /// user → (latest candidate, flush time).
+    pending: HashMap<UserId, (PushCandidate, Instant)>,
     /// Window length.
     window: Duration,
     /// Bound on distinct pending users, equal to the queue bound, so memory stays bounded.
@@ -73,7 +79,7 @@ struct Coalescer {
 }
 
 impl Coalescer {
-    fn add(&mut self, n: PushNotification) {
+    fn add(&mut self, n: PushCandidate) {
         let now = Instant::now();
         if let Some((latest, _)) = self.pending.get_mut(&n.user_id) {
             *latest = n;
@@ -89,7 +95,7 @@ impl Coalescer {
         self.pending.values().map(|(_, at)| *at).min()
     }
 
-    fn take_due(&mut self) -> Vec<PushNotification> {
+    fn take_due(&mut self) -> Vec<PushCandidate> {
         let now = Instant::now();
         let due: Vec<UserId> = self
             .pending
@@ -104,8 +110,9 @@ impl Coalescer {
 }
 
 async fn dispatch(
-    mut rx: mpsc::Receiver<PushNotification>,
+    mut rx: mpsc::Receiver<PushCandidate>,
     provider: Arc<dyn PushProvider>,
+    store: Arc<dyn Store>,
     config: PushConfig,
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency_max));
@@ -122,17 +129,62 @@ async fn dispatch(
                 None => break,
             },
             _ = sleep_until_opt(due) => {
-                for n in coalescer.take_due() {
+                for candidate in coalescer.take_due() {
                     let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                    let (provider, config) = (provider.clone(), config.clone());
+                    let (provider, store, config) = (provider.clone(), store.clone(), config.clone());
                     tokio::spawn(async move {
-                        deliver_with_retries(provider.as_ref(), &n, &config).await;
+                        if let Some(n) = enrich(store.as_ref(), candidate).await {
+                            deliver_with_retries(provider.as_ref(), &n, &config).await;
+                        }
                         drop(permit);
                     });
                 }
             }
         }
     }
+}
+
+/// Adds the sender's name and the unread count; `None` when the conversation is muted, the
+/// user left it, or the store cannot answer (push is best-effort).
+async fn enrich(store: &dyn Store, c: PushCandidate) -> Option<PushNotification> {
+    let member = store.member(c.conversation_id, c.user_id).await.ok()??;
+    if member.muted {
+        metrics::counter!("magpie_push_muted_total").increment(1);
+        return None;
+    }
+    let sender_name = store
+        .user_by_id(c.sender_id)
+        .await
+        .ok()?
+        .map(|u| u.username)
+        .unwrap_or_default();
+    let mut unread_count = 0u64;
+    let mut after = member.read_seq;
+    // Count unread messages from others, a page at a time, up to the cap.
+    while unread_count < UNREAD_COUNT_MAX {
+        let page = store
+            .messages(
+                c.conversation_id,
+                MessageRange::After(after),
+                PAGE_LIMIT_MAX,
+            )
+            .await
+            .ok()?;
+        unread_count += page.iter().filter(|m| m.sender_id != c.user_id).count() as u64;
+        match page.last() {
+            Some(last) if page.len() == PAGE_LIMIT_MAX => after = last.seq,
+            _ => break,
+        }
+    }
+    Some(PushNotification {
+        user_id: c.user_id,
+        conversation_id: c.conversation_id,
+        seq: c.seq,
+        sender_id: c.sender_id,
+        sender_name,
+        preview: c.preview,
+        unread_count: unread_count.min(UNREAD_COUNT_MAX),
+    })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -14,6 +14,22 @@ use async_trait::async_trait;
 use magpie_core::{ConversationId, Seq, UserId};
 
 pub use dispatcher::{PushConfig, PushQueue};
+
+/// What the commit path hands over: cheap to build, no store reads. The dispatcher adds the
+/// sender's name and the unread count, and skips muted conversations, when it flushes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCandidate {
+    /// The recipient (who has no online device).
+    pub user_id: UserId,
+    /// Where the message is.
+    pub conversation_id: ConversationId,
+    /// Its seq.
+    pub seq: Seq,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// The first `PREVIEW_CHARS_MAX` characters.
+    pub preview: String,
+}
 pub use webhook::{sign, WebhookProvider, SIGNATURE_HEADER};
 
 /// Characters of message text carried in a push preview.

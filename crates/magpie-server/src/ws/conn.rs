@@ -6,25 +6,29 @@
 //! time, so seqs and acks follow the order the client sent them while frames that arrive during
 //! an fsync ride in the next batch (per-connection group commit).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use magpie_core::{Cursor, Device, Event};
+use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use magpie_core::{ConversationId, ConversationKind, Cursor, Device, Event, Seq, UserId};
 use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
 use magpie_protocol::ws::{ClientFrame, ServerFrame};
-use magpie_protocol::{event_to_wire, ErrorCode};
-use magpie_store::{AppendError, Appended, StoreError};
+use magpie_protocol::{event_to_wire, message_to_wire, ErrorCode};
+use magpie_store::{AppendError, Appended, MessageRange, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ratelimit::TokenBucket;
 use crate::error::ApiError;
-use crate::hub::{Registration, DEVICE_QUEUE_EVENTS_MAX};
-use crate::send::{append_error, build_request};
+use crate::gate::GatePermit;
+use crate::http::group_error;
+use crate::hub::{Outbound, Registration, Router as _, DEVICE_QUEUE_EVENTS_MAX};
+use crate::send::{append_error, build_request, check_direct_allowed};
 use crate::state::AppState;
 
 /// Sends accepted from the socket but not yet acknowledged. When full, the task stops reading
@@ -34,6 +38,12 @@ const SEND_QUEUE_MAX: usize = 512;
 const CATCH_UP_PAGE_EVENTS: usize = 200;
 /// Live events written per wake-up before flushing, so one busy device cannot starve the rest.
 const LIVE_DRAIN_EVENTS_MAX: usize = 64;
+/// Conversations whose "may send" answer a connection remembers; cleared when full.
+const SEND_OK_CACHE_MAX: usize = 1024;
+/// Typing frames a connection may relay per second (and its burst).
+const TYPING_PER_SEC: u32 = 5;
+/// See [`TYPING_PER_SEC`].
+const TYPING_BURST: u32 = 10;
 
 /// A send waiting for its turn, or an answer already decided (kept in line so that errors and
 /// acks reach the client in the order of its sends).
@@ -46,7 +56,7 @@ enum Queued {
 }
 
 type BatchResult = Result<Vec<Result<Appended, AppendError>>, StoreError>;
-type InFlight = Pin<Box<dyn Future<Output = (Vec<Queued>, BatchResult)> + Send>>;
+type InFlight = Pin<Box<dyn Future<Output = (Vec<Queued>, BatchResult, Vec<GatePermit>)> + Send>>;
 type AckFlight = Pin<Box<dyn Future<Output = Cursor> + Send>>;
 
 /// Why the loop ended.
@@ -66,8 +76,8 @@ struct Conn {
     socket: WebSocket,
     /// Our slot in the hub; removed on drop.
     reg: Registration,
-    /// Live events, present once the client sent `sync`.
-    live: Option<mpsc::Receiver<Event>>,
+    /// Live events and frames, present once the client sent `sync`.
+    live: Option<mpsc::Receiver<Outbound>>,
     /// The last cursor written to the socket; events at or below it are never sent again.
     last_sent: Cursor,
     /// Sends in arrival order, waiting for the in-flight batch to finish.
@@ -80,6 +90,10 @@ struct Conn {
     ack_flight: Option<AckFlight>,
     /// Send rate limit.
     bucket: TokenBucket,
+    /// Typing relay rate limit.
+    typing_bucket: TokenBucket,
+    /// Conversations this device may send to, with the friendship epoch of the check.
+    send_ok: HashMap<ConversationId, u64>,
     /// When the connection counts as dead unless a frame arrives.
     deadline: Instant,
 }
@@ -102,6 +116,8 @@ pub async fn run(state: AppState, device: Device, socket: WebSocket) {
         in_flight: None,
         ack_flight: None,
         bucket,
+        typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
+        send_ok: HashMap::new(),
         deadline,
     };
     let end = conn.serve().await;
@@ -253,14 +269,125 @@ impl Conn {
                         client_msg_id.clone(),
                         text,
                     ) {
-                        Ok(req) => Queued::Append { client_msg_id, req },
+                        Ok(req) => match self.may_send(conversation_id).await {
+                            Ok(()) => Queued::Append { client_msg_id, req },
+                            Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
+                        },
                         Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
                     }
                 };
                 self.queue.push_back(queued);
                 Ok(())
             }
+            ClientFrame::Pull {
+                conversation_id,
+                after_seq,
+                limit,
+            } => self.on_pull(conversation_id, after_seq, limit).await,
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => {
+                match self
+                    .state
+                    .store
+                    .mark_read(self.device.user_id, conversation_id, Seq(seq))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => self.reply_api_error(group_error(e)).await,
+                    Err(e) => self.reply_api_error(e.into()).await,
+                }
+            }
+            ClientFrame::Typing { conversation_id } => self.on_typing(conversation_id).await,
         }
+    }
+
+    /// Direct conversations need friendship; the answer is cached until a friendship ends.
+    async fn may_send(&mut self, conversation: ConversationId) -> Result<(), ApiError> {
+        let epoch = self.state.friend_epoch.load(Ordering::Acquire);
+        if self.send_ok.get(&conversation) == Some(&epoch) {
+            return Ok(());
+        }
+        check_direct_allowed(&self.state, self.device.user_id, conversation).await?;
+        if self.send_ok.len() >= SEND_OK_CACHE_MAX {
+            self.send_ok.clear();
+        }
+        self.send_ok.insert(conversation, epoch);
+        Ok(())
+    }
+
+    async fn reply_api_error(&mut self, e: ApiError) -> Result<(), End> {
+        self.write(&api_error_frame(e, None)).await?;
+        self.flush().await
+    }
+
+    /// `pull`: the conversation's messages after `after_seq` (never before the member joined).
+    async fn on_pull(
+        &mut self,
+        conversation_id: ConversationId,
+        after_seq: u64,
+        limit: Option<usize>,
+    ) -> Result<(), End> {
+        let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if limit == 0 || limit > PAGE_LIMIT_MAX {
+            let msg = format!("limit must be 1 to {PAGE_LIMIT_MAX}");
+            return self
+                .reply_error(ErrorCode::InvalidRequest, &msg, None)
+                .await;
+        }
+        let member = match self
+            .state
+            .store
+            .member(conversation_id, self.device.user_id)
+            .await
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
+            Err(e) => return self.reply_api_error(e.into()).await,
+        };
+        let after = Seq(after_seq.max(member.joined_seq.0.saturating_sub(1)));
+        let messages = match self
+            .state
+            .store
+            .messages(conversation_id, MessageRange::After(after), limit)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return self.reply_api_error(e.into()).await,
+        };
+        let messages = messages.iter().map(message_to_wire).collect();
+        self.write(&ServerFrame::Messages {
+            conversation_id,
+            messages,
+        })
+        .await?;
+        self.flush().await
+    }
+
+    /// `typing`: relayed to the other members' online devices in direct conversations and
+    /// write-fan-out groups; read-fan-out groups are too large for it and ignore it.
+    async fn on_typing(&mut self, conversation_id: ConversationId) -> Result<(), End> {
+        if !self.typing_bucket.try_take() {
+            return Ok(());
+        }
+        let me = self.device.user_id;
+        let recipients = match typing_recipients(&self.state, me, conversation_id).await {
+            Ok(r) => r,
+            Err(e) => return self.reply_api_error(e).await,
+        };
+        let frame = ServerFrame::Typing {
+            conversation_id,
+            user_id: me,
+        };
+        let Ok(text) = serde_json::to_string(&frame) else {
+            return Ok(());
+        };
+        let text: std::sync::Arc<str> = text.into();
+        for user in recipients.into_iter().filter(|u| *u != me) {
+            self.state.hub.send_frame(user, text.clone());
+        }
+        Ok(())
     }
 
     async fn reply_error(
@@ -298,6 +425,8 @@ impl Conn {
         let mut rx = rx;
         self.last_sent = cursor;
         loop {
+            // Events are covered by the store read below; ephemeral frames may be dropped;
+            // notifications stay in the notify box, flushed after catch-up.
             while rx.try_recv().is_ok() {}
             let page = self.read_events(CATCH_UP_PAGE_EVENTS).await?;
             let full = page.len() == CATCH_UP_PAGE_EVENTS;
@@ -310,6 +439,19 @@ impl Conn {
             }
         }
         self.live = Some(rx);
+        self.write_notifies().await?;
+        self.flush().await
+    }
+
+    /// Writes one `notify` frame per conversation waiting in the notify box.
+    async fn write_notifies(&mut self) -> Result<(), End> {
+        for (conversation_id, last_seq) in self.reg.notify_box.take() {
+            self.write(&ServerFrame::Notify {
+                conversation_id,
+                last_seq: last_seq.0,
+            })
+            .await?;
+        }
         Ok(())
     }
 
@@ -341,17 +483,25 @@ impl Conn {
         Ok(())
     }
 
-    /// Delivers one live event (plus whatever else is queued), filling gaps from the store.
-    async fn on_live(&mut self, event: Option<Event>) -> Result<(), End> {
-        let Some(first) = event else {
+    /// Delivers one live item (plus whatever else is queued), filling event gaps from the store.
+    async fn on_live(&mut self, item: Option<Outbound>) -> Result<(), End> {
+        let Some(first) = item else {
             // The hub dropped our queue (overflow); the kick that follows closes us.
             self.live = None;
             return Ok(());
         };
         let mut next = Some(first);
         let mut written = 0;
-        while let Some(event) = next.take() {
-            self.deliver(event).await?;
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Event(event) => self.deliver(event).await?,
+                Outbound::NotifyWake => self.write_notifies().await?,
+                Outbound::Frame(text) => self
+                    .socket
+                    .feed(WsMessage::Text(text.as_ref().into()))
+                    .await
+                    .map_err(|_| End::Gone)?,
+            }
             written += 1;
             if written < LIVE_DRAIN_EVENTS_MAX {
                 next = self.live.as_mut().and_then(|rx| rx.try_recv().ok());
@@ -378,12 +528,34 @@ impl Conn {
         self.send_event(&event).await
     }
 
-    /// Submits everything queued as one store batch, if no batch is in flight.
+    /// Submits everything queued as one store batch, if no batch is in flight. Each send
+    /// passes the conversation gate first; a send to a conversation at its in-flight bound is
+    /// answered `rate_limited` in its place in line.
     fn start_batch(&mut self) {
         if self.in_flight.is_some() || self.queue.is_empty() {
             return;
         }
-        let items: Vec<Queued> = self.queue.drain(..).collect();
+        let mut permits = Vec::new();
+        let items: Vec<Queued> = self
+            .queue
+            .drain(..)
+            .map(|q| match q {
+                Queued::Append { client_msg_id, req } => {
+                    match self.state.gate.try_enter(req.conversation_id) {
+                        Some(p) => {
+                            permits.push(p);
+                            Queued::Append { client_msg_id, req }
+                        }
+                        None => Queued::Answer(error_frame(
+                            ErrorCode::RateLimited,
+                            "conversation is busy; retry shortly",
+                            Some(client_msg_id),
+                        )),
+                    }
+                }
+                answer => answer,
+            })
+            .collect();
         let requests: Vec<_> = items
             .iter()
             .filter_map(|q| match q {
@@ -398,7 +570,7 @@ impl Conn {
             } else {
                 store.append(requests).await
             };
-            (items, result)
+            (items, result, permits)
         }));
     }
 
@@ -422,8 +594,10 @@ impl Conn {
     /// Answers a finished batch in the order of the client's sends.
     async fn on_batch_done(
         &mut self,
-        (items, result): (Vec<Queued>, BatchResult),
+        (items, result, permits): (Vec<Queued>, BatchResult, Vec<GatePermit>),
     ) -> Result<(), End> {
+        // The gate admits the next sends as soon as these are durable.
+        drop(permits);
         let mut outcomes = match result {
             Ok(v) => v.into_iter(),
             Err(e) => {
@@ -500,9 +674,37 @@ async fn poll_opt<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>)
 }
 
 /// Receives from an optional channel; pending forever when absent.
-async fn recv_opt(rx: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
     match rx.as_mut() {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Who gets a `typing` frame: the other members of a direct conversation or write-fan-out
+/// group. Read-fan-out groups are too large for typing indicators.
+async fn typing_recipients(
+    state: &AppState,
+    me: UserId,
+    conversation_id: ConversationId,
+) -> Result<Vec<UserId>, ApiError> {
+    let store = &state.store;
+    if store.member(conversation_id, me).await?.is_none() {
+        return Err(ApiError::forbidden());
+    }
+    let conv = store
+        .conversation(conversation_id)
+        .await?
+        .ok_or_else(ApiError::forbidden)?;
+    if conv.kind == ConversationKind::Direct {
+        return Ok(conv.members);
+    }
+    let policy = state.config.policy;
+    if !policy.writes_fanout(conv.member_count) {
+        return Ok(Vec::new());
+    }
+    let members = store
+        .members(conversation_id, None, policy.fanout_write_max as usize + 1)
+        .await?;
+    Ok(members.into_iter().map(|m| m.user_id).collect())
 }

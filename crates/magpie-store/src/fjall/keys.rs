@@ -5,7 +5,7 @@
 //! first. Composite keys are fixed-width except the dedup key, whose variable part comes last.
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use magpie_core::{ClientMsgId, ConversationId, Cursor, DeviceId, Seq, UserId};
+use magpie_core::{ClientMsgId, ConversationId, Cursor, DeviceId, RequestId, Seq, UserId};
 
 use crate::StoreError;
 
@@ -29,7 +29,8 @@ pub(crate) enum Ks {
     /// unless hashes of random tokens collide; kept a list so the oldest holder wins, as in
     /// MemoryStore, while the lookup stays a point read).
     Tokens,
-    /// `conv_id` → conversation record (members included).
+    /// `conv_id` → conversation record (the two members of a direct conversation included;
+    /// group members live in `Members`).
     Convs,
     /// `min_user ‖ max_user` → `conv_id`.
     Directs,
@@ -37,13 +38,27 @@ pub(crate) enum Ks {
     Messages,
     /// `sender_id ‖ client_msg_id` → `conv_id ‖ seq`.
     Dedup,
-    /// `user_id ‖ cursor` → event record (a reference into `messages`).
+    /// `user_id ‖ cursor` → event record (a reference into `messages`, or the event inline).
     Inbox,
+    /// `conv_id ‖ user_id` → member record (role, joined_seq, read_seq, muted).
+    Members,
+    /// `user_id ‖ conv_id` → nothing: the conversations a user belongs to.
+    UserConvs,
+    /// `user_id ‖ friend_id` → `conv_id ‖ since_ms` (one row per direction).
+    Friends,
+    /// `request_id` → pending friend request record.
+    FriendRequests,
+    /// `to ‖ request_id` → nothing: pending requests addressed to a user.
+    RequestsIn,
+    /// `from ‖ request_id` → nothing: pending requests made by a user.
+    RequestsOut,
+    /// `from ‖ to` → `request_id` of the pending request of that direction.
+    RequestsPair,
 }
 
 impl Ks {
     /// Every keyspace, in discriminant order.
-    pub(crate) const ALL: [Ks; 10] = [
+    pub(crate) const ALL: [Ks; 17] = [
         Ks::Meta,
         Ks::Users,
         Ks::Usernames,
@@ -54,6 +69,13 @@ impl Ks {
         Ks::Messages,
         Ks::Dedup,
         Ks::Inbox,
+        Ks::Members,
+        Ks::UserConvs,
+        Ks::Friends,
+        Ks::FriendRequests,
+        Ks::RequestsIn,
+        Ks::RequestsOut,
+        Ks::RequestsPair,
     ];
 
     /// The on-disk name; never change one, it would orphan existing data.
@@ -69,6 +91,13 @@ impl Ks {
             Ks::Messages => "messages",
             Ks::Dedup => "dedup",
             Ks::Inbox => "inbox",
+            Ks::Members => "members",
+            Ks::UserConvs => "user_convs",
+            Ks::Friends => "friends",
+            Ks::FriendRequests => "friend_requests",
+            Ks::RequestsIn => "requests_in",
+            Ks::RequestsOut => "requests_out",
+            Ks::RequestsPair => "requests_pair",
         }
     }
 }
@@ -104,7 +133,11 @@ pub(crate) const META_NEXT_DEVICE_ID: &[u8] = b"next_device_id";
 /// Meta key: the next conversation id to allocate.
 pub(crate) const META_NEXT_CONVERSATION_ID: &[u8] = b"next_conversation_id";
 
-/// Key of `users` and prefix of `inbox`.
+/// Meta key: the next friend request id to allocate.
+pub(crate) const META_NEXT_REQUEST_ID: &[u8] = b"next_request_id";
+
+/// Key of `users` and prefix of `inbox`, `user_convs`, `friends`, `requests_in` and
+/// `requests_out`.
 pub(crate) fn user_key(id: UserId) -> [u8; ID_BYTES] {
     id.to_be_bytes()
 }
@@ -114,7 +147,7 @@ pub(crate) fn device_key(id: DeviceId) -> [u8; ID_BYTES] {
     id.to_be_bytes()
 }
 
-/// Key of `convs` and prefix of `messages`.
+/// Key of `convs` and prefix of `messages` and `members`.
 pub(crate) fn conv_key(id: ConversationId) -> [u8; ID_BYTES] {
     id.to_be_bytes()
 }
@@ -132,6 +165,36 @@ pub(crate) fn message_key(conv: ConversationId, seq: Seq) -> [u8; PAIR_BYTES] {
 /// Key of `inbox`.
 pub(crate) fn inbox_key(user: UserId, cursor: Cursor) -> [u8; PAIR_BYTES] {
     pair(user.0, cursor.0)
+}
+
+/// Key of `members`.
+pub(crate) fn member_key(conv: ConversationId, user: UserId) -> [u8; PAIR_BYTES] {
+    pair(conv.0, user.0)
+}
+
+/// Key of `user_convs`.
+pub(crate) fn user_conv_key(user: UserId, conv: ConversationId) -> [u8; PAIR_BYTES] {
+    pair(user.0, conv.0)
+}
+
+/// Key of `friends`: the row of `user`'s side of the friendship with `friend`.
+pub(crate) fn friend_key(user: UserId, friend: UserId) -> [u8; PAIR_BYTES] {
+    pair(user.0, friend.0)
+}
+
+/// Key of `friend_requests`.
+pub(crate) fn request_key(id: RequestId) -> [u8; ID_BYTES] {
+    id.to_be_bytes()
+}
+
+/// Key of `requests_in` (`user` is the addressee) and `requests_out` (`user` is the requester).
+pub(crate) fn user_request_key(user: UserId, id: RequestId) -> [u8; PAIR_BYTES] {
+    pair(user.0, id.0)
+}
+
+/// Key of `requests_pair`: directed, `from` first.
+pub(crate) fn request_pair_key(from: UserId, to: UserId) -> [u8; PAIR_BYTES] {
+    pair(from.0, to.0)
 }
 
 /// Key of `dedup`. The sender is fixed-width, so the client id needs no length prefix.

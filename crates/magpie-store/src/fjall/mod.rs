@@ -5,18 +5,32 @@
 //! One fjall database with one keyspace per record kind; integers in keys are big-endian u64 so
 //! byte order equals numeric order (see [`keys`] for the exact keys, [`codec`] for values):
 //!
-//! | keyspace    | key                               | value                           |
-//! |-------------|-----------------------------------|---------------------------------|
-//! | `meta`      | `schema_version`, `next_*_id`     | u64                             |
-//! | `users`     | user_id                           | user record                     |
-//! | `usernames` | username bytes                    | user_id                         |
-//! | `devices`   | device_id                         | device record                   |
-//! | `tokens`    | token_hash (32 bytes)             | unrevoked holders' device_ids   |
-//! | `convs`     | conv_id                           | conversation record + members   |
-//! | `directs`   | min_user ‖ max_user               | conv_id                         |
-//! | `messages`  | conv_id ‖ seq                     | sender, ts, client id, text     |
-//! | `dedup`     | sender_id ‖ client_msg_id         | conv_id ‖ seq                   |
-//! | `inbox`     | user_id ‖ cursor                  | event: reference conv_id ‖ seq  |
+//! | keyspace          | key                           | value                                |
+//! |-------------------|-------------------------------|--------------------------------------|
+//! | `meta`            | `schema_version`, `next_*_id` | u64                                  |
+//! | `users`           | user_id                       | user record                          |
+//! | `usernames`       | username bytes                | user_id                              |
+//! | `devices`         | device_id                     | device record                        |
+//! | `tokens`          | token_hash (32 bytes)         | unrevoked holders' device_ids        |
+//! | `convs`           | conv_id                       | conversation record (+ direct pair)  |
+//! | `directs`         | min_user ‖ max_user           | conv_id                              |
+//! | `messages`        | conv_id ‖ seq                 | sender, ts, client id, text, system  |
+//! | `dedup`           | sender_id ‖ client_msg_id     | conv_id ‖ seq                        |
+//! | `inbox`           | user_id ‖ cursor              | event: message ref or inline payload |
+//! | `members`         | conv_id ‖ user_id             | role, joined_seq, read_seq, muted    |
+//! | `user_convs`      | user_id ‖ conv_id             | (empty)                              |
+//! | `friends`         | user_id ‖ friend_id           | conv_id ‖ since_ms                   |
+//! | `friend_requests` | request_id                    | pending request record               |
+//! | `requests_in`     | to ‖ request_id               | (empty)                              |
+//! | `requests_out`    | from ‖ request_id             | (empty)                              |
+//! | `requests_pair`   | from ‖ to                     | request_id                           |
+//!
+//! # Fan-out
+//!
+//! A message of a direct conversation or of a group with at most `policy.fanout_write_max`
+//! members gets one `inbox` row per member (write fan-out). A larger group's message writes
+//! only the message and its dedup key (read fan-out); the sink gets a `ConversationNotice`
+//! with the member list, which the writer keeps cached, instead.
 //!
 //! # Concurrency
 //!
@@ -38,21 +52,29 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use fjall::{Database, PersistMode, Snapshot};
 use magpie_core::{
-    Conversation, ConversationId, Cursor, Device, DeviceId, Event, Message, User, UserId,
+    Conversation, ConversationId, Cursor, Device, DeviceId, Event, FriendRequest, Member, Message,
+    RequestId, Role, Seq, User, UserId,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fjall::keys::{
-    be_u64, Keyspaces, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_USER_ID,
-    META_SCHEMA_VERSION,
+    be_u64, Keyspaces, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_REQUEST_ID,
+    META_NEXT_USER_ID, META_SCHEMA_VERSION,
 };
 use crate::fjall::read::View;
-use crate::fjall::writer::{Counters, NewDevice, NewUser, Pending, WriteOp, Writer};
-use crate::{AppendError, AppendRequest, Appended, CommitSink, MessageRange, Store, StoreError};
+use crate::fjall::writer::{
+    Counters, FriendAnswer, GroupCmd, NewDevice, NewFriendRequest, NewGroup, NewUser, Pending,
+    WriteOp, Writer,
+};
+use crate::{
+    AppendError, AppendRequest, Appended, CommitSink, ConversationSummary, Friend, FriendError,
+    GroupError, GroupPolicy, MessageRange, Store, StoreError,
+};
 
-/// The layout version written by this code; opening any other version fails.
-const SCHEMA_VERSION: u64 = 1;
+/// The layout version written by this code; opening any other version fails. (2 added
+/// groups, friends and per-user conversation state; 1 was never deployed.)
+const SCHEMA_VERSION: u64 = 2;
 /// Default block cache size, in bytes.
 const CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Default largest batch, in write ops.
@@ -73,15 +95,18 @@ pub struct FjallConfig {
     /// Most write ops committed with one fsync. Larger batches raise throughput under load
     /// and the latency of the ops at the end of a batch.
     pub batch_ops_max: usize,
+    /// Group size limit and fan-out threshold.
+    pub policy: GroupPolicy,
 }
 
 impl FjallConfig {
-    /// Defaults: 256 MiB of cache, batches of up to 1024 ops.
+    /// Defaults: 256 MiB of cache, batches of up to 1024 ops, the default [`GroupPolicy`].
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             cache_bytes: CACHE_BYTES_DEFAULT,
             batch_ops_max: BATCH_OPS_MAX_DEFAULT,
+            policy: GroupPolicy::default(),
         }
     }
 }
@@ -140,7 +165,13 @@ impl FjallStore {
     pub fn open(config: FjallConfig, sink: Arc<dyn CommitSink>) -> Result<FjallStore, StoreError> {
         let (shared, ids) = Shared::open(&config)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_OPS_MAX);
-        let writer = Writer::new(shared.clone(), sink, config.batch_ops_max, ids);
+        let writer = Writer::new(
+            shared.clone(),
+            sink,
+            config.policy,
+            config.batch_ops_max,
+            ids,
+        );
         let handle = std::thread::Builder::new()
             .name(WRITER_THREAD_NAME.into())
             .spawn(move || writer.run(rx))
@@ -254,6 +285,7 @@ fn init_meta(db: &Database, ks: &Keyspaces) -> Result<Counters, StoreError> {
         next_user: counter(META_NEXT_USER_ID, "next user id")?,
         next_device: counter(META_NEXT_DEVICE_ID, "next device id")?,
         next_conversation: counter(META_NEXT_CONVERSATION_ID, "next conversation id")?,
+        next_request: counter(META_NEXT_REQUEST_ID, "next request id")?,
     })
 }
 
@@ -360,5 +392,169 @@ impl Store for FjallStore {
 
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {
         self.read(move |v| v.inbox_head(user)).await
+    }
+
+    async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError> {
+        self.read(move |v| v.last_seq(conversation)).await
+    }
+
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        message: String,
+    ) -> Result<Result<FriendRequest, FriendError>, StoreError> {
+        self.write(
+            NewFriendRequest { from, to, message },
+            WriteOp::RequestFriend,
+        )
+        .await
+    }
+
+    async fn friend_requests(
+        &self,
+        user: UserId,
+    ) -> Result<(Vec<FriendRequest>, Vec<FriendRequest>), StoreError> {
+        self.read(move |v| v.friend_requests(user)).await
+    }
+
+    async fn answer_friend_request(
+        &self,
+        user: UserId,
+        request: RequestId,
+        accept: bool,
+    ) -> Result<Result<Option<Conversation>, FriendError>, StoreError> {
+        self.write(
+            FriendAnswer {
+                user,
+                request,
+                accept,
+            },
+            WriteOp::AnswerFriend,
+        )
+        .await
+    }
+
+    async fn friends(&self, user: UserId) -> Result<Vec<Friend>, StoreError> {
+        self.read(move |v| v.friends(user)).await
+    }
+
+    async fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        self.read(move |v| v.are_friends(a, b)).await
+    }
+
+    async fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool, StoreError> {
+        self.write((user, other), WriteOp::RemoveFriend).await
+    }
+
+    async fn create_group(
+        &self,
+        owner: UserId,
+        name: String,
+        members: Vec<UserId>,
+    ) -> Result<Result<Conversation, GroupError>, StoreError> {
+        self.write(
+            NewGroup {
+                owner,
+                name,
+                members,
+            },
+            WriteOp::CreateGroup,
+        )
+        .await
+    }
+
+    async fn add_members(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        users: Vec<UserId>,
+    ) -> Result<Result<Option<Arc<Message>>, GroupError>, StoreError> {
+        self.write(group_cmd(actor, conversation, users), WriteOp::AddMembers)
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Result<Vec<Arc<Message>>, GroupError>, StoreError> {
+        self.write(group_cmd(actor, conversation, user), WriteOp::RemoveMember)
+            .await
+    }
+
+    async fn set_role(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Result<Arc<Message>, GroupError>, StoreError> {
+        self.write(
+            group_cmd(actor, conversation, (user, role)),
+            WriteOp::SetRole,
+        )
+        .await
+    }
+
+    async fn rename_group(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        name: String,
+    ) -> Result<Result<Arc<Message>, GroupError>, StoreError> {
+        self.write(group_cmd(actor, conversation, name), WriteOp::RenameGroup)
+            .await
+    }
+
+    async fn member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError> {
+        self.read(move |v| v.member(conversation, user)).await
+    }
+
+    async fn members(
+        &self,
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        self.read(move |v| v.members(conversation, after, limit))
+            .await
+    }
+
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.read(move |v| v.conversations_of(user)).await
+    }
+
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Result<Result<Seq, GroupError>, StoreError> {
+        self.write(group_cmd(user, conversation, seq), WriteOp::MarkRead)
+            .await
+    }
+
+    async fn set_muted(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        muted: bool,
+    ) -> Result<Result<(), GroupError>, StoreError> {
+        self.write(group_cmd(user, conversation, muted), WriteOp::SetMuted)
+            .await
+    }
+}
+
+fn group_cmd<A>(actor: UserId, conversation: ConversationId, args: A) -> GroupCmd<A> {
+    GroupCmd {
+        actor,
+        conversation,
+        args,
     }
 }

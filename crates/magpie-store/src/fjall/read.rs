@@ -6,18 +6,20 @@ use std::sync::Arc;
 
 use fjall::{Readable, Snapshot};
 use magpie_core::{
-    Conversation, ConversationId, Cursor, Device, DeviceId, Event, EventPayload, Message, Seq,
-    User, UserId,
+    Conversation, ConversationId, Cursor, Device, DeviceId, Event, EventPayload, FriendRequest,
+    Member, Message, RequestId, Seq, User, UserId,
 };
 
 use crate::fjall::codec::{
-    decode_conversation, decode_device, decode_device_ids, decode_event, decode_message,
-    decode_user, StoredEvent,
+    decode_conversation, decode_device, decode_device_ids, decode_event, decode_friend_request,
+    decode_member, decode_message, decode_message_sender, decode_user, StoredEvent,
 };
 use crate::fjall::keys::{
-    be_u64, conv_key, device_key, inbox_key, message_key, parse_pair, user_key, Keyspaces, Ks,
+    be_u64, conv_key, device_key, friend_key, inbox_key, member_key, message_key, parse_pair,
+    request_key, user_key, Keyspaces, Ks,
 };
-use crate::{MessageRange, StoreError};
+use crate::memory::{count_unread, sort_summaries};
+use crate::{ConversationSummary, Friend, MessageRange, StoreError};
 
 /// A consistent view: the keyspace handles plus the snapshot to read them at.
 pub(crate) struct View<'a> {
@@ -187,6 +189,7 @@ impl View<'_> {
                         )))
                     }
                 },
+                StoredEvent::Inline(payload) => payload,
             };
             out.push(Event {
                 cursor: Cursor(cursor),
@@ -198,6 +201,174 @@ impl View<'_> {
 
     pub(crate) fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {
         inbox_head_of(self.snap.prefix(self.ks.get(Ks::Inbox), user_key(user)))
+    }
+
+    /// The newest message of `conv`, if any.
+    fn last_message(&self, conv: ConversationId) -> Result<Option<Message>, StoreError> {
+        match self
+            .snap
+            .prefix(self.ks.get(Ks::Messages), conv_key(conv))
+            .next_back()
+        {
+            Some(guard) => {
+                let (k, v) = guard.into_inner()?;
+                Ok(Some(decode_message(&k, &v)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn last_seq(&self, conv: ConversationId) -> Result<Seq, StoreError> {
+        match self
+            .snap
+            .prefix(self.ks.get(Ks::Messages), conv_key(conv))
+            .next_back()
+        {
+            Some(guard) => Ok(Seq(parse_pair(&guard.key()?, "message key")?.1)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    /// The second half of every key under `prefix` in `ks`, ascending.
+    fn ids_under(&self, ks: Ks, prefix: [u8; 8]) -> Result<Vec<u64>, StoreError> {
+        self.snap
+            .prefix(self.ks.get(ks), prefix)
+            .map(|guard| Ok(parse_pair(&guard.key()?, ks.name())?.1))
+            .collect()
+    }
+
+    fn friend_request(&self, id: RequestId) -> Result<FriendRequest, StoreError> {
+        match self.get(Ks::FriendRequests, &request_key(id))? {
+            Some(v) => decode_friend_request(&v),
+            None => Err(StoreError::Corrupt(format!(
+                "request index refers to missing request {id}"
+            ))),
+        }
+    }
+
+    pub(crate) fn friend_requests(
+        &self,
+        user: UserId,
+    ) -> Result<(Vec<FriendRequest>, Vec<FriendRequest>), StoreError> {
+        let load = |ks| -> Result<Vec<FriendRequest>, StoreError> {
+            self.ids_under(ks, user_key(user))?
+                .into_iter()
+                .map(|id| self.friend_request(RequestId(id)))
+                .collect()
+        };
+        Ok((load(Ks::RequestsIn)?, load(Ks::RequestsOut)?))
+    }
+
+    pub(crate) fn friends(&self, user: UserId) -> Result<Vec<Friend>, StoreError> {
+        self.snap
+            .prefix(self.ks.get(Ks::Friends), user_key(user))
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                let (_, friend) = parse_pair(&k, "friends key")?;
+                let (conv, since_ms) = parse_pair(&v, "friends value")?;
+                Ok(Friend {
+                    user_id: UserId(friend),
+                    conversation_id: ConversationId(conv),
+                    since_ms,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        Ok(self.get(Ks::Friends, &friend_key(a, b))?.is_some())
+    }
+
+    pub(crate) fn member(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError> {
+        let key = member_key(conv, user);
+        self.get(Ks::Members, &key)?
+            .map(|v| decode_member(&key, &v))
+            .transpose()
+    }
+
+    /// A range scan over the conversation's member rows.
+    pub(crate) fn members(
+        &self,
+        conv: ConversationId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lo = match after {
+            Some(after) => Bound::Excluded(member_key(conv, after)),
+            None => Bound::Included(member_key(conv, UserId(0))),
+        };
+        let hi = Bound::Included(member_key(conv, UserId(u64::MAX)));
+        self.snap
+            .range(self.ks.get(Ks::Members), (lo, hi))
+            .take(limit)
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                decode_member(&k, &v)
+            })
+            .collect()
+    }
+
+    pub(crate) fn conversations_of(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let mut out = Vec::new();
+        for conv in self.ids_under(Ks::UserConvs, user_key(user))? {
+            let conv = ConversationId(conv);
+            let (Some(conversation), Some(member)) =
+                (self.conversation(conv)?, self.member(conv, user)?)
+            else {
+                return Err(StoreError::Corrupt(format!(
+                    "user_convs lists {user}/{conv} without its conversation or member row"
+                )));
+            };
+            let last_message = self.last_message(conv)?;
+            let last_seq = last_message.as_ref().map_or(Seq(0), |m| m.seq);
+            let unread_count = if last_seq > member.read_seq {
+                let lo = Bound::Excluded(message_key(conv, member.read_seq));
+                let hi = Bound::Included(message_key(conv, last_seq));
+                let mut failed = None;
+                let senders = self
+                    .snap
+                    .range(self.ks.get(Ks::Messages), (lo, hi))
+                    .rev()
+                    .map_while(|guard| match guard.value() {
+                        Ok(v) => match decode_message_sender(&v) {
+                            Ok(sender) => Some(sender),
+                            Err(e) => {
+                                failed = Some(e);
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            failed = Some(e.into());
+                            None
+                        }
+                    });
+                let count = count_unread(user, senders);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                count
+            } else {
+                0
+            };
+            out.push(ConversationSummary {
+                conversation,
+                member,
+                last_message: last_message.map(Arc::new),
+                unread_count,
+            });
+        }
+        sort_summaries(&mut out);
+        Ok(out)
     }
 }
 

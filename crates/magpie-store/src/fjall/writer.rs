@@ -2,11 +2,14 @@
 //!
 //! It blocks for one [`WriteOp`], drains whatever else is queued (up to `batch_ops_max` ops),
 //! stages every op into an in-memory write set, commits that set as ONE fjall batch, fsyncs
-//! once, publishes the new durable snapshot, announces the batch's inbox events to the sink and
-//! only then replies. One fsync is shared by every op of the batch ("group commit").
+//! once, publishes the new durable snapshot, announces the batch's inbox events and
+//! conversation notices to the sink and only then replies. One fsync is shared by every op of
+//! the batch ("group commit").
 //!
-//! Because it is the only writer, it can keep id counters, the last seq of each conversation
-//! and the head cursor of each inbox in memory and never scan while appending.
+//! Because it is the only writer, it can keep id counters, the last seq of each conversation,
+//! the head cursor of each inbox, conversation records and member lists in memory and never
+//! scan while appending: an append to a 10,000-member read-fan-out group writes the message
+//! and its dedup key, and reads nothing but cache entries.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,28 +18,41 @@ use std::time::Instant;
 
 use fjall::{PersistMode, Slice};
 use magpie_core::{
-    now_ms, Conversation, ConversationId, ConversationKind, Cursor, Device, DeviceId, Event,
-    EventPayload, Message, Seq, User, UserEvent, UserId,
+    now_ms, ClientMsgId, Conversation, ConversationId, ConversationKind, Cursor, Device, DeviceId,
+    Event, EventPayload, FriendRequest, Member, Message, RequestId, Role, Seq, SystemEvent, User,
+    UserEvent, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fjall::codec::{
-    decode_conversation, decode_device, decode_device_ids, decode_message, encode_conversation,
-    encode_device, encode_device_ids, encode_event, encode_message, encode_user, StoredEvent,
+    decode_conversation, decode_device, decode_device_ids, decode_friend_request, decode_member,
+    decode_message, encode_conversation, encode_device, encode_device_ids, encode_event,
+    encode_friend_request, encode_member, encode_message, encode_user, StoredEvent,
 };
 use crate::fjall::keys::{
-    be_u64, conv_key, dedup_key, device_key, direct_key, inbox_key, message_key, pair, parse_pair,
-    user_key, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_USER_ID,
+    be_u64, conv_key, dedup_key, device_key, direct_key, friend_key, inbox_key, member_key,
+    message_key, pair, parse_pair, request_key, request_pair_key, user_conv_key, user_key,
+    user_request_key, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_REQUEST_ID,
+    META_NEXT_USER_ID,
 };
 use crate::fjall::read::inbox_head_of;
 use crate::fjall::Shared;
-use crate::{AppendError, AppendRequest, Appended, CommitSink, StoreError};
+use crate::memory::{new_member, removal_event, successor, system_msg_id, writes_fanout};
+use crate::{
+    AppendError, AppendRequest, Appended, CommitSink, ConversationNotice, FriendError, GroupError,
+    GroupPolicy, StoreError,
+};
 
 /// Past this many entries a cache is dropped at the next batch boundary and refilled lazily
 /// from disk, so memory stays bounded however many conversations and users have been active
 /// since the store opened (at the bound: tens of MiB for tips and heads, roughly 100 MiB of
 /// cached conversations).
 const CACHE_ENTRIES_MAX: usize = 1 << 20;
+
+/// Past this many user ids across all cached member lists (8 bytes each: 32 MiB), the member
+/// list cache is dropped at the next batch boundary. A dropped list is reloaded with one range
+/// scan of its conversation's member rows on the next append.
+const CACHED_MEMBER_IDS_MAX: usize = 1 << 22;
 
 /// A batch stops taking more ops once their payload reaches this many bytes, so a burst of
 /// large messages cannot make one batch (held twice in memory while staged) arbitrarily big.
@@ -48,7 +64,7 @@ const METRIC_COMMIT_SECONDS: &str = "magpie_store_commit_seconds";
 const METRIC_BATCH_OPS: &str = "magpie_store_batch_ops";
 /// Counter: committed batches.
 const METRIC_BATCHES_TOTAL: &str = "magpie_store_batches_total";
-/// Counter: new (non-duplicate) messages made durable.
+/// Counter: new (non-duplicate) messages made durable, system messages included.
 const METRIC_MESSAGES_APPENDED_TOTAL: &str = "magpie_store_messages_appended_total";
 
 /// A queued mutation with its reply slot.
@@ -107,6 +123,7 @@ impl<C, T> Pending<C, T> {
 }
 
 /// Errors that mean "the disk could not be read", as opposed to an answer for the caller.
+/// An op that answers with an error must not have staged any write before deciding so.
 fn aborts_staging(e: &StoreError) -> bool {
     !matches!(e, StoreError::UsernameTaken | StoreError::NotFound(_))
 }
@@ -129,6 +146,42 @@ pub(crate) struct NewDevice {
     pub(crate) token_hash: [u8; 32],
 }
 
+/// `Store::request_friend`'s arguments.
+pub(crate) struct NewFriendRequest {
+    pub(crate) from: UserId,
+    pub(crate) to: UserId,
+    pub(crate) message: String,
+}
+
+/// `Store::answer_friend_request`'s arguments.
+pub(crate) struct FriendAnswer {
+    pub(crate) user: UserId,
+    pub(crate) request: RequestId,
+    pub(crate) accept: bool,
+}
+
+/// `Store::create_group`'s arguments.
+pub(crate) struct NewGroup {
+    pub(crate) owner: UserId,
+    pub(crate) name: String,
+    pub(crate) members: Vec<UserId>,
+}
+
+/// A group operation: who does it, to which conversation, and what.
+pub(crate) struct GroupCmd<A> {
+    pub(crate) actor: UserId,
+    pub(crate) conversation: ConversationId,
+    pub(crate) args: A,
+}
+
+/// A queued group operation answered with a `GroupError` or a `T`.
+type GroupOp<A, T> = Pending<GroupCmd<A>, Result<T, GroupError>>;
+
+/// A group operation's outcome: the disk failed (outer) or the operation was refused (inner).
+type GroupResult<T> = Result<Result<T, GroupError>, StoreError>;
+/// A friend operation's outcome, likewise.
+type FriendResult<T> = Result<Result<T, FriendError>, StoreError>;
+
 /// Every mutation the writer performs; one variant per mutating `Store` method.
 pub(crate) enum WriteOp {
     /// `Store::create_user`.
@@ -143,10 +196,54 @@ pub(crate) enum WriteOp {
     DirectConversation(Pending<(UserId, UserId), Conversation>),
     /// `Store::append`.
     Append(Pending<Vec<AppendRequest>, Vec<Result<Appended, AppendError>>>),
+    /// `Store::request_friend`.
+    RequestFriend(Pending<NewFriendRequest, Result<FriendRequest, FriendError>>),
+    /// `Store::answer_friend_request`.
+    AnswerFriend(Pending<FriendAnswer, Result<Option<Conversation>, FriendError>>),
+    /// `Store::remove_friend`: (user, other).
+    RemoveFriend(Pending<(UserId, UserId), bool>),
+    /// `Store::create_group`.
+    CreateGroup(Pending<NewGroup, Result<Conversation, GroupError>>),
+    /// `Store::add_members`: the users to add.
+    AddMembers(GroupOp<Vec<UserId>, Option<Arc<Message>>>),
+    /// `Store::remove_member`: the user to remove.
+    RemoveMember(GroupOp<UserId, Vec<Arc<Message>>>),
+    /// `Store::set_role`: the user and their new role.
+    SetRole(GroupOp<(UserId, Role), Arc<Message>>),
+    /// `Store::rename_group`: the new name.
+    RenameGroup(GroupOp<String, Arc<Message>>),
+    /// `Store::mark_read` (the actor is the reader).
+    MarkRead(GroupOp<Seq, Seq>),
+    /// `Store::set_muted` (the actor is the member).
+    SetMuted(GroupOp<bool, ()>),
+}
+
+/// Applies `$f` to the `Pending` inside any `WriteOp`.
+macro_rules! each_op {
+    ($op:expr, $p:ident => $body:expr) => {
+        match $op {
+            WriteOp::CreateUser($p) => $body,
+            WriteOp::CreateDevice($p) => $body,
+            WriteOp::RevokeDevice($p) => $body,
+            WriteOp::AckCursor($p) => $body,
+            WriteOp::DirectConversation($p) => $body,
+            WriteOp::Append($p) => $body,
+            WriteOp::RequestFriend($p) => $body,
+            WriteOp::AnswerFriend($p) => $body,
+            WriteOp::RemoveFriend($p) => $body,
+            WriteOp::CreateGroup($p) => $body,
+            WriteOp::AddMembers($p) => $body,
+            WriteOp::RemoveMember($p) => $body,
+            WriteOp::SetRole($p) => $body,
+            WriteOp::RenameGroup($p) => $body,
+            WriteOp::MarkRead($p) => $body,
+            WriteOp::SetMuted($p) => $body,
+        }
+    };
 }
 
 impl WriteOp {
-    /// Roughly how many bytes this op adds to a batch (texts dominate).
+    /// Roughly how many bytes this op adds to a batch (texts and member lists dominate).
     fn payload_bytes(&self) -> usize {
         match self {
             WriteOp::Append(p) => p
@@ -156,30 +253,30 @@ impl WriteOp {
                 .sum(),
             WriteOp::CreateUser(p) => p.cmd.username.len() + p.cmd.password_hash.len(),
             WriteOp::CreateDevice(p) => p.cmd.name.len(),
-            WriteOp::RevokeDevice(_) | WriteOp::AckCursor(_) | WriteOp::DirectConversation(_) => 0,
+            WriteOp::RequestFriend(p) => p.cmd.message.len(),
+            // Per member: a member row, an index row and an inbox event, plus the id in the
+            // system message.
+            WriteOp::CreateGroup(p) => p.cmd.name.len() + 64 * p.cmd.members.len(),
+            WriteOp::AddMembers(p) => 64 * p.cmd.args.len(),
+            WriteOp::RenameGroup(p) => p.cmd.args.len(),
+            WriteOp::RevokeDevice(_)
+            | WriteOp::AckCursor(_)
+            | WriteOp::DirectConversation(_)
+            | WriteOp::AnswerFriend(_)
+            | WriteOp::RemoveFriend(_)
+            | WriteOp::RemoveMember(_)
+            | WriteOp::SetRole(_)
+            | WriteOp::MarkRead(_)
+            | WriteOp::SetMuted(_) => 0,
         }
     }
 
     fn finish(self) {
-        match self {
-            WriteOp::CreateUser(p) => p.finish(),
-            WriteOp::CreateDevice(p) => p.finish(),
-            WriteOp::RevokeDevice(p) => p.finish(),
-            WriteOp::AckCursor(p) => p.finish(),
-            WriteOp::DirectConversation(p) => p.finish(),
-            WriteOp::Append(p) => p.finish(),
-        }
+        each_op!(self, p => p.finish())
     }
 
     fn fail(self, e: StoreError) {
-        match self {
-            WriteOp::CreateUser(p) => p.fail(e),
-            WriteOp::CreateDevice(p) => p.fail(e),
-            WriteOp::RevokeDevice(p) => p.fail(e),
-            WriteOp::AckCursor(p) => p.fail(e),
-            WriteOp::DirectConversation(p) => p.fail(e),
-            WriteOp::Append(p) => p.fail(e),
-        }
+        each_op!(self, p => p.fail(e))
     }
 }
 
@@ -192,6 +289,8 @@ pub(crate) struct Counters {
     pub(crate) next_device: u64,
     /// The id the next conversation gets.
     pub(crate) next_conversation: u64,
+    /// The id the next friend request gets.
+    pub(crate) next_request: u64,
 }
 
 /// The newest message of a conversation, as far as the writer needs it.
@@ -204,6 +303,14 @@ struct Tip {
     ts_ms: u64,
 }
 
+/// Where a message to stage comes from.
+enum Origin {
+    /// A user's text with its idempotency key (indexed in `dedup`).
+    User(ClientMsgId, String),
+    /// A system message (no text, no dedup entry, client id `sys-{conv}-{seq}`).
+    System(SystemEvent),
+}
+
 /// One staging attempt: the write set of the batch plus what to announce after commit.
 struct Staged {
     /// Per keyspace (`Ks as usize`): key → new value, or `None` for a delete. A map rather than
@@ -212,6 +319,11 @@ struct Staged {
     writes: Vec<HashMap<Vec<u8>, Option<Slice>>>,
     /// New inbox events in staging order, which is cursor order per user.
     events: Vec<UserEvent>,
+    /// The latest read-fan-out notice per conversation, with the staging step that set it (so
+    /// notices are announced in the order of their last message).
+    notices: HashMap<ConversationId, (usize, ConversationNotice)>,
+    /// Bumped per notice; orders `notices`.
+    notice_step: usize,
     /// New (non-duplicate) messages, for the metric.
     messages_appended: u64,
 }
@@ -221,6 +333,8 @@ impl Staged {
         Self {
             writes: vec![HashMap::new(); Ks::ALL.len()],
             events: Vec::new(),
+            notices: HashMap::new(),
+            notice_step: 0,
             messages_appended: 0,
         }
     }
@@ -244,14 +358,30 @@ impl Staged {
     fn len(&self) -> usize {
         self.writes.iter().map(HashMap::len).sum()
     }
+
+    /// Records (or replaces, coalescing within the batch) the notice of a conversation.
+    fn notice(&mut self, notice: ConversationNotice) {
+        self.notice_step += 1;
+        self.notices
+            .insert(notice.conversation_id, (self.notice_step, notice));
+    }
+
+    /// The batch's notices, in the order their last messages were staged.
+    fn take_notices(&mut self) -> Vec<ConversationNotice> {
+        let mut notices: Vec<_> = self.notices.drain().map(|(_, n)| n).collect();
+        notices.sort_unstable_by_key(|(step, _)| *step);
+        notices.into_iter().map(|(_, n)| n).collect()
+    }
 }
 
 /// The writer's state; lives on the "magpie-writer" thread.
 pub(crate) struct Writer {
     /// Database, keyspaces, durable snapshot and poison flag, shared with the readers.
     shared: Arc<Shared>,
-    /// Told about every committed inbox event.
+    /// Told about every committed inbox event and read-fan-out notice.
     sink: Arc<dyn CommitSink>,
+    /// Group size limit and fan-out threshold.
+    policy: GroupPolicy,
     /// Most ops folded into one batch; bounds batch latency and memory.
     batch_ops_max: usize,
     /// Counters as of the last commit, restored when a staging attempt is thrown away.
@@ -262,26 +392,38 @@ pub(crate) struct Writer {
     tips: HashMap<ConversationId, Tip>,
     /// Head cursor per inbox touched since open (bounded by `CACHE_ENTRIES_MAX`).
     heads: HashMap<UserId, Cursor>,
-    /// Conversations (members) appended to since open; immutable records, so never stale.
+    /// Conversation records read or written since open (bounded by `CACHE_ENTRIES_MAX`). The
+    /// writer is the only one changing them, and replaces the entry whenever it does.
     convs: HashMap<ConversationId, Arc<Conversation>>,
+    /// Member ids, ascending, per conversation appended to or changed since open. Replaced on
+    /// every membership change the writer stages, so a cached list always includes the staged
+    /// changes; a miss therefore means nothing of this batch changed that conversation's
+    /// members, and the list can be loaded from disk.
+    member_lists: HashMap<ConversationId, Arc<[UserId]>>,
+    /// Total ids in `member_lists` (bounded by `CACHED_MEMBER_IDS_MAX`).
+    cached_member_ids: usize,
 }
 
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         sink: Arc<dyn CommitSink>,
+        policy: GroupPolicy,
         batch_ops_max: usize,
         ids: Counters,
     ) -> Self {
         Self {
             shared,
             sink,
+            policy,
             batch_ops_max: batch_ops_max.max(1),
             committed_ids: ids,
             ids,
             tips: HashMap::new(),
             heads: HashMap::new(),
             convs: HashMap::new(),
+            member_lists: HashMap::new(),
+            cached_member_ids: 0,
         }
     }
 
@@ -332,6 +474,7 @@ impl Writer {
 
         if staged.is_empty() {
             // Nothing changed (reads through the writer, no-op acks, failures): no fsync.
+            debug_assert!(staged.events.is_empty() && staged.notices.is_empty());
             ops.drain(..).for_each(WriteOp::finish);
             return;
         }
@@ -355,8 +498,9 @@ impl Writer {
         // Readers switch to the new state before anyone hears about it, so a reply or an event
         // is always followed by reads that include it.
         *self.shared.durable.write() = self.shared.db.snapshot();
-        if !staged.events.is_empty() {
-            self.sink.committed(&staged.events);
+        let notices = staged.take_notices();
+        if !staged.events.is_empty() || !notices.is_empty() {
+            self.sink.committed(&staged.events, &notices);
         }
         ops.drain(..).for_each(WriteOp::finish);
     }
@@ -380,13 +524,24 @@ impl Writer {
         self.ids = self.committed_ids;
         let mut st = Staged::new();
         for op in ops.iter_mut() {
+            let st = &mut st;
             match op {
-                WriteOp::CreateUser(p) => p.stage(|c| self.create_user(&mut st, c))?,
-                WriteOp::CreateDevice(p) => p.stage(|c| self.create_device(&mut st, c))?,
-                WriteOp::RevokeDevice(p) => p.stage(|c| self.revoke_device(&mut st, *c))?,
-                WriteOp::AckCursor(p) => p.stage(|c| self.ack_cursor(&mut st, c.0, c.1))?,
-                WriteOp::DirectConversation(p) => p.stage(|c| self.direct(&mut st, c.0, c.1))?,
-                WriteOp::Append(p) => p.stage(|c| self.append(&mut st, c))?,
+                WriteOp::CreateUser(p) => p.stage(|c| self.create_user(st, c))?,
+                WriteOp::CreateDevice(p) => p.stage(|c| self.create_device(st, c))?,
+                WriteOp::RevokeDevice(p) => p.stage(|c| self.revoke_device(st, *c))?,
+                WriteOp::AckCursor(p) => p.stage(|c| self.ack_cursor(st, c.0, c.1))?,
+                WriteOp::DirectConversation(p) => p.stage(|c| self.direct(st, c.0, c.1))?,
+                WriteOp::Append(p) => p.stage(|c| self.append(st, c))?,
+                WriteOp::RequestFriend(p) => p.stage(|c| self.request_friend(st, c))?,
+                WriteOp::AnswerFriend(p) => p.stage(|c| self.answer_friend(st, c))?,
+                WriteOp::RemoveFriend(p) => p.stage(|c| self.remove_friend(st, c.0, c.1))?,
+                WriteOp::CreateGroup(p) => p.stage(|c| self.create_group(st, c))?,
+                WriteOp::AddMembers(p) => p.stage(|c| self.add_members(st, c))?,
+                WriteOp::RemoveMember(p) => p.stage(|c| self.remove_member(st, c))?,
+                WriteOp::SetRole(p) => p.stage(|c| self.set_role(st, c))?,
+                WriteOp::RenameGroup(p) => p.stage(|c| self.rename_group(st, c))?,
+                WriteOp::MarkRead(p) => p.stage(|c| self.mark_read(st, c))?,
+                WriteOp::SetMuted(p) => p.stage(|c| self.set_muted(st, c))?,
             }
         }
         debug_assert!(
@@ -406,12 +561,20 @@ impl Writer {
         if self.convs.len() > CACHE_ENTRIES_MAX {
             self.convs.clear();
         }
+        if self.member_lists.len() > CACHE_ENTRIES_MAX
+            || self.cached_member_ids > CACHED_MEMBER_IDS_MAX
+        {
+            self.member_lists.clear();
+            self.cached_member_ids = 0;
+        }
     }
 
     fn reset_caches(&mut self) {
         self.tips.clear();
         self.heads.clear();
         self.convs.clear();
+        self.member_lists.clear();
+        self.cached_member_ids = 0;
         self.ids = self.committed_ids;
     }
 
@@ -448,6 +611,82 @@ impl Writer {
         let conv = Arc::new(decode_conversation(&v)?);
         self.convs.insert(id, conv.clone());
         Ok(Some(conv))
+    }
+
+    /// Stages a new or changed conversation record and caches it.
+    fn put_conversation(&mut self, st: &mut Staged, conv: Conversation) -> Arc<Conversation> {
+        st.put(Ks::Convs, conv_key(conv.id), encode_conversation(&conv));
+        let conv = Arc::new(conv);
+        self.convs.insert(conv.id, conv.clone());
+        conv
+    }
+
+    /// The members of `conv`, ascending. Cached; a miss scans the conversation's member rows
+    /// once (see `member_lists` for why the disk is up to date then).
+    fn member_list(
+        &mut self,
+        st: &Staged,
+        conv: &Conversation,
+    ) -> Result<Arc<[UserId]>, StoreError> {
+        if let Some(list) = self.member_lists.get(&conv.id) {
+            return Ok(list.clone());
+        }
+        let list: Arc<[UserId]> = match conv.kind {
+            ConversationKind::Direct => conv.members.as_slice().into(),
+            ConversationKind::Group => {
+                let mut ids = Vec::with_capacity(conv.member_count as usize);
+                for guard in self.shared.ks.get(Ks::Members).prefix(conv_key(conv.id)) {
+                    let key = guard.key()?;
+                    ids.push(UserId(parse_pair(&key, "member key")?.1));
+                }
+                ids.into()
+            }
+        };
+        debug_assert!(
+            list.iter()
+                .all(|u| st.staged(Ks::Members, &member_key(conv.id, *u)).is_none()),
+            "member list of conversation {} loaded from disk with staged changes",
+            conv.id
+        );
+        self.cache_member_list(conv.id, list.clone());
+        Ok(list)
+    }
+
+    fn cache_member_list(&mut self, conv: ConversationId, list: Arc<[UserId]>) {
+        self.cached_member_ids += list.len();
+        if let Some(old) = self.member_lists.insert(conv, list) {
+            self.cached_member_ids -= old.len();
+        }
+    }
+
+    fn load_member(
+        &self,
+        st: &Staged,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError> {
+        let key = member_key(conv, user);
+        self.get(st, Ks::Members, &key)?
+            .map(|v| decode_member(&key, &v))
+            .transpose()
+    }
+
+    fn put_member(&self, st: &mut Staged, m: &Member) {
+        st.put(
+            Ks::Members,
+            member_key(m.conversation_id, m.user_id),
+            encode_member(m),
+        );
+    }
+
+    /// Stages a new member row and its `user_convs` entry (the caller updates the list cache).
+    fn add_member_row(&self, st: &mut Staged, m: &Member) {
+        self.put_member(st, m);
+        st.put(
+            Ks::UserConvs,
+            user_conv_key(m.user_id, m.conversation_id),
+            [],
+        );
     }
 
     /// The newest message of `conv`. A miss loads from disk: nothing of this batch can be
@@ -488,6 +727,111 @@ impl Writer {
         let head = inbox_head_of(self.shared.ks.get(Ks::Inbox).prefix(user_key(user)))?;
         self.heads.insert(user, head);
         Ok(head)
+    }
+
+    /// Appends an event to `user`'s inbox. `stored` is `payload` encoded (shared by fan-out).
+    fn push_stored_event(
+        &mut self,
+        st: &mut Staged,
+        user: UserId,
+        stored: &[u8],
+        payload: EventPayload,
+    ) -> Result<(), StoreError> {
+        let cursor = self.head(user)?.next();
+        let ikey = inbox_key(user, cursor);
+        assert!(
+            st.staged(Ks::Inbox, &ikey).is_none(),
+            "cursor {cursor} of inbox {user} staged twice"
+        );
+        debug_assert!(
+            !matches!(self.shared.ks.get(Ks::Inbox).contains_key(ikey), Ok(true)),
+            "cursor {cursor} of inbox {user} already on disk"
+        );
+        st.put(Ks::Inbox, ikey, stored);
+        self.heads.insert(user, cursor);
+        st.events.push(UserEvent {
+            user_id: user,
+            event: Event { cursor, payload },
+        });
+        Ok(())
+    }
+
+    /// Appends one (non-message) event to `user`'s inbox.
+    fn push_event(
+        &mut self,
+        st: &mut Staged,
+        user: UserId,
+        payload: EventPayload,
+    ) -> Result<(), StoreError> {
+        let stored = encode_event(&StoredEvent::of(&payload));
+        self.push_stored_event(st, user, &stored, payload)
+    }
+
+    /// Stages the next message of `conv` (whose `member_count` is already up to date) and its
+    /// fan-out to `members`: one inbox event each for direct and small groups, a notice for
+    /// larger groups. The dedup entry of a user message is the caller's.
+    fn stage_message(
+        &mut self,
+        st: &mut Staged,
+        conv: &Conversation,
+        members: &Arc<[UserId]>,
+        sender: UserId,
+        origin: Origin,
+    ) -> Result<Arc<Message>, StoreError> {
+        debug_assert_eq!(members.len(), conv.member_count as usize);
+        let tip = self.tip(conv.id)?;
+        let seq = tip.seq.next();
+        let key = message_key(conv.id, seq);
+        assert!(
+            st.staged(Ks::Messages, &key).is_none(),
+            "seq {seq} of conversation {} staged twice",
+            conv.id
+        );
+        debug_assert!(
+            !matches!(self.shared.ks.get(Ks::Messages).contains_key(key), Ok(true)),
+            "seq {seq} of conversation {} already on disk",
+            conv.id
+        );
+        let (client_msg_id, text, system) = match origin {
+            Origin::User(id, text) => (id, text, None),
+            Origin::System(event) => (system_msg_id(conv.id, seq), String::new(), Some(event)),
+        };
+        let message = Arc::new(Message {
+            conversation_id: conv.id,
+            seq,
+            sender_id: sender,
+            client_msg_id,
+            text,
+            system,
+            ts_ms: now_ms().max(tip.ts_ms),
+        });
+        st.put(Ks::Messages, key, encode_message(&message));
+        if writes_fanout(&self.policy, conv) {
+            let stored = encode_event(&StoredEvent::Message(conv.id, seq));
+            for &member in members.iter() {
+                self.push_stored_event(
+                    st,
+                    member,
+                    &stored,
+                    EventPayload::Message(message.clone()),
+                )?;
+            }
+        } else {
+            st.notice(ConversationNotice {
+                conversation_id: conv.id,
+                last_seq: seq,
+                members: members.clone(),
+            });
+        }
+        self.tips.insert(
+            conv.id,
+            Tip {
+                seq,
+                ts_ms: message.ts_ms,
+            },
+        );
+        st.messages_appended += 1;
+        Ok(message)
     }
 
     /// The unrevoked devices whose token hashes to `hash`, ascending by id.
@@ -586,6 +930,9 @@ impl Writer {
         a: UserId,
         b: UserId,
     ) -> Result<Conversation, StoreError> {
+        if a == b {
+            return Err(StoreError::NotFound("other user"));
+        }
         for user in [a, b] {
             if !self.user_exists(st, user)? {
                 return Err(StoreError::NotFound("user"));
@@ -601,10 +948,14 @@ impl Writer {
                 ))),
             };
         }
+        let members = vec![a.min(b), a.max(b)];
         let conv = Conversation {
             id: ConversationId(self.ids.next_conversation),
             kind: ConversationKind::Direct,
-            members: vec![a.min(b), a.max(b)],
+            name: String::new(),
+            owner: None,
+            member_count: 2,
+            members: members.clone(),
             created_ms: now_ms(),
         };
         self.ids.next_conversation += 1;
@@ -613,10 +964,19 @@ impl Writer {
             META_NEXT_CONVERSATION_ID,
             self.ids.next_conversation.to_be_bytes(),
         );
-        st.put(Ks::Convs, conv_key(conv.id), encode_conversation(&conv));
         st.put(Ks::Directs, key, conv.id.to_be_bytes());
-        self.convs.insert(conv.id, Arc::new(conv.clone()));
-        Ok(conv)
+        for &user in &members {
+            self.add_member_row(st, &new_member(conv.id, user, Role::Member, Seq(1), Seq(0)));
+        }
+        self.tips.insert(
+            conv.id,
+            Tip {
+                seq: Seq(0),
+                ts_ms: 0,
+            },
+        );
+        self.cache_member_list(conv.id, members.into());
+        Ok((*self.put_conversation(st, conv)).clone())
     }
 
     fn append(
@@ -636,7 +996,9 @@ impl Writer {
         let Some(conv) = self.load_conversation(st, req.conversation_id)? else {
             return Ok(Err(AppendError::NoConversation));
         };
-        if !conv.has_member(req.sender_id) {
+        // The cached member list mirrors the member rows (including this batch's changes).
+        let members = self.member_list(st, &conv)?;
+        if members.binary_search(&req.sender_id).is_err() {
             return Ok(Err(AppendError::NotMember));
         }
         let dedup = dedup_key(req.sender_id, &req.client_msg_id);
@@ -654,64 +1016,521 @@ impl Writer {
                 duplicate: true,
             }));
         }
-
-        let tip = self.tip(conv.id)?;
-        let seq = tip.seq.next();
-        let key = message_key(conv.id, seq);
-        assert!(
-            st.staged(Ks::Messages, &key).is_none(),
-            "seq {seq} of conversation {} staged twice",
-            conv.id
-        );
-        debug_assert!(
-            !matches!(self.shared.ks.get(Ks::Messages).contains_key(key), Ok(true)),
-            "seq {seq} of conversation {} already on disk",
-            conv.id
-        );
-        let message = Arc::new(Message {
-            conversation_id: conv.id,
-            seq,
-            sender_id: req.sender_id,
-            client_msg_id: req.client_msg_id.clone(),
-            text: req.text.clone(),
-            ts_ms: now_ms().max(tip.ts_ms),
-        });
-        st.put(Ks::Messages, key, encode_message(&message));
-        st.put(Ks::Dedup, &dedup, pair(conv.id.0, seq.0));
-        let stored = encode_event(StoredEvent::Message(conv.id, seq));
-        for &member in &conv.members {
-            let cursor = self.head(member)?.next();
-            let ikey = inbox_key(member, cursor);
-            assert!(
-                st.staged(Ks::Inbox, &ikey).is_none(),
-                "cursor {cursor} of inbox {member} staged twice"
-            );
-            debug_assert!(
-                !matches!(self.shared.ks.get(Ks::Inbox).contains_key(ikey), Ok(true)),
-                "cursor {cursor} of inbox {member} already on disk"
-            );
-            st.put(Ks::Inbox, ikey, stored.as_slice());
-            self.heads.insert(member, cursor);
-            st.events.push(UserEvent {
-                user_id: member,
-                event: Event {
-                    cursor,
-                    payload: EventPayload::Message(message.clone()),
-                },
-            });
-        }
-        self.tips.insert(
-            conv.id,
-            Tip {
-                seq,
-                ts_ms: message.ts_ms,
-            },
-        );
-        st.messages_appended += 1;
+        let message = self.stage_message(
+            st,
+            &conv,
+            &members,
+            req.sender_id,
+            Origin::User(req.client_msg_id.clone(), req.text.clone()),
+        )?;
+        st.put(Ks::Dedup, &dedup, pair(conv.id.0, message.seq.0));
         Ok(Ok(Appended {
             message,
             duplicate: false,
         }))
+    }
+
+    // --- Friends -----------------------------------------------------------------------------
+
+    fn load_request(
+        &self,
+        st: &Staged,
+        id: RequestId,
+    ) -> Result<Option<FriendRequest>, StoreError> {
+        self.get(st, Ks::FriendRequests, &request_key(id))?
+            .map(|v| decode_friend_request(&v))
+            .transpose()
+    }
+
+    /// The pending request from `from` to `to`, if any.
+    fn pending_request(
+        &self,
+        st: &Staged,
+        from: UserId,
+        to: UserId,
+    ) -> Result<Option<FriendRequest>, StoreError> {
+        let Some(id) = self.get(st, Ks::RequestsPair, &request_pair_key(from, to))? else {
+            return Ok(None);
+        };
+        let id = RequestId(be_u64(&id, "requests_pair value")?);
+        match self.load_request(st, id)? {
+            Some(r) => Ok(Some(r)),
+            None => Err(StoreError::Corrupt(format!(
+                "request pair {from}->{to} points to missing request {id}"
+            ))),
+        }
+    }
+
+    fn delete_request(&self, st: &mut Staged, r: &FriendRequest) {
+        st.delete(Ks::FriendRequests, request_key(r.id));
+        st.delete(Ks::RequestsIn, user_request_key(r.to, r.id));
+        st.delete(Ks::RequestsOut, user_request_key(r.from, r.id));
+        st.delete(Ks::RequestsPair, request_pair_key(r.from, r.to));
+    }
+
+    /// The direct conversation of a friendship (`user`'s row for `other`), if they are friends.
+    fn friendship(
+        &self,
+        st: &Staged,
+        user: UserId,
+        other: UserId,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        match self.get(st, Ks::Friends, &friend_key(user, other))? {
+            Some(v) => Ok(Some(ConversationId(parse_pair(&v, "friends value")?.0))),
+            None => Ok(None),
+        }
+    }
+
+    fn request_friend(
+        &mut self,
+        st: &mut Staged,
+        c: &NewFriendRequest,
+    ) -> FriendResult<FriendRequest> {
+        if c.from == c.to {
+            return Ok(Err(FriendError::SelfRequest));
+        }
+        if !self.user_exists(st, c.to)? {
+            return Ok(Err(FriendError::UnknownUser));
+        }
+        if !self.user_exists(st, c.from)? {
+            return Err(StoreError::NotFound("user"));
+        }
+        if self.friendship(st, c.from, c.to)?.is_some() {
+            return Ok(Err(FriendError::AlreadyFriends));
+        }
+        if let Some(pending) = self.pending_request(st, c.from, c.to)? {
+            return Ok(Ok(pending));
+        }
+        let request = FriendRequest {
+            id: RequestId(self.ids.next_request),
+            from: c.from,
+            to: c.to,
+            message: c.message.clone(),
+            ts_ms: now_ms(),
+        };
+        self.ids.next_request += 1;
+        st.put(
+            Ks::Meta,
+            META_NEXT_REQUEST_ID,
+            self.ids.next_request.to_be_bytes(),
+        );
+        st.put(
+            Ks::FriendRequests,
+            request_key(request.id),
+            encode_friend_request(&request),
+        );
+        st.put(Ks::RequestsIn, user_request_key(c.to, request.id), []);
+        st.put(Ks::RequestsOut, user_request_key(c.from, request.id), []);
+        st.put(
+            Ks::RequestsPair,
+            request_pair_key(c.from, c.to),
+            request.id.to_be_bytes(),
+        );
+        self.push_event(st, c.to, EventPayload::FriendRequest(request.clone()))?;
+        Ok(Ok(request))
+    }
+
+    fn answer_friend(
+        &mut self,
+        st: &mut Staged,
+        c: &FriendAnswer,
+    ) -> FriendResult<Option<Conversation>> {
+        let Some(request) = self.load_request(st, c.request)? else {
+            return Ok(Err(FriendError::NotFound));
+        };
+        if request.to != c.user {
+            return Ok(Err(FriendError::NotAddressee));
+        }
+        let (from, to) = (request.from, request.to);
+        if !c.accept {
+            self.delete_request(st, &request);
+            return Ok(Ok(None));
+        }
+        if let Some(id) = self.friendship(st, from, to)? {
+            self.delete_request(st, &request);
+            return match self.load_conversation(st, id)? {
+                Some(conv) => Ok(Ok(Some((*conv).clone()))),
+                None => Err(StoreError::Corrupt(format!(
+                    "friendship {from}-{to} points to missing conversation {id}"
+                ))),
+            };
+        }
+        let reverse = self.pending_request(st, to, from)?;
+        let conv = self.direct(st, from, to)?;
+        self.delete_request(st, &request);
+        if let Some(reverse) = reverse {
+            self.delete_request(st, &reverse);
+        }
+        let value = pair(conv.id.0, now_ms());
+        st.put(Ks::Friends, friend_key(from, to), value);
+        st.put(Ks::Friends, friend_key(to, from), value);
+        for (user, other) in [(from, to), (to, from)] {
+            self.push_event(
+                st,
+                user,
+                EventPayload::FriendAdded {
+                    user_id: other,
+                    conversation_id: conv.id,
+                },
+            )?;
+        }
+        Ok(Ok(Some(conv)))
+    }
+
+    fn remove_friend(
+        &mut self,
+        st: &mut Staged,
+        user: UserId,
+        other: UserId,
+    ) -> Result<bool, StoreError> {
+        if self.friendship(st, user, other)?.is_none() {
+            return Ok(false);
+        }
+        st.delete(Ks::Friends, friend_key(user, other));
+        st.delete(Ks::Friends, friend_key(other, user));
+        Ok(true)
+    }
+
+    // --- Groups ------------------------------------------------------------------------------
+
+    /// The group `id` and the actor's membership, or why the operation is refused.
+    fn group_and_actor(
+        &mut self,
+        st: &Staged,
+        id: ConversationId,
+        actor: UserId,
+    ) -> GroupResult<(Arc<Conversation>, Member)> {
+        let Some(conv) = self.load_conversation(st, id)? else {
+            return Ok(Err(GroupError::NotFound));
+        };
+        if conv.kind != ConversationKind::Group {
+            return Ok(Err(GroupError::NotGroup));
+        }
+        match self.load_member(st, id, actor)? {
+            Some(m) => Ok(Ok((conv, m))),
+            None => Ok(Err(GroupError::NotMember)),
+        }
+    }
+
+    fn create_group(&mut self, st: &mut Staged, c: &NewGroup) -> GroupResult<Conversation> {
+        let mut ids = c.members.clone();
+        ids.push(c.owner);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > self.policy.members_max as usize {
+            return Ok(Err(GroupError::GroupFull {
+                max: self.policy.members_max,
+            }));
+        }
+        for &user in &ids {
+            if !self.user_exists(st, user)? {
+                return Ok(Err(GroupError::UnknownUser(user)));
+            }
+        }
+        let conv = Conversation {
+            id: ConversationId(self.ids.next_conversation),
+            kind: ConversationKind::Group,
+            name: c.name.clone(),
+            owner: Some(c.owner),
+            member_count: ids.len() as u32,
+            members: Vec::new(),
+            created_ms: now_ms(),
+        };
+        self.ids.next_conversation += 1;
+        st.put(
+            Ks::Meta,
+            META_NEXT_CONVERSATION_ID,
+            self.ids.next_conversation.to_be_bytes(),
+        );
+        for &user in &ids {
+            let role = if user == c.owner {
+                Role::Owner
+            } else {
+                Role::Member
+            };
+            self.add_member_row(st, &new_member(conv.id, user, role, Seq(1), Seq(1)));
+        }
+        let members: Arc<[UserId]> = ids.into();
+        self.cache_member_list(conv.id, members.clone());
+        self.tips.insert(
+            conv.id,
+            Tip {
+                seq: Seq(0),
+                ts_ms: 0,
+            },
+        );
+        let conv = self.put_conversation(st, conv);
+        let event = SystemEvent::GroupCreated {
+            actor: c.owner,
+            name: c.name.clone(),
+            members: members.to_vec(),
+        };
+        self.stage_message(st, &conv, &members, c.owner, Origin::System(event))?;
+        for &user in members.iter() {
+            self.push_event(
+                st,
+                user,
+                EventPayload::GroupJoined {
+                    conversation_id: conv.id,
+                },
+            )?;
+        }
+        Ok(Ok((*conv).clone()))
+    }
+
+    fn add_members(
+        &mut self,
+        st: &mut Staged,
+        c: &GroupCmd<Vec<UserId>>,
+    ) -> GroupResult<Option<Arc<Message>>> {
+        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        if actor.role == Role::Member {
+            return Ok(Err(GroupError::Forbidden));
+        }
+        let members = self.member_list(st, &conv)?;
+        let mut new = c.args.clone();
+        new.sort_unstable();
+        new.dedup();
+        new.retain(|u| members.binary_search(u).is_err());
+        for &user in &new {
+            if !self.user_exists(st, user)? {
+                return Ok(Err(GroupError::UnknownUser(user)));
+            }
+        }
+        if new.is_empty() {
+            return Ok(Ok(None));
+        }
+        let count = members.len() + new.len();
+        if count > self.policy.members_max as usize {
+            return Ok(Err(GroupError::GroupFull {
+                max: self.policy.members_max,
+            }));
+        }
+        let joined = self.tip(conv.id)?.seq.next();
+        for &user in &new {
+            self.add_member_row(st, &new_member(conv.id, user, Role::Member, joined, joined));
+        }
+        let mut all = Vec::with_capacity(count);
+        all.extend_from_slice(&members);
+        all.extend_from_slice(&new);
+        all.sort_unstable();
+        let all: Arc<[UserId]> = all.into();
+        self.cache_member_list(conv.id, all.clone());
+        let conv = self.put_conversation(
+            st,
+            Conversation {
+                member_count: count as u32,
+                ..(*conv).clone()
+            },
+        );
+        let event = SystemEvent::MembersAdded {
+            actor: c.actor,
+            users: new.clone(),
+        };
+        let message = self.stage_message(st, &conv, &all, c.actor, Origin::System(event))?;
+        debug_assert_eq!(message.seq, joined);
+        for &user in &new {
+            self.push_event(
+                st,
+                user,
+                EventPayload::GroupJoined {
+                    conversation_id: conv.id,
+                },
+            )?;
+        }
+        Ok(Ok(Some(message)))
+    }
+
+    fn remove_member(
+        &mut self,
+        st: &mut Staged,
+        c: &GroupCmd<UserId>,
+    ) -> GroupResult<Vec<Arc<Message>>> {
+        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        let user = c.args;
+        let target = if user == c.actor {
+            actor.clone()
+        } else {
+            match self.load_member(st, conv.id, user)? {
+                Some(m) => m,
+                None => return Ok(Err(GroupError::NotMember)),
+            }
+        };
+        let event = match removal_event(&actor, &target) {
+            Ok(event) => event,
+            Err(e) => return Ok(Err(e)),
+        };
+        let members = self.member_list(st, &conv)?;
+        let remaining: Arc<[UserId]> = members.iter().copied().filter(|&u| u != user).collect();
+        st.delete(Ks::Members, member_key(conv.id, user));
+        st.delete(Ks::UserConvs, user_conv_key(user, conv.id));
+        self.cache_member_list(conv.id, remaining.clone());
+        let owner_left = target.role == Role::Owner;
+        let mut updated = Conversation {
+            member_count: remaining.len() as u32,
+            owner: if owner_left { None } else { conv.owner },
+            ..(*conv).clone()
+        };
+        let mut out =
+            vec![self.stage_message(st, &updated, &remaining, c.actor, Origin::System(event))?];
+        self.push_event(
+            st,
+            user,
+            EventPayload::GroupLeft {
+                conversation_id: conv.id,
+            },
+        )?;
+        if owner_left && !remaining.is_empty() {
+            // A handover reads every remaining member row (point reads through this batch's
+            // writes); owners leaving a 10,000-member group are rare enough for that.
+            let mut rows = Vec::with_capacity(remaining.len());
+            for &u in remaining.iter() {
+                match self.load_member(st, conv.id, u)? {
+                    Some(m) => rows.push(m),
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "member list of conversation {} names {u} without a member row",
+                            conv.id
+                        )))
+                    }
+                }
+            }
+            let Some(mut heir) = successor(&rows).cloned() else {
+                unreachable!("remaining is not empty");
+            };
+            heir.role = Role::Owner;
+            self.put_member(st, &heir);
+            updated.owner = Some(heir.user_id);
+            let event = SystemEvent::OwnerChanged { user: heir.user_id };
+            out.push(self.stage_message(
+                st,
+                &updated,
+                &remaining,
+                c.actor,
+                Origin::System(event),
+            )?);
+        }
+        self.put_conversation(st, updated);
+        Ok(Ok(out))
+    }
+
+    fn set_role(
+        &mut self,
+        st: &mut Staged,
+        c: &GroupCmd<(UserId, Role)>,
+    ) -> GroupResult<Arc<Message>> {
+        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (user, role) = c.args;
+        if actor.role != Role::Owner {
+            return Ok(Err(GroupError::Forbidden));
+        }
+        let Some(mut target) = self.load_member(st, conv.id, user)? else {
+            return Ok(Err(GroupError::NotMember));
+        };
+        if target.role == Role::Owner || role == Role::Owner {
+            return Ok(Err(GroupError::Forbidden));
+        }
+        let members = self.member_list(st, &conv)?;
+        target.role = role;
+        self.put_member(st, &target);
+        let event = SystemEvent::RoleChanged {
+            actor: c.actor,
+            user,
+            role,
+        };
+        Ok(Ok(self.stage_message(
+            st,
+            &conv,
+            &members,
+            c.actor,
+            Origin::System(event),
+        )?))
+    }
+
+    fn rename_group(&mut self, st: &mut Staged, c: &GroupCmd<String>) -> GroupResult<Arc<Message>> {
+        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        if actor.role == Role::Member {
+            return Ok(Err(GroupError::Forbidden));
+        }
+        let members = self.member_list(st, &conv)?;
+        let conv = self.put_conversation(
+            st,
+            Conversation {
+                name: c.args.clone(),
+                ..(*conv).clone()
+            },
+        );
+        let event = SystemEvent::Renamed {
+            actor: c.actor,
+            name: c.args.clone(),
+        };
+        Ok(Ok(self.stage_message(
+            st,
+            &conv,
+            &members,
+            c.actor,
+            Origin::System(event),
+        )?))
+    }
+
+    fn mark_read(&mut self, st: &mut Staged, c: &GroupCmd<Seq>) -> GroupResult<Seq> {
+        let Some(conv) = self.load_conversation(st, c.conversation)? else {
+            return Ok(Err(GroupError::NotMember));
+        };
+        let Some(mut member) = self.load_member(st, conv.id, c.actor)? else {
+            return Ok(Err(GroupError::NotMember));
+        };
+        let last = self.tip(conv.id)?.seq;
+        let read = member.read_seq.max(c.args.min(last));
+        if read == member.read_seq {
+            return Ok(Ok(read));
+        }
+        let members = self.member_list(st, &conv)?;
+        member.read_seq = read;
+        self.put_member(st, &member);
+        self.push_event(
+            st,
+            c.actor,
+            EventPayload::Read {
+                conversation_id: conv.id,
+                read_seq: read,
+            },
+        )?;
+        if writes_fanout(&self.policy, &conv) {
+            let receipt = EventPayload::Receipt {
+                conversation_id: conv.id,
+                user_id: c.actor,
+                read_seq: read,
+            };
+            let stored = encode_event(&StoredEvent::of(&receipt));
+            for &other in members.iter().filter(|&&u| u != c.actor) {
+                self.push_stored_event(st, other, &stored, receipt.clone())?;
+            }
+        }
+        Ok(Ok(read))
+    }
+
+    fn set_muted(&mut self, st: &mut Staged, c: &GroupCmd<bool>) -> GroupResult<()> {
+        let Some(mut member) = self.load_member(st, c.conversation, c.actor)? else {
+            return Ok(Err(GroupError::NotMember));
+        };
+        if member.muted != c.args {
+            member.muted = c.args;
+            self.put_member(st, &member);
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -733,10 +1552,14 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(GroupPolicy::default())
+    }
+
+    fn harness_with(policy: GroupPolicy) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let (shared, ids) = Shared::open(&FjallConfig::new(dir.path())).unwrap();
         let sink = RecordingSink::new();
-        let writer = Writer::new(shared.clone(), sink.clone(), 1024, ids);
+        let writer = Writer::new(shared.clone(), sink.clone(), policy, 1024, ids);
         Harness {
             _dir: dir,
             shared,
@@ -868,8 +1691,160 @@ mod tests {
             Counters {
                 next_user: 3,
                 next_device: 2,
-                next_conversation: 2
+                next_conversation: 2,
+                next_request: 1,
             }
+        );
+    }
+
+    fn group(owner: u64, members: &[u64]) -> (WriteOp, Rx<Result<Conversation, GroupError>>) {
+        op(
+            NewGroup {
+                owner: UserId(owner),
+                name: "g".into(),
+                members: members.iter().copied().map(UserId).collect(),
+            },
+            WriteOp::CreateGroup,
+        )
+    }
+
+    fn group_cmd<A>(actor: u64, conv: u64, args: A) -> GroupCmd<A> {
+        GroupCmd {
+            actor: UserId(actor),
+            conversation: ConversationId(conv),
+            args,
+        }
+    }
+
+    /// Users 1..=n, each in its own batch.
+    fn users(h: &mut Harness, n: usize) {
+        for i in 0..n {
+            let (u, r) = user(&format!("user{i}"));
+            h.run(vec![u]);
+            got(r).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_read_fanout_append_writes_two_keys_and_reads_only_caches() {
+        let policy = GroupPolicy {
+            members_max: 10,
+            fanout_write_max: 2,
+        };
+        let mut h = harness_with(policy);
+        users(&mut h, 4);
+        let (g, rg) = group(1, &[2, 3, 4]);
+        h.run(vec![g]);
+        let conv = got(rg).unwrap().unwrap();
+        h.sink.take();
+        let cached = h.writer.member_lists[&conv.id].clone();
+        assert_eq!(cached.len(), 4);
+
+        let (a, _ra) = append(conv.id.0, 2, "x");
+        let mut ops = vec![a];
+        let st = h.writer.stage_all(&mut ops).unwrap();
+        assert_eq!(st.len(), 2, "the message and its dedup key, nothing else");
+        assert!(st.events.is_empty());
+        let (_, notice) = &st.notices[&conv.id];
+        assert_eq!(notice.last_seq, Seq(2));
+        assert!(
+            Arc::ptr_eq(&notice.members, &cached),
+            "the cached member list, not a scan"
+        );
+        // The same op committed for real; a system message needs no dedup key either.
+        h.run(ops);
+        let (r, _rr) = op(
+            group_cmd(1, conv.id.0, "h".to_string()),
+            WriteOp::RenameGroup,
+        );
+        let mut ops = vec![r];
+        let st = h.writer.stage_all(&mut ops).unwrap();
+        assert_eq!(st.len(), 2, "the message and the conversation record");
+        assert!(st.staged(Ks::Dedup, b"").is_none());
+        h.run(ops);
+    }
+
+    #[test]
+    fn membership_changes_are_seen_by_later_ops_of_the_same_batch() {
+        let policy = GroupPolicy {
+            members_max: 10,
+            fanout_write_max: 2,
+        };
+        let mut h = harness_with(policy);
+        users(&mut h, 5);
+        let (g1, rg1) = group(1, &[2]);
+        let (g2, rg2) = group(3, &[4, 5]);
+        h.run(vec![g1, g2]);
+        let (c1, c2) = (got(rg1).unwrap().unwrap().id, got(rg2).unwrap().unwrap().id);
+        h.sink.take();
+        h.sink.take_notices();
+
+        // Start from a cold cache so the first op of the batch loads the lists from disk.
+        h.writer.reset_caches();
+        let (add, radd) = op(group_cmd(1, c1.0, vec![UserId(5)]), WriteOp::AddMembers);
+        let (a1, ra1) = append(c1.0, 5, "new-member-speaks");
+        let (a2, ra2) = append(c2.0, 4, "other-group");
+        let (rm, rrm) = op(group_cmd(3, c2.0, UserId(4)), WriteOp::RemoveMember);
+        let (a3, ra3) = append(c2.0, 4, "too-late");
+        let (a4, ra4) = append(c1.0, 2, "still-small");
+        h.run(vec![add, a1, a2, rm, a3, a4]);
+
+        assert_eq!(got(radd).unwrap().unwrap().unwrap().seq, Seq(2));
+        assert_eq!(
+            appended(ra1),
+            (3, false),
+            "a member added earlier in the batch"
+        );
+        assert_eq!(appended(ra2), (2, false));
+        assert_eq!(got(rrm).unwrap().unwrap().len(), 1);
+        assert_eq!(
+            got(ra3).unwrap().remove(0).map(|_| ()),
+            Err(AppendError::NotMember),
+            "a member removed earlier in the batch"
+        );
+        assert_eq!(appended(ra4), (4, false));
+
+        // c1 went from 2 to 3 members (read fan-out), c2 from 3 to 2 (write fan-out).
+        let notices = h.sink.take_notices();
+        let got_notices: Vec<(ConversationId, u64, Vec<UserId>)> = notices
+            .iter()
+            .map(|n| (n.conversation_id, n.last_seq.0, n.members.to_vec()))
+            .collect();
+        assert_eq!(
+            got_notices,
+            vec![
+                (c2, 2, vec![UserId(3), UserId(4), UserId(5)]),
+                (c1, 4, vec![UserId(1), UserId(2), UserId(5)]),
+            ],
+            "one per conversation, the last seq, ordered by their last message"
+        );
+        let events: Vec<(u64, String)> = h
+            .sink
+            .take()
+            .iter()
+            .map(|e| {
+                let what = match &e.event.payload {
+                    EventPayload::Message(m) => format!("msg {}/{}", m.conversation_id, m.seq),
+                    EventPayload::GroupJoined { conversation_id } => {
+                        format!("joined {conversation_id}")
+                    }
+                    EventPayload::GroupLeft { conversation_id } => {
+                        format!("left {conversation_id}")
+                    }
+                    other => format!("{other:?}"),
+                };
+                (e.user_id.0, what)
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                (5, format!("joined {c1}")),
+                (3, format!("msg {c2}/3")),
+                (5, format!("msg {c2}/3")),
+                (4, format!("left {c2}")),
+            ],
+            "c2's removal went out by write fan-out to the two remaining members"
         );
     }
 

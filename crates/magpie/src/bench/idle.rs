@@ -49,6 +49,9 @@ pub struct IdleArgs {
     /// Devices (logins) the connections are spread over.
     #[arg(long, default_value_t = 200)]
     pub tokens: usize,
+    /// Do not send `sync` (no live event queue on the server), to measure that part apart.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Connection attempts in flight.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
@@ -102,17 +105,17 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     let mut failed = 0u64;
     let mut holders = Vec::with_capacity(args.connections);
     let mut heartbeat_ms = 0;
-    let mut attempts =
-        futures_util::stream::iter(0..args.connections)
-            .map(|i| {
-                let target = target.clone();
-                let token = accounts[i % accounts.len()].token.clone();
-                let source = args.source_ips[i % args.source_ips.len()];
-                async move {
-                    wsconn::connect(&target, &token, Some(source), wsconn::idle_config()).await
-                }
-            })
-            .buffer_unordered(args.connect_concurrency.max(1));
+    let sync = !args.no_sync;
+    let mut attempts = futures_util::stream::iter(0..args.connections)
+        .map(|i| {
+            let target = target.clone();
+            let token = accounts[i % accounts.len()].token.clone();
+            let source = args.source_ips[i % args.source_ips.len()];
+            async move {
+                wsconn::connect(&target, &token, Some(source), wsconn::idle_config(), sync).await
+            }
+        })
+        .buffer_unordered(args.connect_concurrency.max(1));
     while let Some(result) = attempts.next().await {
         match result {
             Ok(conn) => {
@@ -166,8 +169,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     let violations = failed + closed_early;
 
     let mut human = format!(
-        "idle: {open} of {} connections open ({failed} failed) over {} devices from {} source addresses, opened in {open_s:.1} s ({:.0}/s)\n",
+        "idle: {open} of {} connections open ({failed} failed){} over {} devices from {} source addresses, opened in {open_s:.1} s ({:.0}/s)\n",
         args.connections,
+        if sync { ", synced" } else { ", NOT synced" },
         tokens,
         args.source_ips.len(),
         open as f64 / open_s.max(1e-9),
@@ -200,6 +204,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
     }
     let json = json!({
         "scenario": "idle",
+        "synced": sync,
         "connections": args.connections,
         "open": open,
         "failed": failed,

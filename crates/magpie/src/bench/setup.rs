@@ -10,7 +10,7 @@ use magpie_core::{ConversationId, UserId};
 use magpie_protocol::http::{
     ConversationInfo, Credentials, DirectRequest, SessionCreated, UserInfo,
 };
-use magpie_protocol::ErrorBody;
+use magpie_protocol::social::{FriendAccepted, FriendRequestCreate, FriendRequestCreated};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -67,10 +67,7 @@ impl Http {
             .await
             .with_context(|| format!("reading POST {path}"))?;
         if !status.is_success() {
-            let detail = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| format!("{}: {}", e.error.code.as_str(), e.error.message))
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            anyhow::bail!("POST {path} answered {status}: {detail}");
+            return Err(ApiFailure::new(format!("POST {path}"), status.as_u16(), &bytes).into());
         }
         serde_json::from_slice(&bytes).with_context(|| format!("decoding POST {path} response"))
     }
@@ -112,6 +109,37 @@ impl Http {
         Ok(info.conversation_id)
     }
 
+    /// Makes `a` and `b` friends (a asks, b accepts) and returns their direct conversation.
+    pub async fn befriend(&self, a: &Account, b: &Account) -> anyhow::Result<ConversationId> {
+        let ask = FriendRequestCreate {
+            user_id: b.user_id,
+            message: None,
+        };
+        let created: FriendRequestCreated = self
+            .post("/v1/friends/requests", Some(&a.token), &ask)
+            .await?;
+        let path = format!("/v1/friends/requests/{}/accept", created.request_id);
+        let accepted: FriendAccepted = self
+            .post(&path, Some(&b.token), &serde_json::json!({}))
+            .await?;
+        Ok(accepted.conversation_id)
+    }
+
+    /// The direct conversation of `a` and `b`, befriending them first if the server requires
+    /// friendship for direct conversations (it answers `not_friends` then).
+    pub async fn direct_between(&self, a: &Account, b: &Account) -> anyhow::Result<ConversationId> {
+        match self.open_direct(&a.token, b.user_id).await {
+            Ok(id) => Ok(id),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.code == "not_friends") =>
+            {
+                self.befriend(a, b).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Scrapes `GET /metrics`.
     pub async fn metrics(&self) -> anyhow::Result<sys::Metrics> {
         let resp = self
@@ -128,6 +156,50 @@ impl Http {
         Ok(sys::Metrics::parse(&resp.text().await?))
     }
 }
+
+/// A non-success HTTP answer, with the protocol's error code when the body carried one.
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// What was asked, e.g. `POST /v1/accounts`.
+    what: String,
+    /// HTTP status.
+    status: u16,
+    /// The `error.code` of the body (empty if there was none).
+    code: String,
+    /// The `error.message` of the body, or the raw body.
+    message: String,
+}
+
+impl ApiFailure {
+    fn new(what: String, status: u16, body: &[u8]) -> ApiFailure {
+        // Read the body loosely, so codes newer than this build's protocol types still show.
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v["error"][name].as_str())
+                .map(str::to_owned)
+        };
+        ApiFailure {
+            what,
+            status,
+            code: field("code").unwrap_or_default(),
+            message: field("message").unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} answered {} {}: {}",
+            self.what, self.status, self.code, self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiFailure {}
 
 /// The username prefix: the given one (checked) or a random one.
 pub fn users_prefix(given: Option<&str>) -> anyhow::Result<String> {

@@ -120,14 +120,20 @@ pub fn load_average() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-/// A scrape of `GET /metrics`: un-labelled sample values by name (labelled series summed).
+/// A scrape of `GET /metrics`: un-labelled sample values by name (labelled series summed),
+/// and histogram buckets by name.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics(HashMap<String, f64>);
+pub struct Metrics {
+    /// Plain series (`_sum`, `_count`, counters, gauges).
+    values: HashMap<String, f64>,
+    /// `NAME_bucket` series: (upper bound `le`, cumulative count), in exposition order.
+    buckets: HashMap<String, Vec<(f64, f64)>>,
+}
 
 impl Metrics {
     /// Parses Prometheus text exposition format.
     pub fn parse(text: &str) -> Metrics {
-        let mut map = HashMap::new();
+        let mut m = Metrics::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((key, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -136,19 +142,74 @@ impl Metrics {
                 continue;
             };
             let name = key.split('{').next().unwrap_or(key).trim();
-            // Keep histogram buckets apart from the plain series: only `_sum`/`_count` matter.
-            if key.contains("le=\"") {
+            if let Some(le) = label(key, "le") {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                m.buckets
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push((le, value));
                 continue;
             }
-            *map.entry(name.to_owned()).or_insert(0.0) += value;
+            *m.values.entry(name.to_owned()).or_insert(0.0) += value;
         }
-        Metrics(map)
+        m
     }
 
     /// A value, 0 when absent.
     pub fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(0.0)
+        self.values.get(name).copied().unwrap_or(0.0)
     }
+
+    /// The buckets of histogram `name` (without the `_bucket` suffix).
+    fn buckets(&self, name: &str) -> &[(f64, f64)] {
+        self.buckets
+            .get(&format!("{name}_bucket"))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// The value of label `name` in a series key like `x{a="1",le="0.5"}`.
+fn label<'a>(key: &'a str, name: &str) -> Option<&'a str> {
+    let labels = key.split_once('{')?.1.trim_end_matches('}');
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Upper bounds of quantiles of a histogram's increase between two scrapes: for each `q`,
+/// the smallest bucket bound holding at least that share of the new samples (`None` without
+/// samples; infinite when past the largest bound).
+pub fn bucket_quantiles(a: &Metrics, b: &Metrics, name: &str, qs: &[f64]) -> Vec<Option<f64>> {
+    let before = a.buckets(name);
+    let after = b.buckets(name);
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let old = before
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0.0, |&(_, n)| n);
+            (le, n - old)
+        })
+        .collect();
+    let total = delta.iter().map(|&(_, n)| n).fold(0.0, f64::max);
+    qs.iter()
+        .map(|&q| {
+            if total <= 0.0 {
+                return None;
+            }
+            delta
+                .iter()
+                .find(|&&(_, n)| n >= q * total)
+                .map(|&(le, _)| le)
+        })
+        .collect()
 }
 
 /// What the store did between two scrapes.
@@ -160,6 +221,12 @@ pub struct StoreDelta {
     pub mean_batch_ops: f64,
     /// Mean commit time (write + fsync), milliseconds.
     pub mean_commit_ms: f64,
+    /// Upper bound of the median commit time (a histogram bucket), milliseconds.
+    pub commit_p50_le_ms: Option<f64>,
+    /// Upper bound of the 99th-percentile commit time, milliseconds (infinite: > last bucket).
+    pub commit_p99_le_ms: Option<f64>,
+    /// Upper bound of the slowest commit, milliseconds.
+    pub commit_max_le_ms: Option<f64>,
     /// Fraction of the wall time spent committing (1.0 = the writer was never idle).
     pub commit_busy: f64,
     /// `magpie_messages_sent_total` per second.
@@ -179,6 +246,8 @@ impl StoreDelta {
         let commits = d("magpie_store_commit_seconds_count");
         let per_s = |v: f64| if wall_s > 0.0 { v / wall_s } else { 0.0 };
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
+        let q = bucket_quantiles(a, b, "magpie_store_commit_seconds", &[0.5, 0.99, 1.0]);
+        let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
         StoreDelta {
             commits_per_s: per_s(commits),
             mean_batch_ops: ratio(
@@ -186,11 +255,26 @@ impl StoreDelta {
                 d("magpie_store_batch_ops_count"),
             ),
             mean_commit_ms: 1000.0 * ratio(d("magpie_store_commit_seconds_sum"), commits),
+            commit_p50_le_ms: ms(q[0]),
+            commit_p99_le_ms: ms(q[1]),
+            commit_max_le_ms: ms(q[2]),
             commit_busy: per_s(d("magpie_store_commit_seconds_sum")),
             server_sent_per_s: per_s(d("magpie_messages_sent_total")),
             server_events_per_s: per_s(d("magpie_events_delivered_total")),
             overflow_kicks: d("magpie_ws_overflow_kicks_total"),
             rate_limited: d("magpie_ws_rate_limited_total"),
+        }
+    }
+}
+
+/// Formats a bucket bound in milliseconds: `≤ 2.5 ms`, or `> last bucket`.
+pub fn le_ms(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".to_owned(),
+        Some(ms) if ms.is_infinite() => "> 1 s".to_owned(),
+        Some(ms) => {
+            let fixed = format!("{ms:.3}");
+            format!("≤ {} ms", fixed.trim_end_matches('0').trim_end_matches('.'))
         }
     }
 }
@@ -217,5 +301,22 @@ mod tests {
         assert_eq!(m.get("magpie_store_commit_seconds_sum"), 0.5);
         assert_eq!(m.get("labelled"), 5.0);
         assert_eq!(m.get("missing"), 0.0);
+    }
+
+    #[test]
+    fn histogram_quantiles_from_bucket_increases() {
+        let scrape = |counts: [u32; 4]| {
+            Metrics::parse(&format!(
+                "h_bucket{{le=\"0.001\"}} {}\nh_bucket{{le=\"0.01\"}} {}\n\
+                 h_bucket{{le=\"0.1\"}} {}\nh_bucket{{le=\"+Inf\"}} {}\n",
+                counts[0], counts[1], counts[2], counts[3]
+            ))
+        };
+        let a = scrape([10, 10, 10, 10]);
+        let b = scrape([60, 108, 109, 110]);
+        let q = bucket_quantiles(&a, &b, "h", &[0.5, 0.99, 1.0]);
+        assert_eq!(q, vec![Some(0.001), Some(0.1), Some(f64::INFINITY)]);
+        assert_eq!(bucket_quantiles(&a, &a, "h", &[0.5]), vec![None]);
+        assert_eq!(le_ms(Some(2.5)), "≤ 2.5 ms");
     }
 }

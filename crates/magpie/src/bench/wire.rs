@@ -93,6 +93,9 @@ pub enum Incoming<'a> {
     },
     /// `pong`.
     Pong,
+    /// A frame the bench does not act on (presence, typing, notifications, or a frame type newer
+    /// than this build).
+    Ignored,
 }
 
 /// Decodes a server text frame.
@@ -134,15 +137,7 @@ fn fast_event(rest: &str) -> Option<Incoming<'_>> {
 fn slow(text: &str) -> anyhow::Result<Incoming<'_>> {
     let frame: ServerFrame = match serde_json::from_str(text) {
         Ok(f) => f,
-        Err(e) => {
-            // Perhaps an event of a kind these protocol types do not know: skip it by cursor.
-            if let Ok(raw) = serde_json::from_str::<RawEvent>(text) {
-                if raw.r#type == "event" && raw.kind != "message" {
-                    return Ok(Incoming::OtherEvent { cursor: raw.cursor });
-                }
-            }
-            anyhow::bail!("unparseable server frame ({e}): {}", clip(text))
-        }
+        Err(e) => return unknown(text, e),
     };
     Ok(match frame {
         ServerFrame::Ready {
@@ -163,21 +158,37 @@ fn slow(text: &str) -> anyhow::Result<Incoming<'_>> {
             client_msg_id,
         },
         ServerFrame::Pong => Incoming::Pong,
-        // Valid, but the fast path could not read it (fields reordered, or escapes in a string
-        // the bench wrote without any): search the whole text, else report it.
+        // Valid, but not in the shape the fast path expects (fields reordered, or escapes in a
+        // string the bench wrote without any): search the whole text, else report it.
         ServerFrame::Event(_) => fast_event(text)
             .ok_or_else(|| anyhow::anyhow!("event frame the bench cannot read: {}", clip(text)))?,
         ServerFrame::Sent { .. } => fast_sent(text)
             .ok_or_else(|| anyhow::anyhow!("sent frame the bench cannot read: {}", clip(text)))?,
+        _ => Incoming::Ignored,
     })
 }
 
-/// The envelope of an event of any kind.
+/// A frame the protocol types refused: events of unknown kinds and frames of unknown types
+/// are skipped (clients must tolerate protocol additions); malformed known frames are errors.
+fn unknown(text: &str, e: serde_json::Error) -> anyhow::Result<Incoming<'_>> {
+    if let Ok(raw) = serde_json::from_str::<RawFrame>(text) {
+        match (raw.r#type.as_str(), raw.cursor, raw.kind.as_deref()) {
+            ("event", Some(cursor), Some(kind)) if kind != "message" => {
+                return Ok(Incoming::OtherEvent { cursor })
+            }
+            ("event" | "ready" | "sent" | "error" | "pong", _, _) => {}
+            _ => return Ok(Incoming::Ignored),
+        }
+    }
+    anyhow::bail!("unparseable server frame ({e}): {}", clip(text))
+}
+
+/// The envelope of any frame.
 #[derive(serde::Deserialize)]
-struct RawEvent {
+struct RawFrame {
     r#type: String,
-    cursor: u64,
-    kind: String,
+    cursor: Option<u64>,
+    kind: Option<String>,
 }
 
 /// The unsigned integer after `key`.
@@ -224,25 +235,27 @@ pub fn clip(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use magpie_core::{DeviceId, UserId};
-    use magpie_protocol::ws::{EventBody, WireEvent, WireMessage};
 
     use super::*;
 
+    /// An event frame as the server serializes it (built from JSON so that fields added to
+    /// the protocol types later keep their defaults).
     fn event(text: &str) -> String {
-        serde_json::to_string(&ServerFrame::Event(WireEvent {
-            cursor: 41,
-            body: EventBody::Message {
-                message: WireMessage {
-                    conversation_id: ConversationId(3),
-                    seq: 17,
-                    sender_id: UserId(12),
-                    client_msg_id: "9".into(),
-                    text: text.into(),
-                    ts_ms: 1_763_900_000_000,
-                },
+        let frame: ServerFrame = serde_json::from_value(serde_json::json!({
+            "type": "event",
+            "cursor": 41,
+            "kind": "message",
+            "message": {
+                "conversation_id": "3",
+                "seq": 17,
+                "sender_id": "12",
+                "client_msg_id": "9",
+                "text": text,
+                "ts_ms": 1_763_900_000_000u64,
             },
         }))
-        .expect("serializes")
+        .expect("a valid event");
+        serde_json::to_string(&frame).expect("serializes")
     }
 
     #[test]

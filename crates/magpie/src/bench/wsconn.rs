@@ -40,7 +40,7 @@ pub fn idle_config() -> WebSocketConfig {
         .max_frame_size(Some(FRAME_BYTES_MAX))
 }
 
-/// An open, authenticated connection that has received `ready` and sent `sync`.
+/// An open, authenticated connection that has received `ready` (and usually sent `sync`).
 pub struct Connected {
     /// The socket.
     pub ws: Ws,
@@ -50,17 +50,18 @@ pub struct Connected {
     pub heartbeat_ms: u64,
 }
 
-/// Connects with `token` (from `source` if given), waits for `ready` and sends `sync` from the
-/// device's acknowledged cursor.
+/// Connects with `token` (from `source` if given), waits for `ready` and, if `sync`, sends
+/// `sync` from the device's acknowledged cursor.
 pub async fn connect(
     target: &Target,
     token: &str,
     source: Option<IpAddr>,
     config: WebSocketConfig,
+    sync: bool,
 ) -> anyhow::Result<Connected> {
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        connect_inner(target, token, source, config),
+        connect_inner(target, token, source, config, sync),
     )
     .await
     .context("connecting timed out")?
@@ -71,6 +72,7 @@ async fn connect_inner(
     token: &str,
     source: Option<IpAddr>,
     config: WebSocketConfig,
+    sync: bool,
 ) -> anyhow::Result<Connected> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -105,9 +107,11 @@ async fn connect_inner(
     else {
         anyhow::bail!("first frame is not ready: {}", wire::clip(text.as_str()))
     };
-    ws.send(Message::text(wire::sync_frame(cursor)))
-        .await
-        .context("sending sync")?;
+    if sync {
+        ws.send(Message::text(wire::sync_frame(cursor)))
+            .await
+            .context("sending sync")?;
+    }
     Ok(Connected {
         ws,
         cursor,
