@@ -20,6 +20,14 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::error::{code_for_status, Result, SdkError};
+use crate::sequencer::Inbound;
+
+/// `GET /v1/sync` with events left undecoded, so that unknown kinds do not fail the page.
+#[derive(serde::Deserialize)]
+struct RawSyncPage {
+    events: Vec<serde_json::Value>,
+    next_cursor: u64,
+}
 
 /// How long establishing a TCP connection may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -248,7 +256,8 @@ impl Client {
     }
 
     /// `GET /v1/sync`: events after `cursor`. With `wait_ms`, the server holds the request
-    /// until an event arrives or the wait ends (long-poll).
+    /// until an event arrives or the wait ends (long-poll). Events of kinds this SDK does not
+    /// know are left out; `next_cursor` still moves past them.
     pub async fn sync(
         &self,
         cursor: u64,
@@ -268,7 +277,35 @@ impl Client {
                     .max(REQUEST_TIMEOUT_MS),
             ));
         }
-        self.json(req.query(&query)).await
+        let raw: RawSyncPage = self.json(req.query(&query)).await?;
+        let events = raw
+            .events
+            .into_iter()
+            .filter_map(|v| match Inbound::from_value(v)? {
+                Inbound::Event(e) => Some(e),
+                Inbound::Unknown(_) => None,
+            })
+            .collect();
+        Ok(SyncPage {
+            events,
+            next_cursor: raw.next_cursor,
+        })
+    }
+
+    /// `GET /v1/sync` for the session's gap fills: like [`Client::sync`], but events of kinds
+    /// this SDK does not know are kept as bare cursors so they can be stepped over.
+    pub(crate) async fn sync_inbound(&self, cursor: u64, limit: u32) -> Result<Vec<Inbound>> {
+        let query: [(&str, u64); 2] = [("cursor", cursor), ("limit", u64::from(limit))];
+        let raw: RawSyncPage = self
+            .json(self.request(Method::GET, "/v1/sync").query(&query))
+            .await?;
+        raw.events
+            .into_iter()
+            .map(|v| {
+                Inbound::from_value(v)
+                    .ok_or_else(|| SdkError::Protocol("sync event without a cursor".into()))
+            })
+            .collect()
     }
 
     // --- Friends ---------------------------------------------------------------------------
@@ -285,7 +322,10 @@ impl Client {
             message: message.map(str::to_owned),
         };
         let created: FriendRequestCreated = self
-            .json(self.request(Method::POST, "/v1/friends/requests").json(&body))
+            .json(
+                self.request(Method::POST, "/v1/friends/requests")
+                    .json(&body),
+            )
             .await?;
         Ok(created.request_id)
     }
@@ -424,10 +464,7 @@ impl Client {
     pub async fn mark_read(&self, conversation: ConversationId, seq: u64) -> Result<u64> {
         let path = format!("/v1/conversations/{conversation}/read");
         let state: ReadState = self
-            .json(
-                self.request(Method::POST, &path)
-                    .json(&ReadRequest { seq }),
-            )
+            .json(self.request(Method::POST, &path).json(&ReadRequest { seq }))
             .await?;
         Ok(state.read_seq)
     }

@@ -16,7 +16,9 @@ pub const UNSETTLED_EVENTS_MAX_DEFAULT: usize = 16_384;
 /// What an inbox event was, as far as settling is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxItem {
-    /// Any non-message event (handed to the application as is).
+    /// An event of a kind this SDK does not know: nothing to wait for.
+    Ignored,
+    /// Any other non-message event (handed to the application as is).
     Event,
     /// A `message` event (handed to the application by the tracker, possibly later).
     Message {
@@ -112,7 +114,7 @@ mod tests {
         p.push(12, m(5));
         p.push(13, InboxItem::Event);
         p.push(12, InboxItem::Event); // old: ignored
-        // The message at 12 is held back; 13 is settled but behind it.
+                                      // The message at 12 is held back; 13 is settled but behind it.
         let (cursor, forced) = p.advance(|c, _| c != 12);
         assert_eq!((cursor, forced), (11, 0));
         assert_eq!(p.len(), 2);

@@ -20,6 +20,19 @@ pub(crate) enum Inbound {
 }
 
 impl Inbound {
+    /// Reads one event object (`{"cursor",...,"kind",...}`, or a whole `event` frame):
+    /// a known kind, or any other object with a valid cursor as `Unknown`.
+    pub(crate) fn from_value(value: serde_json::Value) -> Option<Inbound> {
+        let cursor = value.get("cursor").and_then(serde_json::Value::as_u64)?;
+        match serde_json::from_value::<WireEvent>(value) {
+            Ok(event) => Some(Inbound::Event(event)),
+            Err(e) => {
+                tracing::debug!(cursor, error = %e, "stepping over an event of an unknown kind");
+                Some(Inbound::Unknown(cursor))
+            }
+        }
+    }
+
     /// The event's inbox cursor.
     pub(crate) fn cursor(&self) -> u64 {
         match self {
@@ -287,6 +300,18 @@ mod tests {
             .unwrap();
         assert_eq!(out.0, (1..=8).collect::<Vec<_>>());
         assert_eq!(seq.last_delivered(), 8);
+    }
+
+    #[test]
+    fn unknown_kinds_parse_as_cursors() {
+        let known = serde_json::json!({"cursor":4,"kind":"group_left","conversation_id":"9"});
+        assert!(matches!(
+            Inbound::from_value(known),
+            Some(Inbound::Event(_))
+        ));
+        let unknown = serde_json::json!({"cursor":5,"kind":"sticker_pack","x":1});
+        assert_eq!(Inbound::from_value(unknown), Some(Inbound::Unknown(5)));
+        assert_eq!(Inbound::from_value(serde_json::json!({"kind":"x"})), None);
     }
 
     #[tokio::test]

@@ -1,33 +1,4 @@
-//! One ordered message stream over both fan-out paths.
-//!
-//! Messages reach a client in several ways that overlap and can miss:
-//!
-//! * `message` events in the inbox (direct conversations and write-fan-out groups),
-//! * `notify` frames that only say "this conversation now reaches seq N" (read-fan-out
-//!   groups), answered by pulls,
-//! * the conversation list fetched after a (re)connect, which reveals what was missed offline,
-//! * a group switching between the two modes while messages flow.
-//!
-//! The conversation timeline (gap-free `seq` per conversation) is the truth.
-//! [`ConversationTracker`] is the pure rule that turns all of those inputs into each
-//! conversation's visible messages, each exactly once and in `seq` order, and says which pulls
-//! are needed to get there. It does no I/O: the session feeds it and carries out its
-//! [`Effects`].
-//!
-//! Where a conversation's stream starts:
-//! * a conversation the tracker knows (from this session or from the persisted snapshot)
-//!   continues after the last delivered seq;
-//! * an unknown conversation first seen through an inbox `message` event starts at that
-//!   message (the inbox holds everything since the member joined, and everything before the
-//!   resume cursor was handled by an earlier run);
-//! * an unknown conversation first seen any other way (`group_joined`, `notify`, a
-//!   read-fan-out row of the conversation list) is pulled from the beginning, and starts at
-//!   the first seq the server returns (the member's `joined_seq`).
-//!
-//! Bounded: at most `pending_per_conversation` out-of-order messages are held per
-//! conversation (the rest are fetched again by the pull that fills the gap), and at most
-//! `conversations` conversations are tracked (the least recently active idle one is forgotten
-//! first).
+//! One ordered message stream over both fan-out paths; see [`ConversationTracker`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -45,6 +16,10 @@ pub const TRACKED_CONVERSATIONS_DEFAULT: usize = 10_000;
 pub const PULL_PAGE_DEFAULT: usize = 200;
 /// How long a pull may stay unanswered before it is issued again, in milliseconds.
 pub const PULL_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Unanswered pulls in a row after which a conversation's missing range is given up on until
+/// the next notify, event or reconnect (a refused pull is answered by an `error` frame that
+/// cannot be matched to it).
+pub const PULL_ATTEMPTS_MAX: u32 = 3;
 
 /// The tracker's bounds and pull parameters.
 #[derive(Debug, Clone)]
@@ -170,6 +145,8 @@ struct Conv {
     pending: BTreeMap<u64, WireMessage>,
     /// The pull in flight, at most one.
     pull: Option<InFlight>,
+    /// Pulls in a row that timed out.
+    timeouts: u32,
     /// Logical time of the last activity (for eviction).
     touched: u64,
 }
@@ -181,6 +158,7 @@ impl Conv {
             known_last: delivered.unwrap_or(0),
             pending: BTreeMap::new(),
             pull: None,
+            timeouts: 0,
             touched: 0,
         }
     }
@@ -230,10 +208,59 @@ impl Conv {
         self.delivered = Some(d);
         self.known_last = self.known_last.max(d);
     }
+
+    /// The server will not (or cannot) supply what is missing: hands out the held messages
+    /// after the gap, or stops wanting more until the next notify or event.
+    fn give_up(&mut self, conversation: ConversationId, fx: &mut Effects) {
+        match self.pending.first_key_value() {
+            Some((&first, _)) => {
+                if let Some(d) = self.delivered {
+                    if first > d + 1 {
+                        fx.skipped.push(SkippedRange {
+                            conversation_id: conversation,
+                            from: d + 1,
+                            to: first - 1,
+                        });
+                    }
+                }
+                self.delivered = Some(first - 1);
+                self.drain(&mut fx.messages);
+            }
+            None => self.known_last = self.delivered.unwrap_or(0),
+        }
+    }
 }
 
-/// Exactly-once, per-conversation in-order delivery of messages over inbox events, notify
-/// frames, pulls and reconnect catch-ups. See the [module docs](self).
+/// Exactly-once, per-conversation in-order delivery of messages over both fan-out paths.
+///
+/// Messages reach a client in several ways that overlap and can miss:
+///
+/// * `message` events in the inbox (direct conversations and write-fan-out groups),
+/// * `notify` frames that only say "this conversation now reaches seq N" (read-fan-out
+///   groups), answered by pulls,
+/// * the conversation list fetched after a (re)connect, which reveals what was missed offline,
+/// * a group switching between the two modes while messages flow.
+///
+/// The conversation timeline (gap-free `seq` per conversation) is the truth.
+/// [`ConversationTracker`] is the pure rule that turns all of those inputs into each
+/// conversation's visible messages, each exactly once and in `seq` order, and says which pulls
+/// are needed to get there. It does no I/O: the session feeds it and carries out its
+/// [`Effects`].
+///
+/// Where a conversation's stream starts:
+/// * a conversation the tracker knows (from this session or from the persisted snapshot)
+///   continues after the last delivered seq;
+/// * an unknown conversation first seen through an inbox `message` event starts at that
+///   message (the inbox holds everything since the member joined, and everything before the
+///   resume cursor was handled by an earlier run);
+/// * an unknown conversation first seen any other way (`group_joined`, `notify`, a
+///   read-fan-out row of the conversation list) is pulled from the beginning, and starts at
+///   the first seq the server returns (the member's `joined_seq`).
+///
+/// Bounded: at most `pending_per_conversation` out-of-order messages are held per
+/// conversation (the rest are fetched again by the pull that fills the gap), and at most
+/// `conversations` conversations are tracked (the least recently active idle one is forgotten
+/// first).
 #[derive(Debug)]
 pub struct ConversationTracker {
     /// Per-conversation state; at most `limits.conversations` entries.
@@ -284,6 +311,11 @@ impl ConversationTracker {
         }
     }
 
+    /// Whether `conversation` is tracked.
+    pub fn is_tracked(&self, conversation: ConversationId) -> bool {
+        self.convs.contains_key(&conversation)
+    }
+
     /// How many conversations are tracked.
     pub fn len(&self) -> usize {
         self.convs.len()
@@ -325,7 +357,12 @@ impl ConversationTracker {
     }
 
     /// A `notify` frame: the conversation's timeline reaches `last_seq`.
-    pub fn on_notify(&mut self, conversation: ConversationId, last_seq: u64, now: Instant) -> Effects {
+    pub fn on_notify(
+        &mut self,
+        conversation: ConversationId,
+        last_seq: u64,
+        now: Instant,
+    ) -> Effects {
         let c = self.entry(conversation);
         c.known_last = c.known_last.max(last_seq);
         self.settle(conversation, now)
@@ -395,6 +432,7 @@ impl ConversationTracker {
             return Effects::default(); // Left or forgotten meanwhile.
         };
         let flight = c.pull.take();
+        c.timeouts = 0;
         // An unsolicited answer is read as "everything after what was delivered".
         let after = flight.map_or(c.delivered.unwrap_or(0), |f| f.after);
         let full = flight.is_some_and(|f| messages.len() >= f.limit);
@@ -409,7 +447,10 @@ impl ConversationTracker {
         if let Some(first) = fresh.iter().map(|m| m.seq).find(|&s| s > base) {
             // The answer lists every visible message after `after`, so nothing between `base`
             // and its first new message is visible (e.g. before this member joined).
-            let first = c.pending.first_key_value().map_or(first, |(&p, _)| p.min(first));
+            let first = c
+                .pending
+                .first_key_value()
+                .map_or(first, |(&p, _)| p.min(first));
             if c.delivered.is_none_or(|d| first > d + 1) {
                 c.delivered = Some(first - 1);
             }
@@ -428,25 +469,10 @@ impl ConversationTracker {
         if full && delivered > after {
             // A full page: more may follow, so stay behind until an answer comes back short.
             c.known_last = c.known_last.max(delivered + 1);
-        } else if !progressed && !c.pending.is_empty() {
-            // The server has nothing between `delivered` and the held messages: give up on
-            // that range rather than wait forever.
-            if let Some((&first, _)) = c.pending.first_key_value() {
-                if let Some(d) = c.delivered {
-                    if first > d + 1 {
-                        fx.skipped.push(SkippedRange {
-                            conversation_id: conversation,
-                            from: d + 1,
-                            to: first - 1,
-                        });
-                    }
-                }
-                c.delivered = Some(first - 1);
-                c.drain(&mut fx.messages);
-            }
         } else if !progressed {
-            // Caught up as far as the server says; wait for the next notify or event.
-            c.known_last = delivered;
+            // The server has nothing between `delivered` and the held messages (or nothing
+            // new at all): give up on that range rather than wait forever.
+            c.give_up(conversation, &mut fx);
         }
         fx.merge(self.settle(conversation, now));
         for s in &fx.skipped {
@@ -518,11 +544,21 @@ impl ConversationTracker {
         let mut fx = Effects::default();
         for id in expired {
             let c = self.entry(id);
+            c.timeouts += 1;
+            if c.timeouts >= PULL_ATTEMPTS_MAX {
+                c.timeouts = 0;
+                c.give_up(id, &mut fx);
+                continue;
+            }
             if !c.behind() && c.delivered.is_none() {
                 // An unanswered start-from-the-beginning pull: ask again.
                 c.known_last = c.known_last.max(1);
             }
             fx.merge(self.settle(id, now));
+        }
+        for s in &fx.skipped {
+            warn!(conversation = %s.conversation_id, from = s.from, to = s.to,
+                "pulls went unanswered; skipped messages");
         }
         fx
     }
@@ -554,11 +590,15 @@ impl ConversationTracker {
     /// The state of `conversation`, created (and something evicted) if needed.
     fn entry(&mut self, conversation: ConversationId) -> &mut Conv {
         self.tick += 1;
-        if !self.convs.contains_key(&conversation) && self.convs.len() >= self.limits.conversations.max(1)
+        if !self.convs.contains_key(&conversation)
+            && self.convs.len() >= self.limits.conversations.max(1)
         {
             self.evict_one();
         }
-        let c = self.convs.entry(conversation).or_insert_with(|| Conv::new(None));
+        let c = self
+            .convs
+            .entry(conversation)
+            .or_insert_with(|| Conv::new(None));
         c.touched = self.tick;
         c
     }
@@ -604,14 +644,6 @@ mod tests {
         seqs.into_iter().map(|s| msg(conv, s)).collect()
     }
 
-    fn seqs(fx: &Effects, conv: ConversationId) -> Vec<u64> {
-        fx.messages
-            .iter()
-            .filter(|m| m.conversation_id == conv)
-            .map(|m| m.seq)
-            .collect()
-    }
-
     fn pull(conv: ConversationId, after: u64) -> PullRequest {
         PullRequest {
             conversation_id: conv,
@@ -642,7 +674,11 @@ mod tests {
             for m in &fx.messages {
                 let got = self.out.entry(m.conversation_id).or_default();
                 if let Some(&last) = got.last() {
-                    assert!(m.seq > last, "out of order or repeated: {} after {last}", m.seq);
+                    assert!(
+                        m.seq > last,
+                        "out of order or repeated: {} after {last}",
+                        m.seq
+                    );
                 }
                 got.push(m.seq);
             }
@@ -668,7 +704,9 @@ mod tests {
                 .filter(|&s| s > p.after_seq)
                 .take(p.limit)
                 .collect();
-            let fx = self.t.on_pulled(p.conversation_id, msgs(p.conversation_id, page), self.now);
+            let fx = self
+                .t
+                .on_pulled(p.conversation_id, msgs(p.conversation_id, page), self.now);
             self.apply(fx)
         }
 
@@ -715,7 +753,11 @@ mod tests {
         h.event(A, 3);
         assert_eq!(h.got(A), [1]);
         let pulls = h.take_pulls();
-        assert_eq!(pulls, [pull(A, 1)], "one pull for the gap, not one per message");
+        assert_eq!(
+            pulls,
+            [pull(A, 1)],
+            "one pull for the gap, not one per message"
+        );
         // The late 2 arrives before the pull answer: everything flows.
         h.event(A, 2);
         assert_eq!(h.got(A), [1, 2, 3, 4]);
@@ -822,7 +864,10 @@ mod tests {
         assert_eq!(p, [pull(A, 0)]);
         // The write-fan-out copy of the "members added" message races the pull.
         h.event(A, 12);
-        assert!(h.got(A).is_empty(), "held until the pull says where the stream starts");
+        assert!(
+            h.got(A).is_empty(),
+            "held until the pull says where the stream starts"
+        );
         // The server shows this member history from joined_seq 12 on.
         h.answer(p[0], &[12, 13]);
         assert_eq!(h.got(A), [12, 13]);
@@ -858,7 +903,10 @@ mod tests {
         h.notify(A, 9);
         let p = h.take_pulls();
         h.answer(p[0], &[1, 2, 3, 4]);
-        assert!(h.take_pulls().is_empty(), "no pull loop when the server has nothing");
+        assert!(
+            h.take_pulls().is_empty(),
+            "no pull loop when the server has nothing"
+        );
         // The next notify tries again.
         h.notify(A, 9);
         assert_eq!(h.take_pulls(), [pull(A, 4)]);
@@ -925,6 +973,23 @@ mod tests {
         let fx = h.t.poll_timeouts(h.now + Duration::from_secs(5));
         assert_eq!(fx.pulls.len(), 1);
         assert_eq!(fx.pulls[0].after_seq, 1);
+        // A pull that is never answered (refused) is not retried forever: after a few
+        // attempts the held message is handed out past the gap.
+        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(10));
+        assert_eq!(fx.pulls.len(), 1);
+        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(15));
+        assert!(fx.pulls.is_empty());
+        assert_eq!(
+            fx.skipped,
+            [SkippedRange {
+                conversation_id: A,
+                from: 2,
+                to: 2
+            }]
+        );
+        h.apply(fx);
+        assert_eq!(h.got(A), [1, 3]);
+        assert_eq!(h.t.next_deadline(), None);
     }
 
     #[test]
@@ -949,7 +1014,10 @@ mod tests {
         h.notify(A, 3);
         let p = h.take_pulls();
         h.t.on_left(A);
-        assert!(h.t.is_settled(A, 99), "nothing is owed for a left conversation");
+        assert!(
+            h.t.is_settled(A, 99),
+            "nothing is owed for a left conversation"
+        );
         assert!(h.answer(p[0], &[1, 2, 3]).is_empty());
         assert_eq!(h.t.len(), 0);
     }
@@ -1000,7 +1068,10 @@ mod tests {
         let _ = t.on_joined(ConversationId(30), Instant::now()); // not started: not persisted
         assert_eq!(t.snapshot(), [(A, 4), (B, 9)]);
         let fx = t.on_message(msg(A, 4), Instant::now());
-        assert!(fx.messages.is_empty(), "already delivered by an earlier run");
+        assert!(
+            fx.messages.is_empty(),
+            "already delivered by an earlier run"
+        );
     }
 
     #[test]
@@ -1050,7 +1121,11 @@ mod tests {
                     // An inbox event arrives, in some order, maybe twice.
                     2 if !inbox.is_empty() => {
                         let i = rnd(inbox.len() as u64) as usize;
-                        let s = if rnd(4) == 0 { inbox[i] } else { inbox.remove(i) };
+                        let s = if rnd(4) == 0 {
+                            inbox[i]
+                        } else {
+                            inbox.remove(i)
+                        };
                         h.event(A, s);
                     }
                     // A pull is answered from what is published now.

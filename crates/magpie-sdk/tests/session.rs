@@ -1,96 +1,21 @@
 //! End-to-end tests of the SDK against an in-process Magpie server.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use magpie_sdk::{
-    AckMode, Client, ConversationId, CursorStore, EventBody, FileCursorStore, MemoryCursorStore,
-    SdkError, Session, SessionConfig, SessionEvent, UserId, WireEvent,
+    AckMode, ConversationId, CursorStore, ErrorCode, EventBody, FileCursorStore, MemoryCursorStore,
+    SdkError, SessionConfig, SessionEvent,
 };
 use magpie_server::testing::{free_addr, TestServer};
-use tokio::sync::mpsc::Receiver;
 
-const PASSWORD: &str = "correct horse battery";
-/// Generous: CI machines are small and shared.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A registered, logged-in user.
-struct User {
-    id: UserId,
-    client: Client,
-}
-
-async fn user(base_url: &str, name: &str) -> User {
-    let anon = Client::new(base_url).unwrap();
-    anon.register(name, PASSWORD).await.unwrap();
-    let creds = anon.login(name, PASSWORD, Some("test")).await.unwrap();
-    User {
-        id: creds.user_id,
-        client: anon.with_token(creds.token),
-    }
-}
-
-/// Fast reconnects so restart tests do not wait on a long backoff.
-fn config() -> SessionConfig {
-    SessionConfig {
-        backoff_cap_ms: 500,
-        ..SessionConfig::default()
-    }
-}
-
-fn start(
-    u: &User,
-    store: Arc<dyn CursorStore>,
-    config: SessionConfig,
-) -> (Session, Receiver<SessionEvent>) {
-    Session::start(u.client.clone(), store, config).unwrap()
-}
-
-/// The next event satisfying `pred`, skipping others; panics after `WAIT`.
-async fn next_where(
-    rx: &mut Receiver<SessionEvent>,
-    mut pred: impl FnMut(&SessionEvent) -> bool,
-) -> SessionEvent {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(e)) if pred(&e) => return e,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("session ended"),
-            Err(_) => panic!("timed out waiting for a session event"),
-        }
-    }
-}
-
-async fn next_event(rx: &mut Receiver<SessionEvent>) -> WireEvent {
-    match next_where(rx, |e| matches!(e, SessionEvent::Event(_))).await {
-        SessionEvent::Event(e) => e,
-        _ => unreachable!(),
-    }
-}
-
-fn text(e: &WireEvent) -> &str {
-    match &e.body {
-        EventBody::Message { message } => &message.text,
-    }
-}
-
-async fn connected(rx: &mut Receiver<SessionEvent>) -> SessionEvent {
-    next_where(rx, |e| matches!(e, SessionEvent::Connected { .. })).await
-}
-
-/// Waits for `Sent` for `id`; fails on `SendFailed`.
-async fn sent(rx: &mut Receiver<SessionEvent>, id: &str) -> (u64, bool) {
-    let e = next_where(rx, |e| match e {
-        SessionEvent::Sent { client_msg_id, .. }
-        | SessionEvent::SendFailed { client_msg_id, .. } => client_msg_id == id,
-        _ => false,
-    })
-    .await;
-    match e {
-        SessionEvent::Sent { seq, duplicate, .. } => (seq, duplicate),
-        other => panic!("send failed: {other:?}"),
-    }
+/// A server that lets strangers open direct conversations, for tests where friendship is not
+/// the point.
+async fn open_server() -> TestServer {
+    TestServer::start_with(|c| c.allow_strangers = true).await
 }
 
 async fn open(a: &User, b: &User) -> ConversationId {
@@ -98,8 +23,115 @@ async fn open(a: &User, b: &User) -> ConversationId {
 }
 
 #[tokio::test]
-async fn users_chat_both_ways_in_real_time() {
+async fn friends_chat_after_a_request_is_accepted() {
     let server = TestServer::start().await;
+    let alice = user(&server.base_url(), "alice").await;
+    let bob = user(&server.base_url(), "bob").await;
+    let (a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
+    let (b, mut b_rx) = start(&bob.client, Arc::new(MemoryCursorStore::new()), config());
+    connected(&mut a_rx).await;
+    connected(&mut b_rx).await;
+
+    // Strangers cannot talk.
+    let err = alice.client.open_direct(bob.id).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFriends), "{err}");
+
+    let request = alice
+        .client
+        .send_friend_request(bob.id, Some("it's alice"))
+        .await
+        .unwrap();
+    match next_inbox_event(&mut b_rx, |b| matches!(b, EventBody::FriendRequest { .. })).await {
+        EventBody::FriendRequest { request: r } => {
+            assert_eq!((r.request_id, r.from_id), (request, alice.id));
+            assert_eq!(r.message, "it's alice");
+        }
+        _ => unreachable!(),
+    }
+    let pending = bob.client.friend_requests().await.unwrap();
+    assert_eq!(pending.incoming.len(), 1);
+    assert!(pending.outgoing.is_empty());
+    let conv = bob.client.accept_friend_request(request).await.unwrap();
+    for rx in [&mut a_rx, &mut b_rx] {
+        match next_inbox_event(rx, |b| matches!(b, EventBody::FriendAdded { .. })).await {
+            EventBody::FriendAdded {
+                conversation_id, ..
+            } => assert_eq!(conversation_id, conv),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(open(&alice, &bob).await, conv, "the same conversation");
+    let friends = alice.client.friends().await.unwrap();
+    assert_eq!(friends.len(), 1);
+    assert_eq!(
+        (friends[0].user_id, friends[0].username.as_str()),
+        (bob.id, "bob")
+    );
+
+    let id = b.send(conv, "hi alice").unwrap();
+    assert_eq!(sent(&mut b_rx, &id).await, (1, false));
+    let m = next_message(&mut a_rx).await;
+    assert_eq!(
+        (m.text.as_str(), m.seq, m.sender_id),
+        ("hi alice", 1, bob.id)
+    );
+    let id = a.send(conv, "hi bob").unwrap();
+    assert_eq!(sent(&mut a_rx, &id).await, (2, false));
+    // Bob's stream also holds his own message (write fan-out covers the sender's devices),
+    // unless it arrived before his `sent` and was skipped by the wait above.
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("hi bob") {
+        seen.push(next_message(&mut b_rx).await.text);
+    }
+    assert!(
+        seen == ["hi alice", "hi bob"] || seen == ["hi bob"],
+        "{seen:?}"
+    );
+
+    // Read receipts: alice reads; bob sees a receipt event and the receipts endpoint agrees.
+    a.read(conv, 2).unwrap();
+    match next_inbox_event(&mut b_rx, |b| matches!(b, EventBody::Receipt { .. })).await {
+        EventBody::Receipt {
+            user_id, read_seq, ..
+        } => assert_eq!((user_id, read_seq), (alice.id, 2)),
+        _ => unreachable!(),
+    }
+    // Receipts for bob's message (seq 1); the sender is never in the lists.
+    let receipts = bob.client.receipts(conv, 1).await.unwrap();
+    assert_eq!(receipts.read, [alice.id.to_string()]);
+    assert!(receipts.unread.is_empty());
+    let rows = bob.client.conversations().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].conversation_id, rows[0].last_seq),
+        (conv, 2),
+        "{rows:?}"
+    );
+    assert!(rows[0].unread_count >= 1, "{rows:?}");
+    assert_eq!(bob.client.mark_read(conv, 2).await.unwrap(), 2);
+    let rows = bob.client.conversations().await.unwrap();
+    assert_eq!(rows[0].unread_count, 0, "{rows:?}");
+    assert!(bob.client.set_muted(conv, true).await.unwrap());
+    let presence = bob.client.presence(&[alice.id]).await.unwrap();
+    assert_eq!(presence.len(), 1);
+    assert!(presence[0].online);
+
+    // Unfriending closes the conversation for new messages.
+    alice.client.remove_friend(bob.id).await.unwrap();
+    let id = a.send(conv, "still there?").unwrap();
+    let e = next_where(&mut a_rx, |e| matches!(e, SessionEvent::SendFailed { .. })).await;
+    assert!(
+        matches!(&e, SessionEvent::SendFailed { client_msg_id, code: ErrorCode::NotFriends | ErrorCode::Forbidden, .. } if *client_msg_id == id),
+        "{e:?}"
+    );
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_chat_both_ways_in_real_time() {
+    let server = open_server().await;
     let alice = user(&server.base_url(), "alice").await;
     let bob = user(&server.base_url(), "bob").await;
     let conv = open(&alice, &bob).await;
@@ -109,8 +141,8 @@ async fn users_chat_both_ways_in_real_time() {
         "same conversation from either side"
     );
 
-    let (a, mut a_rx) = start(&alice, Arc::new(MemoryCursorStore::new()), config());
-    let (b, mut b_rx) = start(&bob, Arc::new(MemoryCursorStore::new()), config());
+    let (a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
+    let (b, mut b_rx) = start(&bob.client, Arc::new(MemoryCursorStore::new()), config());
     match connected(&mut a_rx).await {
         SessionEvent::Connected {
             user_id,
@@ -126,21 +158,18 @@ async fn users_chat_both_ways_in_real_time() {
 
     let id = b.send(conv, "hi alice").unwrap();
     assert_eq!(sent(&mut b_rx, &id).await, (1, false));
-    let e = next_event(&mut a_rx).await;
-    assert_eq!(text(&e), "hi alice");
-    match &e.body {
-        EventBody::Message { message } => {
-            assert_eq!(message.sender_id, bob.id);
-            assert_eq!(message.client_msg_id, id);
-        }
-    }
+    let message = next_message(&mut a_rx).await;
+    assert_eq!(message.text, "hi alice");
+    assert_eq!(message.sender_id, bob.id);
+    assert_eq!(message.client_msg_id, id);
+    assert_eq!(message.kind, "text");
 
     let id = a.send(conv, "hi bob").unwrap();
     assert_eq!(sent(&mut a_rx, &id).await, (2, false));
-    // Bob's inbox also holds his own message (write fan-out covers the sender's devices).
+    // Bob's stream also holds his own message (write fan-out covers the sender's devices).
     let mut texts = Vec::new();
     while texts.last().map(String::as_str) != Some("hi bob") {
-        texts.push(text(&next_event(&mut b_rx).await).to_owned());
+        texts.push(next_message(&mut b_rx).await.text);
     }
 
     // Definitive refusals are reported, not retried: a conversation alice is not in.
@@ -149,7 +178,7 @@ async fn users_chat_both_ways_in_real_time() {
     let id = a.send(foreign, "let me in").unwrap();
     let e = next_where(&mut a_rx, |e| matches!(e, SessionEvent::SendFailed { .. })).await;
     assert!(
-        matches!(e, SessionEvent::SendFailed { client_msg_id, code: magpie_sdk::ErrorCode::Forbidden, .. } if client_msg_id == id)
+        matches!(e, SessionEvent::SendFailed { client_msg_id, code: ErrorCode::Forbidden, .. } if client_msg_id == id)
     );
     assert_eq!(a.pending_sends(), 0);
 
@@ -163,52 +192,59 @@ async fn offline_catch_up_resumes_from_the_persisted_cursor() {
     let server = TestServer::start().await;
     let alice = user(&server.base_url(), "alice").await;
     let bob = user(&server.base_url(), "bob").await;
-    let conv = open(&bob, &alice).await;
+    let conv = befriend(&bob, &alice).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FileCursorStore::new(dir.path().join("cursor")));
 
-    let (a, mut a_rx) = start(&alice, store.clone(), config());
+    let (a, mut a_rx) = start(&alice.client, store.clone(), config());
     connected(&mut a_rx).await;
     bob.client.send_http(conv, "m1", "first").await.unwrap();
-    let first = next_event(&mut a_rx).await;
-    assert_eq!(text(&first), "first");
+    let first = next_message(&mut a_rx).await;
+    assert_eq!(first.text, "first");
     a.close().await;
+    let first_cursor = cursor_of(&alice.client, conv, first.seq).await;
     assert_eq!(
         store.load().unwrap(),
-        Some(first.cursor),
+        Some(first_cursor),
         "close persists the processed cursor"
+    );
+    assert_eq!(
+        store.load_seqs().unwrap(),
+        [(conv, first.seq)],
+        "and the stream position"
     );
 
     // While alice is offline.
     bob.client.send_http(conv, "m2", "second").await.unwrap();
     bob.client.send_http(conv, "m3", "third").await.unwrap();
 
-    let (a, mut a_rx) = start(&alice, store.clone(), config());
+    let (a, mut a_rx) = start(&alice.client, store.clone(), config());
     match connected(&mut a_rx).await {
         SessionEvent::Connected {
             server_cursor,
             resumed_from,
             ..
         } => {
-            assert_eq!(resumed_from, first.cursor);
+            assert_eq!(resumed_from, first_cursor);
             assert_eq!(
-                server_cursor, first.cursor,
+                server_cursor, first_cursor,
                 "the close also acked to the server"
             );
         }
         _ => unreachable!(),
     }
-    let second = next_event(&mut a_rx).await;
-    let third = next_event(&mut a_rx).await;
-    assert_eq!((text(&second), text(&third)), ("second", "third"));
+    let second = next_message(&mut a_rx).await;
+    let third = next_message(&mut a_rx).await;
     assert_eq!(
-        (second.cursor, third.cursor),
-        (first.cursor + 1, first.cursor + 2)
+        (second.text.as_str(), third.text.as_str()),
+        ("second", "third")
     );
+    assert_eq!((second.seq, third.seq), (first.seq + 1, first.seq + 2));
 
     // The debounced auto-ack persists without a close.
+    let third_cursor = cursor_of(&alice.client, conv, third.seq).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while store.load().unwrap() != Some(third.cursor) {
+    while store.load().unwrap() != Some(third_cursor) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "cursor never persisted"
@@ -221,7 +257,7 @@ async fn offline_catch_up_resumes_from_the_persisted_cursor() {
 
 #[tokio::test]
 async fn resending_an_id_whose_ack_was_lost_is_reported_duplicate() {
-    let server = TestServer::start().await;
+    let server = open_server().await;
     let alice = user(&server.base_url(), "alice").await;
     let bob = user(&server.base_url(), "bob").await;
     let conv = open(&alice, &bob).await;
@@ -234,7 +270,7 @@ async fn resending_an_id_whose_ack_was_lost_is_reported_duplicate() {
         .unwrap();
     assert!(!first.duplicate);
 
-    let (a, mut a_rx) = start(&alice, Arc::new(MemoryCursorStore::new()), config());
+    let (a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
     a.send_with_id(conv, "lost-ack-1", "only once").unwrap();
     assert_eq!(sent(&mut a_rx, "lost-ack-1").await, (first.seq, true));
 
@@ -264,15 +300,15 @@ async fn server_restart_reconnects_and_flushes_the_outbox() {
     let base = server.base_url();
     let alice = user(&base, "alice").await;
     let bob = user(&base, "bob").await;
-    let conv = open(&alice, &bob).await;
+    let conv = befriend(&alice, &bob).await;
 
-    let (a, mut a_rx) = start(&alice, Arc::new(MemoryCursorStore::new()), config());
-    let (b, mut b_rx) = start(&bob, Arc::new(MemoryCursorStore::new()), config());
+    let (a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
+    let (b, mut b_rx) = start(&bob.client, Arc::new(MemoryCursorStore::new()), config());
     connected(&mut a_rx).await;
     connected(&mut b_rx).await;
     let id = b.send(conv, "before").unwrap();
     sent(&mut b_rx, &id).await;
-    assert_eq!(text(&next_event(&mut a_rx).await), "before");
+    assert_eq!(next_message(&mut a_rx).await.text, "before");
 
     server.stop().await;
     next_where(&mut a_rx, |e| {
@@ -291,14 +327,14 @@ async fn server_restart_reconnects_and_flushes_the_outbox() {
     assert_eq!(a.pending_sends(), 0);
     // Bob's session reconnected on its own too and gets the message live or by replay. His own
     // "before" may or may not still be queued (it raced his `sent`), but never twice.
-    let mut got = Vec::new();
-    while got.last().map(|(_, t): &(u64, String)| t.as_str()) != Some("while you were down") {
-        let e = next_event(&mut b_rx).await;
-        got.push((e.cursor, text(&e).to_owned()));
+    let mut got: Vec<(u64, String)> = Vec::new();
+    while got.last().map(|(_, t)| t.as_str()) != Some("while you were down") {
+        let m = next_message(&mut b_rx).await;
+        got.push((m.seq, m.text));
     }
     assert!(
         got.windows(2).all(|w| w[0].0 < w[1].0),
-        "cursors strictly increase: {got:?}"
+        "seqs strictly increase: {got:?}"
     );
     assert!(
         got.iter().filter(|(_, t)| t == "before").count() <= 1,
@@ -312,7 +348,7 @@ async fn server_restart_reconnects_and_flushes_the_outbox() {
 
 #[tokio::test]
 async fn manual_ack_mode_persists_only_what_the_app_acked() {
-    let server = TestServer::start().await;
+    let server = open_server().await;
     let alice = user(&server.base_url(), "alice").await;
     let bob = user(&server.base_url(), "bob").await;
     let conv = open(&bob, &alice).await;
@@ -324,16 +360,20 @@ async fn manual_ack_mode_persists_only_what_the_app_acked() {
         ..config()
     };
 
-    let (a, mut a_rx) = start(&alice, store.clone(), manual());
-    let one = next_event(&mut a_rx).await;
-    next_event(&mut a_rx).await;
-    a.ack(one.cursor);
+    let (a, mut a_rx) = start(&alice.client, store.clone(), manual());
+    let one = next_message(&mut a_rx).await;
+    next_message(&mut a_rx).await;
+    a.ack_message(one.conversation_id, one.seq);
     a.close().await;
-    assert_eq!(store.load().unwrap(), Some(one.cursor));
+    assert_eq!(
+        store.load().unwrap(),
+        Some(cursor_of(&alice.client, conv, one.seq).await)
+    );
+    assert_eq!(store.load_seqs().unwrap(), [(conv, one.seq)]);
 
     // Unacked "two" is delivered again to the next session.
-    let (a, mut a_rx) = start(&alice, store.clone(), manual());
-    assert_eq!(text(&next_event(&mut a_rx).await), "two");
+    let (a, mut a_rx) = start(&alice.client, store.clone(), manual());
+    assert_eq!(next_message(&mut a_rx).await.text, "two");
     a.close().await;
     server.stop().await;
 }
@@ -342,7 +382,7 @@ async fn manual_ack_mode_persists_only_what_the_app_acked() {
 async fn logout_revokes_the_session() {
     let server = TestServer::start().await;
     let alice = user(&server.base_url(), "alice").await;
-    let (a, mut a_rx) = start(&alice, Arc::new(MemoryCursorStore::new()), config());
+    let (a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
     connected(&mut a_rx).await;
     alice.client.logout().await.unwrap();
     next_where(&mut a_rx, |e| matches!(e, SessionEvent::Revoked)).await;
@@ -357,7 +397,7 @@ async fn logout_revokes_the_session() {
     ));
 
     // A session started with a dead token is revoked at the upgrade (HTTP 401).
-    let (_a, mut a_rx) = start(&alice, Arc::new(MemoryCursorStore::new()), config());
+    let (_a, mut a_rx) = start(&alice.client, Arc::new(MemoryCursorStore::new()), config());
     next_where(&mut a_rx, |e| matches!(e, SessionEvent::Revoked)).await;
     let err = alice.client.user(alice.id).await.unwrap_err();
     assert!(err.is_unauthorized(), "{err}");

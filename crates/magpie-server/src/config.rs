@@ -257,3 +257,70 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
         .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing config {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("magpie.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            heartbeat_ms: Some(1234),
+            fanout_write_max: Some(9),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000", "from the file");
+        assert_eq!(c.policy.fanout_write_max, 9, "flag beats file");
+        assert_eq!(c.heartbeat_ms, 1234);
+        assert!(c.allow_strangers);
+        assert_eq!(
+            c.push_webhook_url.as_deref(),
+            Some("http://127.0.0.1:1/hook")
+        );
+        assert_eq!(c.push_coalesce_ms, 50);
+        assert_eq!(
+            c.data_dir,
+            std::path::PathBuf::from(DATA_DIR_DEFAULT),
+            "default"
+        );
+        assert_eq!(
+            c.policy.members_max,
+            magpie_core::limits::GROUP_MEMBERS_MAX_DEFAULT
+        );
+    }
+
+    #[test]
+    fn bad_files_and_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .is_err());
+        let no_secret = ServeArgs {
+            push_webhook_url: Some("http://x".into()),
+            ..Default::default()
+        };
+        assert!(
+            Config::resolve(no_secret).is_err(),
+            "a webhook needs a secret"
+        );
+        let inverted = ServeArgs {
+            fanout_write_max: Some(20),
+            group_members_max: Some(10),
+            ..Default::default()
+        };
+        assert!(Config::resolve(inverted).is_err());
+    }
+}

@@ -16,6 +16,7 @@ mod send;
 mod social;
 pub mod state;
 pub mod testing;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -208,6 +209,7 @@ impl Server {
 /// The full route table.
 pub fn router(state: AppState) -> axum::Router {
     http::routes()
+        .merge(web::routes())
         .route(magpie_protocol::WS_PATH, get(ws::upgrade))
         .layer(axum::extract::DefaultBodyLimit::max(
             http::HTTP_BODY_BYTES_MAX,

@@ -111,11 +111,26 @@ impl Chat {
         }
     }
 
+    /// Like [`Chat::expect`], but also satisfied by a line already seen (for lines whose
+    /// order relative to others is not fixed).
+    fn expect_any_order(&mut self, needle: &str) {
+        if !self.seen.iter().any(|l| l.contains(needle)) {
+            self.expect(needle);
+        }
+    }
+
     /// Closes stdin (EOF) and waits for a clean exit.
     fn finish(mut self) -> Vec<String> {
         drop(self.stdin.take());
         let status = self.proc.wait_exit();
-        self.seen.extend(self.lines.try_iter());
+        // The process is gone, so its stdout ends: read what the reader thread still holds.
+        let deadline = Instant::now() + WAIT;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
         assert!(
             status.success(),
             "{} exited with {status}; saw {:#?}",
@@ -150,23 +165,32 @@ fn start_server(data_dir: &Path) -> (Proc, SocketAddr) {
 }
 
 #[test]
-fn two_terminals_chat_both_ways() {
+fn two_terminals_befriend_and_chat_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, addr) = start_server(&tmp.path().join("data"));
     let state = tmp.path().join("state");
     let with_password = ["--password", PASSWORD, "--register"];
 
-    let mut alice = Chat::start("alice", addr, &state, &with_password);
-    alice.expect("* connected");
-    let mut bob = Chat::start(
-        "bob",
+    let mut bob = Chat::start("bob", addr, &state, &with_password);
+    bob.expect("* connected");
+    // Alice wants to talk to bob, who is not a friend yet: a request goes out.
+    let mut alice = Chat::start(
+        "alice",
         addr,
         &state,
-        &[&with_password[..], &["--to", "alice"]].concat(),
+        &[&with_password[..], &["--to", "bob"]].concat(),
     );
+    alice.expect("friend request sent to bob; waiting for acceptance");
+    alice.expect("* connected");
+    let line = bob.expect("* friend request from alice");
+    assert!(
+        line.contains("/accept alice") && line.contains("/decline alice"),
+        "{line}"
+    );
+    bob.type_line("/accept alice");
+    bob.expect("* you and alice are now friends");
     bob.expect("* talking to alice");
-    bob.expect("* connected");
-    alice.type_line("/to bob");
+    alice.expect("* bob accepted your friend request");
     alice.expect("* talking to bob");
 
     bob.type_line("hello alice");
@@ -185,6 +209,10 @@ fn two_terminals_chat_both_ways() {
     alice.expect("last 2 message(s) with bob");
     alice.expect("bob: hello alice");
     alice.expect("alice (you): hi bob, how are you?");
+    alice.type_line("/friends");
+    alice.expect("bob (online)");
+    alice.type_line("/convs");
+    alice.expect("bob (direct): ");
 
     alice.type_line("/quit");
     assert!(alice.proc.wait_exit().success());
@@ -194,6 +222,7 @@ fn two_terminals_chat_both_ways() {
     bob.type_line("are you there?");
     bob.expect("(sent #3)");
     let mut alice = Chat::start("alice", addr, &state, &["--to", "bob"]);
+    alice.expect("* talking to bob");
     alice.expect("* connected");
     alice.expect("bob: are you there?");
     alice.type_line("back now");
@@ -212,4 +241,56 @@ fn two_terminals_chat_both_ways() {
         Some("(sent #5)"),
         "{seen:#?}"
     );
+}
+
+#[test]
+fn three_terminals_share_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(&tmp.path().join("data"));
+    let state = tmp.path().join("state");
+    let with_password = ["--password", PASSWORD, "--register"];
+    let mut bob = Chat::start("bob", addr, &state, &with_password);
+    bob.expect("* connected");
+    let mut carol = Chat::start("carol", addr, &state, &with_password);
+    carol.expect("* connected");
+    let mut alice = Chat::start("alice", addr, &state, &with_password);
+    alice.expect("* connected");
+
+    alice.type_line("/group team bob,carol");
+    alice.expect("* created group team");
+    alice.expect("* alice created team with bob, carol");
+    // The join notice and the group's first (system) message come in either order.
+    bob.expect_any_order("* you are in group team");
+    bob.expect_any_order("* [team] alice created team with bob, carol");
+    carol.expect_any_order("* you are in group team");
+    carol.expect_any_order("* [team] alice created team with bob, carol");
+
+    bob.type_line("/switch team");
+    bob.expect("* talking in team");
+    bob.type_line("hi team");
+    bob.expect("(sent #2)");
+    alice.expect("bob: hi team");
+    // Carol is not looking at the group: the line names it.
+    carol.expect("[team] bob: hi team");
+
+    alice.type_line("/convs");
+    alice.expect("* #");
+    carol.type_line("/convs");
+    let line = carol.expect("team (group, 3 members): ");
+    assert!(
+        !line.ends_with(": 0 unread"),
+        "carol has not read the group: {line}"
+    );
+
+    alice.type_line("/kick carol");
+    alice.expect("* alice removed carol");
+    bob.expect("* alice removed carol");
+    carol.expect("* you are no longer in group team");
+    bob.type_line("/leave");
+    bob.expect("* left team");
+    alice.expect("* bob left");
+
+    alice.finish();
+    bob.finish();
+    carol.finish();
 }

@@ -1,6 +1,7 @@
 //! The background task behind a [`Session`](super::Session): one loop of connect → run →
 //! back off, and the per-connection frame loop.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +11,12 @@ use futures_util::{SinkExt, StreamExt};
 use magpie_protocol::close::{
     CLOSE_HEARTBEAT_TIMEOUT, CLOSE_RESYNC, CLOSE_REVOKED, CLOSE_SHUTDOWN,
 };
-use magpie_protocol::ws::{ClientFrame, ServerFrame, WireEvent};
+use magpie_protocol::social::ConversationRow;
+use magpie_protocol::ws::{ClientFrame, ServerFrame};
 use magpie_protocol::ErrorCode;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
@@ -24,13 +27,15 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use super::{AckMode, SessionConfig, SessionEvent, Shared};
+use super::delivery::Delivery;
+use super::{AckMode, Control, SessionConfig, SessionEvent, Shared};
 use crate::acker::AckTracker;
 use crate::backoff::{Backoff, STABLE_CONNECTION_MS};
 use crate::client::Client;
 use crate::cursor::CursorStore;
 use crate::error::{Result, SdkError};
-use crate::sequencer::{accept_live, Accepted, EventSink, EventSource, Sequencer};
+use crate::sequencer::{accept_live, Accepted, EventSource, Inbound, Sequencer};
+use crate::tracker::{CatchUpRow, ConversationTracker, Fanout};
 
 /// How long the server may take to send `ready` after the handshake, in milliseconds.
 const READY_TIMEOUT_MS: u64 = 10_000;
@@ -88,7 +93,7 @@ impl From<SdkError> for Ending {
 
 /// The background task's state; lives as long as the session.
 pub(super) struct Driver {
-    /// Authenticated HTTP client (gap fills) and source of the ws URL and token.
+    /// Authenticated HTTP client (gap fills, catch-up) and source of the ws URL and token.
     client: Client,
     /// Where processed progress is persisted.
     store: Arc<dyn CursorStore>,
@@ -96,22 +101,18 @@ pub(super) struct Driver {
     config: SessionConfig,
     /// Outbox and wake-ups shared with the handles.
     shared: Arc<Shared>,
-    /// The application's bounded event channel.
-    events: mpsc::Sender<SessionEvent>,
-    /// Close requests from `Session::close`; closed when every handle is dropped.
-    close_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    /// The application side: emission, message ordering, progress and acks.
+    delivery: Delivery,
     /// What has been delivered.
     seq: Sequencer,
-    /// What has been processed vs. acked and persisted.
-    acker: AckTracker,
     /// Reconnect delays.
     backoff: Backoff,
     /// False until the cursor store or a `ready` frame told us where to resume.
     cursor_known: bool,
     /// When to re-send after a transient refusal.
     retry_at: Option<Instant>,
-    /// Callers of `close` waiting for the task to finish.
-    closers: Vec<oneshot::Sender<()>>,
+    /// The conversation list fetched after connecting, to catch up read-fan-out groups.
+    catch_up: Option<JoinHandle<Result<Vec<ConversationRow>>>>,
 }
 
 impl Driver {
@@ -125,19 +126,26 @@ impl Driver {
     ) -> Self {
         let acker = AckTracker::new(0, config.ack_debounce, config.ack_batch_max);
         let backoff = Backoff::new(config.backoff_base_ms, config.backoff_cap_ms);
+        let delivery = Delivery::new(
+            events,
+            close_rx,
+            ConversationTracker::new(config.tracker.clone()),
+            acker,
+            config.ack_mode == AckMode::Manual,
+            config.unsettled_events_max,
+            config.ack_debounce,
+        );
         Self {
             client,
             store,
             config,
             shared,
-            events,
-            close_rx,
+            delivery,
             seq: Sequencer::new(0),
-            acker,
             backoff,
             cursor_known: false,
             retry_at: None,
-            closers: Vec::new(),
+            catch_up: None,
         }
     }
 
@@ -169,29 +177,42 @@ impl Driver {
             }
         }
         self.note_app_acks();
-        self.flush_cursor(true).await;
+        self.flush(true).await;
         self.shared.stopped.store(true, Ordering::Release);
-        for closer in self.closers.drain(..) {
+        for closer in self.delivery.closers.drain(..) {
             let _ = closer.send(());
         }
     }
 
-    /// Reads the persisted cursor; on failure resumes from the server's record instead.
+    /// Reads the persisted cursor and per-conversation progress; on failure resumes from the
+    /// server's record instead.
     async fn load_cursor(&mut self) {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.load()).await {
-            Ok(Ok(Some(cursor))) => self.resume_at(cursor),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
+        let loaded = tokio::task::spawn_blocking(move || (store.load(), store.load_seqs())).await;
+        let (cursor, seqs) = match loaded {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "cursor store panicked; using the server's cursor");
+                return;
+            }
+        };
+        match cursor {
+            Ok(Some(cursor)) => self.resume_at(cursor),
+            Ok(None) => {}
+            Err(e) => {
                 warn!(error = %e, "cannot read the cursor store; using the server's cursor")
             }
-            Err(e) => warn!(error = %e, "cursor store panicked; using the server's cursor"),
+        }
+        match seqs {
+            Ok(seqs) => self.delivery.restore(&seqs),
+            Err(e) => warn!(error = %e, "cannot read per-conversation progress; starting afresh"),
         }
     }
 
     fn resume_at(&mut self, cursor: u64) {
         self.seq = Sequencer::new(cursor);
-        self.acker = AckTracker::new(cursor, self.config.ack_debounce, self.config.ack_batch_max);
+        let acker = AckTracker::new(cursor, self.config.ack_debounce, self.config.ack_batch_max);
+        self.delivery.resume_at(cursor, acker);
         self.cursor_known = true;
     }
 
@@ -200,17 +221,21 @@ impl Driver {
     async fn pause(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
         loop {
-            let ack_at = self.acker.deadline();
+            let flush_at = self.flush_deadline();
             tokio::select! {
                 _ = sleep_until(until) => return true,
-                req = self.close_rx.recv() => {
-                    self.closers.extend(req);
+                req = self.delivery.close_rx.recv() => {
+                    self.delivery.closers.extend(req);
                     return false;
                 }
-                _ = self.shared.wake.notified() => self.note_app_acks(),
-                _ = maybe_sleep_until(ack_at) => {
+                _ = self.shared.wake.notified() => {
+                    self.note_app_acks();
+                    // Typing notices are stale by the time a connection is back.
+                    self.shared.control().retain(|c| !matches!(c, Control::Typing(_)));
+                }
+                _ = maybe_sleep_until(flush_at) => {
                     // Offline: persist only; the ack frame goes out after reconnecting.
-                    self.flush_cursor(false).await;
+                    self.flush(false).await;
                 }
             }
         }
@@ -223,8 +248,8 @@ impl Driver {
                 Ok(ws) => ws,
                 Err(ending) => return (ending, None),
             },
-            req = self.close_rx.recv() => {
-                self.closers.extend(req);
+            req = self.delivery.close_rx.recv() => {
+                self.delivery.closers.extend(req);
                 return (Ending::Closed, None);
             }
         };
@@ -235,9 +260,15 @@ impl Driver {
         };
         let ready_at = Instant::now();
         let ending = self.serve(&mut sink, &mut stream, heartbeat_ms).await;
+        // Unanswered pulls and the catch-up die with the connection; the next one redoes them.
+        self.delivery.tracker.on_disconnected();
+        self.delivery.pulls.clear();
+        if let Some(task) = self.catch_up.take() {
+            task.abort();
+        }
         if matches!(ending, Ending::Closed) {
             self.note_app_acks();
-            if let Some(cursor) = self.flush_cursor(true).await {
+            if let Some(cursor) = self.flush(true).await {
                 let _ = timeout(
                     Duration::from_secs(1),
                     write(&mut sink, &ClientFrame::Ack { cursor }),
@@ -310,10 +341,7 @@ impl Driver {
             resumed_from,
             heartbeat_ms,
         };
-        self.events
-            .send(connected)
-            .await
-            .map_err(|_| Ending::Closed)?;
+        self.delivery.emit(connected).await?;
         write(
             sink,
             &ClientFrame::Sync {
@@ -321,17 +349,24 @@ impl Driver {
             },
         )
         .await?;
-        if self.acker.flushed() > server_cursor {
+        if self.delivery.acker.flushed() > server_cursor {
             // Progress persisted while offline (or by an earlier run) the server has not seen.
             write(
                 sink,
                 &ClientFrame::Ack {
-                    cursor: self.acker.flushed(),
+                    cursor: self.delivery.acker.flushed(),
                 },
             )
             .await?;
         }
         self.write_outbox(sink).await?;
+        // Catch up on what the inbox replay cannot bring: read-fan-out groups.
+        let client = self.client.clone();
+        self.catch_up = Some(tokio::spawn(async move { client.conversations().await }));
+        let fx = self.delivery.tracker.on_connected(Instant::now());
+        self.delivery.apply(fx).await?;
+        self.write_controls(sink).await?;
+        self.write_pulls(sink).await?;
         Ok(heartbeat_ms)
     }
 
@@ -349,24 +384,28 @@ impl Driver {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_inbound = Instant::now();
         loop {
-            let ack_at = self.acker.deadline();
+            let flush_at = self.flush_deadline();
             let retry_at = self.retry_at;
+            let pull_at = self.delivery.tracker.next_deadline();
             // Biased, in this order: close requests; the cheap timers and wake-ups (so a flood
             // of inbound frames cannot starve pings or sends); inbound frames; and only then
             // the dead-connection timer, so frames that queued up while we were blocked on a
             // slow application still count as signs of life.
             let step: Result<(), Ending> = tokio::select! {
                 biased;
-                req = self.close_rx.recv() => {
-                    self.closers.extend(req);
+                req = self.delivery.close_rx.recv() => {
+                    self.delivery.closers.extend(req);
                     Err(Ending::Closed)
                 }
                 _ = ping.tick() => write(sink, &ClientFrame::Ping).await,
                 _ = self.shared.wake.notified() => {
                     self.note_app_acks();
-                    self.write_outbox(sink).await
+                    match self.write_outbox(sink).await {
+                        Ok(()) => self.write_controls(sink).await,
+                        Err(e) => Err(e),
+                    }
                 }
-                _ = maybe_sleep_until(ack_at) => match self.flush_cursor(false).await {
+                _ = maybe_sleep_until(flush_at) => match self.flush(false).await {
                     Some(cursor) => write(sink, &ClientFrame::Ack { cursor }).await,
                     None => Ok(()),
                 },
@@ -374,17 +413,18 @@ impl Driver {
                     self.retry_at = None;
                     self.write_outbox(sink).await
                 }
+                _ = maybe_sleep_until(pull_at) => {
+                    let fx = self.delivery.tracker.poll_timeouts(Instant::now());
+                    self.delivery.apply(fx).await.map_err(Ending::from)
+                }
+                rows = maybe_join(&mut self.catch_up) => {
+                    self.catch_up = None;
+                    self.on_catch_up(rows).await
+                }
                 msg = stream.next() => {
                     last_inbound = Instant::now();
                     match msg {
-                        Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                            Ok(frame) => self.on_frame(frame).await,
-                            Err(e) => {
-                                // Tolerated: a newer server may send frames we do not know.
-                                warn!(error = %e, "ignoring unparseable frame");
-                                Ok(())
-                            }
-                        },
+                        Some(Ok(Message::Text(text))) => self.on_text(&text).await,
                         Some(Ok(Message::Close(frame))) => Err(ending_for_close(frame)),
                         Some(Ok(_)) => Ok(()),
                         Some(Err(e)) => Err(Ending::Lost(format!("websocket: {e}"))),
@@ -398,12 +438,110 @@ impl Driver {
             if let Err(ending) = step {
                 return ending;
             }
+            if let Err(ending) = self.write_pulls(sink).await {
+                return ending;
+            }
+            self.delivery.settle();
         }
+    }
+
+    /// One text frame: a known frame, an event of a kind this SDK does not know (stepped
+    /// over), or something else from a newer server (ignored).
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        match serde_json::from_str::<ServerFrame>(text) {
+            Ok(frame) => self.on_frame(frame).await,
+            Err(e) => {
+                let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+                let inbound = value
+                    .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("event"))
+                    .and_then(Inbound::from_value);
+                match inbound {
+                    Some(inbound) => self.on_inbound(inbound).await,
+                    None => {
+                        // Tolerated: a newer server may send frames we do not know.
+                        warn!(error = %e, "ignoring unparseable frame");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The conversation list arrived: pull what it shows beyond what was delivered.
+    async fn on_catch_up(
+        &mut self,
+        rows: std::result::Result<Result<Vec<ConversationRow>>, JoinError>,
+    ) -> Result<(), Ending> {
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) if e.is_unauthorized() => return Err(Ending::Revoked),
+            Ok(Err(e)) => {
+                // Read-fan-out groups still catch up at their next notify.
+                warn!(error = %e, "cannot fetch the conversation list to catch up");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(error = %e, "conversation list task failed");
+                return Ok(());
+            }
+        };
+        let rows: Vec<CatchUpRow> = rows
+            .iter()
+            .map(|r| CatchUpRow {
+                conversation_id: r.conversation_id,
+                last_seq: r.last_seq,
+                fanout: Fanout::from_wire(&r.fanout),
+            })
+            .collect();
+        let fx = self.delivery.tracker.on_catch_up(&rows, Instant::now());
+        self.delivery.apply(fx).await.map_err(Ending::from)
     }
 
     async fn on_frame(&mut self, frame: ServerFrame) -> Result<(), Ending> {
         match frame {
-            ServerFrame::Event(event) => self.on_event(event).await,
+            ServerFrame::Event(event) => self.on_inbound(Inbound::Event(event)).await,
+            ServerFrame::Notify {
+                conversation_id,
+                last_seq,
+            } => {
+                let fx = self
+                    .delivery
+                    .tracker
+                    .on_notify(conversation_id, last_seq, Instant::now());
+                self.delivery.apply(fx).await.map_err(Ending::from)
+            }
+            ServerFrame::Messages {
+                conversation_id,
+                messages,
+            } => {
+                let fx = self
+                    .delivery
+                    .tracker
+                    .on_pulled(conversation_id, messages, Instant::now());
+                self.delivery.apply(fx).await.map_err(Ending::from)
+            }
+            ServerFrame::Presence {
+                user_id,
+                online,
+                last_seen_ms,
+            } => {
+                let presence = SessionEvent::Presence {
+                    user_id,
+                    online,
+                    last_seen_ms,
+                };
+                self.emit(presence).await
+            }
+            ServerFrame::Typing {
+                conversation_id,
+                user_id,
+            } => {
+                self.delivery.emit_lossy(SessionEvent::Typing {
+                    conversation_id,
+                    user_id,
+                });
+                Ok(())
+            }
             ServerFrame::Sent {
                 client_msg_id,
                 conversation_id,
@@ -462,18 +600,11 @@ impl Driver {
         }
     }
 
-    async fn on_event(&mut self, event: WireEvent) -> Result<(), Ending> {
+    async fn on_inbound(&mut self, event: Inbound) -> Result<(), Ending> {
         let mut source = HttpSource {
             client: &self.client,
         };
-        let mut sink = AppSink {
-            events: &self.events,
-            close_rx: &mut self.close_rx,
-            closers: &mut self.closers,
-            acker: &mut self.acker,
-            auto_ack: self.config.ack_mode == AckMode::Auto,
-        };
-        match accept_live(&mut self.seq, event, &mut source, &mut sink).await? {
+        match accept_live(&mut self.seq, event, &mut source, &mut self.delivery).await? {
             Accepted::InOrder => {}
             Accepted::SkippedGap { from, to } => {
                 warn!(from, to, "server could not supply missing events; skipped")
@@ -483,9 +614,7 @@ impl Driver {
     }
 
     async fn emit(&mut self, event: SessionEvent) -> Result<(), Ending> {
-        emit_or_close(&self.events, &mut self.close_rx, &mut self.closers, event)
-            .await
-            .map_err(Ending::from)
+        self.delivery.emit(event).await.map_err(Ending::from)
     }
 
     async fn write_outbox(&mut self, sink: &mut WsSink) -> Result<(), Ending> {
@@ -501,28 +630,108 @@ impl Driver {
         Ok(())
     }
 
-    /// Folds manual acks from the application into the tracker (never past what was delivered).
+    /// Writes the queued `read`/`typing` requests and turns `pull` requests into pulls.
+    async fn write_controls(&mut self, sink: &mut WsSink) -> Result<(), Ending> {
+        let controls: Vec<Control> = self.shared.control().drain(..).collect();
+        let mut written = false;
+        for control in controls {
+            let frame = match control {
+                Control::Read(conversation_id, seq) => ClientFrame::Read {
+                    conversation_id,
+                    seq,
+                },
+                Control::Typing(conversation_id) => ClientFrame::Typing { conversation_id },
+                Control::Pull(conversation_id) => {
+                    let fx = self
+                        .delivery
+                        .tracker
+                        .request_pull(conversation_id, Instant::now());
+                    self.delivery.apply(fx).await?;
+                    continue;
+                }
+            };
+            sink.feed(Message::text(to_json(&frame)?))
+                .await
+                .map_err(ws_lost)?;
+            written = true;
+        }
+        if written {
+            sink.flush().await.map_err(ws_lost)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pulls the tracker asked for.
+    async fn write_pulls(&mut self, sink: &mut WsSink) -> Result<(), Ending> {
+        if self.delivery.pulls.is_empty() {
+            return Ok(());
+        }
+        for pull in std::mem::take(&mut self.delivery.pulls) {
+            let frame = ClientFrame::Pull {
+                conversation_id: pull.conversation_id,
+                after_seq: pull.after_seq,
+                limit: Some(pull.limit),
+            };
+            sink.feed(Message::text(to_json(&frame)?))
+                .await
+                .map_err(ws_lost)?;
+        }
+        sink.flush().await.map_err(ws_lost)
+    }
+
+    /// Folds acks from the application into the delivery state (manual mode: never past
+    /// what was delivered), then settles progress.
     fn note_app_acks(&mut self) {
         let acked = self.shared.app_acked.load(Ordering::Acquire);
         let cursor = acked.min(self.seq.last_delivered());
-        self.acker.note_processed(cursor, Instant::now());
+        let messages: HashMap<_, _> = std::mem::take(&mut *self.shared.message_acks());
+        self.delivery.note_app_acks(cursor, messages);
+        self.delivery.settle();
     }
 
-    /// Persists the processed cursor if a flush is due (or `force`). Returns the cursor to
-    /// ack over the socket.
-    async fn flush_cursor(&mut self, force: bool) -> Option<u64> {
-        let cursor = if force {
-            self.acker.take_now()
-        } else {
-            self.acker.take_due(Instant::now())
-        }?;
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.save(cursor)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, cursor, "cannot persist the cursor"),
-            Err(e) => warn!(error = %e, cursor, "cursor store panicked"),
+    /// When something processed should next be persisted.
+    fn flush_deadline(&self) -> Option<Instant> {
+        match (
+            self.delivery.acker.deadline(),
+            self.delivery.seqs_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        Some(cursor)
+    }
+
+    /// Persists per-conversation progress and the processed cursor if due (or `force`).
+    /// Returns the cursor to ack over the socket.
+    async fn flush(&mut self, force: bool) -> Option<u64> {
+        let now = Instant::now();
+        let cursor = if force {
+            self.delivery.acker.take_now()
+        } else {
+            self.delivery.acker.take_due(now)
+        };
+        // The seqs go first, and whenever a cursor goes: a cursor must never be persisted
+        // ahead of the per-conversation progress it implies.
+        let seqs = self.delivery.take_seqs(force || cursor.is_some(), now);
+        if cursor.is_none() && seqs.is_none() {
+            return None;
+        }
+        let store = self.store.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Some(seqs) = &seqs {
+                store.save_seqs(seqs)?;
+            }
+            if let Some(cursor) = cursor {
+                store.save(cursor)?;
+            }
+            Ok::<(), SdkError>(())
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, ?cursor, "cannot persist progress"),
+            Err(e) => warn!(error = %e, ?cursor, "cursor store panicked"),
+        }
+        cursor
     }
 }
 
@@ -551,56 +760,14 @@ async fn connect(client: &Client, connect_timeout: Duration) -> Result<Ws, Endin
     }
 }
 
-/// Hands `event` to the application unless a close request arrives first: an application
-/// blocked in `Session::close` is not reading, so waiting for channel space would deadlock.
-async fn emit_or_close(
-    events: &mpsc::Sender<SessionEvent>,
-    close_rx: &mut mpsc::Receiver<oneshot::Sender<()>>,
-    closers: &mut Vec<oneshot::Sender<()>>,
-    event: SessionEvent,
-) -> Result<()> {
-    tokio::select! {
-        sent = events.send(event) => sent.map_err(|_| SdkError::Closed),
-        req = close_rx.recv() => {
-            closers.extend(req);
-            Err(SdkError::Closed)
-        }
-    }
-}
-
 /// Fills gaps through `GET /v1/sync`.
 struct HttpSource<'a> {
     client: &'a Client,
 }
 
 impl EventSource for HttpSource<'_> {
-    async fn fetch_after(&mut self, after: u64) -> Result<Vec<WireEvent>> {
-        Ok(self
-            .client
-            .sync(after, Some(GAP_FILL_PAGE_EVENTS), None)
-            .await?
-            .events)
-    }
-}
-
-/// Hands events to the application and, in auto mode, counts them as processed.
-struct AppSink<'a> {
-    events: &'a mpsc::Sender<SessionEvent>,
-    close_rx: &'a mut mpsc::Receiver<oneshot::Sender<()>>,
-    closers: &'a mut Vec<oneshot::Sender<()>>,
-    acker: &'a mut AckTracker,
-    auto_ack: bool,
-}
-
-impl EventSink for AppSink<'_> {
-    async fn deliver(&mut self, event: WireEvent) -> Result<()> {
-        let cursor = event.cursor;
-        let event = SessionEvent::Event(event);
-        emit_or_close(self.events, self.close_rx, self.closers, event).await?;
-        if self.auto_ack {
-            self.acker.note_processed(cursor, Instant::now());
-        }
-        Ok(())
+    async fn fetch_after(&mut self, after: u64) -> Result<Vec<Inbound>> {
+        self.client.sync_inbound(after, GAP_FILL_PAGE_EVENTS).await
     }
 }
 
@@ -639,6 +806,14 @@ async fn write(sink: &mut WsSink, frame: &ClientFrame) -> Result<(), Ending> {
     sink.send(Message::text(to_json(frame)?))
         .await
         .map_err(ws_lost)
+}
+
+/// Waits for the task if there is one (never completes otherwise).
+async fn maybe_join<T>(task: &mut Option<JoinHandle<T>>) -> std::result::Result<T, JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn maybe_sleep_until(at: Option<Instant>) {

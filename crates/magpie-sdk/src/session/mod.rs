@@ -9,6 +9,7 @@
 //! The application reads [`SessionEvent`]s from a bounded channel; when it falls behind, the
 //! task stops reading the socket (back-pressure) instead of buffering without bound.
 
+mod delivery;
 mod driver;
 #[cfg(test)]
 mod scripted_tests;

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use magpie_core::{ConversationId, DeviceId, UserId};
 use magpie_protocol::close::CLOSE_RESYNC;
 use magpie_protocol::http::SyncPage;
+use magpie_protocol::social::{ConversationList, ConversationRow};
 use magpie_protocol::ws::{ClientFrame, EventBody, ServerFrame, WireEvent, WireMessage};
 use magpie_protocol::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +32,8 @@ struct FakeServer {
     sockets: mpsc::Receiver<ServerWs>,
     inbox: Arc<Mutex<Vec<WireEvent>>>,
     sync_calls: Arc<Mutex<Vec<u64>>>,
+    /// What `GET /v1/conversations` answers.
+    rows: Arc<Mutex<ConversationList>>,
 }
 
 impl FakeServer {
@@ -40,13 +43,19 @@ impl FakeServer {
         let (tx, sockets) = mpsc::channel(8);
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let sync_calls = Arc::new(Mutex::new(Vec::new()));
-        let (inbox2, calls2) = (inbox.clone(), sync_calls.clone());
+        let rows = Arc::new(Mutex::new(ConversationList {
+            conversations: Vec::new(),
+        }));
+        let (inbox2, calls2, rows2) = (inbox.clone(), sync_calls.clone(), rows.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let head = peek_head(&tcp).await.to_ascii_lowercase();
                 if head.contains("upgrade: websocket") {
                     let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
                     let _ = tx.send(ws).await;
+                } else if head.starts_with("get /v1/conversations") {
+                    let body = serde_json::to_string(&*rows2.lock().unwrap()).unwrap();
+                    answer_json(tcp, &head, &body).await;
                 } else {
                     answer_sync(tcp, &head, &inbox2, &calls2).await;
                 }
@@ -57,6 +66,7 @@ impl FakeServer {
             sockets,
             inbox,
             sync_calls,
+            rows,
         }
     }
 
@@ -86,13 +96,11 @@ async fn peek_head(tcp: &TcpStream) -> String {
 }
 
 async fn answer_sync(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     head: &str,
     inbox: &Mutex<Vec<WireEvent>>,
     calls: &Mutex<Vec<u64>>,
 ) {
-    let mut buf = vec![0u8; head.len()];
-    let _ = tcp.read_exact(&mut buf).await;
     let after: u64 = head
         .split("cursor=")
         .nth(1)
@@ -113,6 +121,13 @@ async fn answer_sync(
         next_cursor,
     })
     .unwrap();
+    answer_json(tcp, head, &body).await;
+}
+
+/// Answers one HTTP request (whose head was peeked) with a JSON body.
+async fn answer_json(mut tcp: TcpStream, head: &str, body: &str) {
+    let mut buf = vec![0u8; head.len()];
+    let _ = tcp.read_exact(&mut buf).await;
     let resp = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -131,6 +146,8 @@ fn event(cursor: u64) -> WireEvent {
                 client_msg_id: format!("m{cursor}"),
                 text: format!("text {cursor}"),
                 ts_ms: 1,
+                kind: "text".into(),
+                system: None,
             },
         },
     }
@@ -184,13 +201,14 @@ async fn next_where(
     }
 }
 
+/// The seqs of the next `n` messages (in these scripts a message's seq equals its cursor).
 async fn cursors(rx: &mut mpsc::Receiver<SessionEvent>, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     while out.len() < n {
-        if let SessionEvent::Event(e) =
-            next_where(rx, |e| matches!(e, SessionEvent::Event(_))).await
+        if let SessionEvent::Message(m) =
+            next_where(rx, |e| matches!(e, SessionEvent::Message(_))).await
         {
-            out.push(e.cursor);
+            out.push(m.seq);
         }
     }
     out
@@ -377,4 +395,198 @@ async fn close_returns_while_the_app_is_not_reading_and_acks_what_was_handed_ove
         matches!(persisted, None | Some(0..=1)),
         "only handed-over events count: {persisted:?}"
     );
+}
+
+fn message(conversation: u64, seq: u64) -> WireMessage {
+    WireMessage {
+        conversation_id: ConversationId(conversation),
+        seq,
+        sender_id: UserId(2),
+        client_msg_id: format!("m{conversation}-{seq}"),
+        text: format!("{conversation}/{seq}"),
+        ts_ms: 1,
+        kind: "text".into(),
+        system: None,
+    }
+}
+
+fn row(conversation: u64, last_seq: u64, fanout: &str) -> ConversationRow {
+    ConversationRow {
+        conversation_id: ConversationId(conversation),
+        kind: "group".into(),
+        name: "g".into(),
+        peer_id: None,
+        member_count: 600,
+        fanout: fanout.into(),
+        last_seq,
+        last_message: None,
+        read_seq: 0,
+        unread_count: 0,
+        muted: false,
+    }
+}
+
+/// The next `n` messages as `conversation/seq` texts.
+async fn texts(rx: &mut mpsc::Receiver<SessionEvent>, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let SessionEvent::Message(m) =
+            next_where(rx, |e| matches!(e, SessionEvent::Message(_))).await
+        {
+            out.push(m.text);
+        }
+    }
+    out
+}
+
+async fn answer_pull(ws: &mut ServerWs, conversation: u64, seqs: std::ops::RangeInclusive<u64>) {
+    let frame = ServerFrame::Messages {
+        conversation_id: ConversationId(conversation),
+        messages: seqs.map(|s| message(conversation, s)).collect(),
+    };
+    push(ws, frame).await;
+}
+
+fn pull_frame(conversation: u64, after_seq: u64) -> ClientFrame {
+    ClientFrame::Pull {
+        conversation_id: ConversationId(conversation),
+        after_seq,
+        limit: Some(crate::PULL_PAGE_DEFAULT),
+    }
+}
+
+#[tokio::test]
+async fn notifies_pulls_catch_up_and_inbox_events_make_one_ordered_stream() {
+    let mut server = FakeServer::start().await;
+    // Conversation 7 is a read-fan-out group with two messages this device never saw.
+    server.rows.lock().unwrap().conversations = vec![row(7, 2, "read"), row(8, 5, "write")];
+    let (session, mut rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+
+    // Catch-up: the unknown read-fan-out group is pulled from its beginning; the unknown
+    // write-fan-out one is left to the inbox replay.
+    assert_eq!(recv(&mut ws).await, pull_frame(7, 0));
+    answer_pull(&mut ws, 7, 1..=2).await;
+    assert_eq!(texts(&mut rx, 2).await, ["7/1", "7/2"]);
+
+    // Live notifies are answered by one pull after what was delivered.
+    let notify = |last_seq| ServerFrame::Notify {
+        conversation_id: ConversationId(7),
+        last_seq,
+    };
+    push(&mut ws, notify(3)).await;
+    assert_eq!(recv(&mut ws).await, pull_frame(7, 2));
+    push(&mut ws, notify(4)).await; // coalesced into the pull in flight
+    answer_pull(&mut ws, 7, 3..=4).await;
+    assert_eq!(texts(&mut rx, 2).await, ["7/3", "7/4"]);
+
+    // The group shrinks back to write fan-out: an inbox event with a gap before it.
+    let event = |cursor, m| {
+        ServerFrame::Event(WireEvent {
+            cursor,
+            body: EventBody::Message { message: m },
+        })
+    };
+    push(&mut ws, event(1, message(7, 6))).await;
+    assert_eq!(recv(&mut ws).await, pull_frame(7, 4));
+    answer_pull(&mut ws, 7, 5..=6).await;
+    assert_eq!(texts(&mut rx, 2).await, ["7/5", "7/6"], "6 waited for 5");
+
+    // An event of a kind this SDK does not know is stepped over without a gap fill.
+    let unknown = r#"{"type":"event","cursor":2,"kind":"sticker_pack","pack":"x"}"#;
+    ws.send(Message::text(unknown)).await.unwrap();
+    push(&mut ws, event(3, message(8, 6))).await;
+    assert_eq!(texts(&mut rx, 1).await, ["8/6"]);
+    assert!(server.sync_calls.lock().unwrap().is_empty(), "no gap fill");
+
+    // Ephemeral frames surface as their own events.
+    push(
+        &mut ws,
+        ServerFrame::Presence {
+            user_id: UserId(2),
+            online: true,
+            last_seen_ms: 5,
+        },
+    )
+    .await;
+    let e = next_where(&mut rx, |e| matches!(e, SessionEvent::Presence { .. })).await;
+    assert!(matches!(e, SessionEvent::Presence { online: true, .. }));
+    push(
+        &mut ws,
+        ServerFrame::Typing {
+            conversation_id: ConversationId(7),
+            user_id: UserId(2),
+        },
+    )
+    .await;
+    next_where(&mut rx, |e| matches!(e, SessionEvent::Typing { .. })).await;
+
+    // read and typing go out as frames; reads for one conversation are merged.
+    session.read(ConversationId(7), 5).unwrap();
+    session.read(ConversationId(7), 6).unwrap();
+    session.typing(ConversationId(7)).unwrap();
+    let first = recv(&mut ws).await;
+    assert!(
+        matches!(first, ClientFrame::Read { seq: 5 | 6, .. }),
+        "{first:?}"
+    );
+    let mut next = recv(&mut ws).await;
+    if matches!(next, ClientFrame::Read { seq: 6, .. }) {
+        next = recv(&mut ws).await; // the first read had gone out before the second came
+    }
+    assert_eq!(
+        next,
+        ClientFrame::Typing {
+            conversation_id: ConversationId(7)
+        }
+    );
+    // An explicit pull goes out after what was delivered, and its answer is de-duplicated.
+    session.pull(ConversationId(7)).unwrap();
+    assert_eq!(recv(&mut ws).await, pull_frame(7, 6));
+    answer_pull(&mut ws, 7, 5..=7).await;
+    assert_eq!(texts(&mut rx, 1).await, ["7/7"]);
+}
+
+#[tokio::test]
+async fn pulls_lost_with_the_connection_are_repeated_after_reconnecting() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig {
+        backoff_cap_ms: 50,
+        ..SessionConfig::default()
+    };
+    let (_session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let event = ServerFrame::Event(WireEvent {
+        cursor: 1,
+        body: EventBody::Message {
+            message: message(7, 1),
+        },
+    });
+    push(&mut ws, event).await;
+    assert_eq!(texts(&mut rx, 1).await, ["7/1"]);
+    push(
+        &mut ws,
+        ServerFrame::Notify {
+            conversation_id: ConversationId(7),
+            last_seq: 3,
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, pull_frame(7, 1));
+    drop(ws); // the answer never comes
+
+    let mut ws = server.accept().await;
+    ready(&mut ws, 1, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 1 });
+    assert_eq!(
+        recv(&mut ws).await,
+        pull_frame(7, 1),
+        "re-issued on connect"
+    );
+    answer_pull(&mut ws, 7, 2..=3).await;
+    assert_eq!(texts(&mut rx, 2).await, ["7/2", "7/3"]);
 }

@@ -66,6 +66,8 @@ const METRIC_BATCH_OPS: &str = "magpie_store_batch_ops";
 const METRIC_BATCHES_TOTAL: &str = "magpie_store_batches_total";
 /// Counter: new (non-duplicate) messages made durable, system messages included.
 const METRIC_MESSAGES_APPENDED_TOTAL: &str = "magpie_store_messages_appended_total";
+/// Counter: keys written or deleted (storage writes), for write-amplification reports.
+const METRIC_KEYS_WRITTEN_TOTAL: &str = "magpie_store_keys_written_total";
 
 /// A queued mutation with its reply slot.
 pub(crate) struct Pending<C, T> {
@@ -479,6 +481,7 @@ impl Writer {
             return;
         }
 
+        let keys_written = staged.len() as u64;
         let started = Instant::now();
         if let Err(e) = self.commit(&mut staged) {
             // The batch may or may not be on disk; nothing we say from now on could be trusted.
@@ -493,6 +496,7 @@ impl Writer {
         metrics::histogram!(METRIC_BATCH_OPS).record(ops.len() as f64);
         metrics::counter!(METRIC_BATCHES_TOTAL).increment(1);
         metrics::counter!(METRIC_MESSAGES_APPENDED_TOTAL).increment(staged.messages_appended);
+        metrics::counter!(METRIC_KEYS_WRITTEN_TOTAL).increment(keys_written);
 
         self.committed_ids = self.ids;
         // Readers switch to the new state before anyone hears about it, so a reply or an event

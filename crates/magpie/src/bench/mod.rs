@@ -7,11 +7,14 @@
 //! - `latency`: the same pairs, but paced at a fixed total rate on an absolute schedule, to
 //!   measure send→deliver and send→ack latency below saturation.
 //! - `idle`: many authenticated idle sockets, to measure the server's memory per connection.
+//! - `group`: one message at a time into a 10,000-member read-fan-out group, to measure the
+//!   time until every online member has it.
 //!
 //! Setup (accounts, logins, conversations) goes through the HTTP API with bounded concurrency;
 //! the measured traffic is WebSocket only. Every run is bounded in time and count, and only
 //! talks to loopback addresses. `docs/benchmarks.md` has the commands and the results.
 
+mod group;
 mod idle;
 mod report;
 mod setup;
@@ -41,6 +44,9 @@ enum Scenario {
     Latency(traffic::LatencyArgs),
     /// Many idle authenticated sockets: server memory per connection.
     Idle(idle::IdleArgs),
+    /// One message at a time into a large read-fan-out group: time until every online member
+    /// has it, and storage writes per message.
+    Group(group::GroupArgs),
 }
 
 /// Flags every scenario takes.
@@ -129,6 +135,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Throughput(a) => (a.common.clone(), traffic::run_throughput(a).await?),
         Scenario::Latency(a) => (a.common.clone(), traffic::run_latency(a).await?),
         Scenario::Idle(a) => (a.common.clone(), idle::run(a).await?),
+        Scenario::Group(a) => {
+            let common = a.common.clone();
+            let json = group::run(a).await?;
+            let human = format!("group scenario done ({} timeouts)", json["timeouts"]);
+            let violations = json["timeouts"].as_u64().unwrap_or(0);
+            (
+                common,
+                Outcome {
+                    human,
+                    json,
+                    violations,
+                },
+            )
+        }
     };
     if common.json {
         eprintln!("{}", outcome.human);

@@ -113,6 +113,48 @@ pub fn raise_nofile_limit() -> anyhow::Result<(libc::rlim_t, libc::rlim_t)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// Whole-machine CPU time from the first line of /proc/stat, in clock ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    /// Ticks spent doing anything but idling or waiting for I/O.
+    busy: u64,
+    /// All ticks (every core).
+    total: u64,
+}
+
+/// Reads whole-machine CPU time.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if fields.len() < 8 {
+        return None;
+    }
+    let total: u64 = fields.iter().sum();
+    let idle = fields[3] + fields[4];
+    Some(MachineCpu {
+        busy: total - idle,
+        total,
+    })
+}
+
+/// CPU the whole machine used between two readings, in percent of one core (the same unit as
+/// [`cpu_percent`], so subtracting the server's and the bench's share leaves everyone else's).
+pub fn machine_cpu_percent(a: &MachineCpu, b: &MachineCpu) -> f64 {
+    let total = b.total.saturating_sub(a.total);
+    if total == 0 {
+        return 0.0;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    100.0 * cores * b.busy.saturating_sub(a.busy) as f64 / total as f64
+}
+
 /// Reads the system load averages (1, 5, 15 minutes) from /proc/loadavg.
 pub fn load_average() -> Option<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;

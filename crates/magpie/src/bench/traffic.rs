@@ -574,16 +574,20 @@ struct WindowSamples {
     own: Option<(ProcSample, ProcSample)>,
     store: Option<StoreDelta>,
     load: Option<[f64; 3]>,
+    /// Whole-machine CPU over the window, percent of one core.
+    machine_cpu: Option<f64>,
 }
 
 async fn sample_window(http: Http, pid: Option<u32>, plan: Plan) -> anyhow::Result<WindowSamples> {
     tokio::time::sleep_until(instant_at(plan.measure_ns)).await;
     let server_a = sys::sample_opt(pid)?;
     let own_a = sys::sample(Proc::Own).ok();
+    let machine_a = sys::machine_cpu();
     let metrics_a = http.metrics().await.ok();
     tokio::time::sleep_until(instant_at(plan.stop_ns)).await;
     let server_b = sys::sample_opt(pid)?;
     let own_b = sys::sample(Proc::Own).ok();
+    let machine_b = sys::machine_cpu();
     let metrics_b = http.metrics().await.ok();
     let store = match (metrics_a, metrics_b) {
         (Some(a), Some(b)) => Some(StoreDelta::between(&a, &b, plan.measured_s())),
@@ -594,6 +598,9 @@ async fn sample_window(http: Http, pid: Option<u32>, plan: Plan) -> anyhow::Resu
         own: own_a.zip(own_b),
         store,
         load: sys::load_average(),
+        machine_cpu: machine_a
+            .zip(machine_b)
+            .map(|(a, b)| sys::machine_cpu_percent(&a, &b)),
     })
 }
 
@@ -697,6 +704,16 @@ fn traffic_report(
             rss as f64 / 1024.0
         ));
     }
+    // Everyone else on the machine (other engineers' builds share the two cores).
+    let others = samples.machine_cpu.map(|total| {
+        let mine = server.map_or(0.0, |(c, _)| c) + own.map_or(0.0, |(c, _)| c);
+        (total - mine).max(0.0)
+    });
+    if let Some(others) = others {
+        human.push_str(&format!(
+            "  other processes        CPU {others:.0}% of a core\n"
+        ));
+    }
     if let Some(st) = &samples.store {
         human.push_str(&format!(
             "  store                  {:.0} commits/s, {:.1} ops/batch, {:.3} ms/commit (p50 {}, p99 {}, max {}), writer committing {:.0}% of the time\n",
@@ -743,6 +760,8 @@ fn traffic_report(
             "client": own.map(|(cpu, rss)| json!({"cpu_percent": cpu, "rss_kib": rss})),
             "store": samples.store,
             "load_average": samples.load,
+            "machine_cpu_percent": samples.machine_cpu,
+            "others_cpu_percent": others,
             "violations": s.violations,
             "violation_examples": s.examples,
             "drained_connections": totals.drained,

@@ -1,12 +1,15 @@
 //! `magpie chat`: a terminal chat client built on `magpie-sdk`.
 //!
-//! Reads lines from stdin and sends them to the current direct conversation; prints incoming
-//! messages, send confirmations and connection changes to stdout. The login (token + device)
-//! and the inbox cursor live in a state directory, so a restart resumes where it stopped.
+//! Reads lines from stdin and sends them to the current conversation (a friend or a group);
+//! prints incoming messages (from every conversation, in order), system messages, friend
+//! requests, send confirmations and connection changes to stdout. Slash commands manage
+//! friends and groups (`/help`). The login (token + device), the inbox cursor and the
+//! per-conversation positions live in a state directory, so a restart resumes where it stopped.
 
 mod state;
 mod view;
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,13 +17,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use magpie_sdk::{
-    Client, ConversationId, ErrorCode, EventBody, HistoryRange, SdkError, Session, SessionConfig,
-    SessionEvent, UserId,
+    Client, ConversationId, ConversationRow, ErrorCode, EventBody, HistoryRange, RequestId,
+    SdkError, Session, SessionConfig, SessionEvent, UserId, UserInfo, WireMessage, WireSystem,
 };
 use tokio::sync::mpsc;
 
 use state::{SavedLogin, StateDir};
-use view::{message_line, Names, OwnSends};
+use view::{clock, message_line, system_text, system_user_ids, Labels, Names, OwnSends};
 
 /// Lines buffered between the stdin thread and the chat loop.
 const STDIN_LINES_BUFFER: usize = 64;
@@ -32,6 +35,12 @@ const DRAIN_POLL_MS: u64 = 50;
 const HISTORY_DEFAULT: u32 = 20;
 /// The server's page maximum.
 const HISTORY_MAX: u32 = 200;
+/// Conversations remembered for `/read` (the last seq shown in each).
+const LAST_SEEN_MAX: usize = 4_096;
+/// Pending outgoing friend requests whose acceptance switches the chat to the new friend.
+const AWAITING_MAX: usize = 16;
+/// Rows `/convs` prints.
+const CONVERSATIONS_SHOWN_MAX: usize = 50;
 
 /// Prints one line to stdout, ignoring a closed pipe (the reader left; nothing to tell).
 macro_rules! say {
@@ -57,7 +66,7 @@ pub struct ChatArgs {
     /// Create the account first (an existing account is fine).
     #[arg(long)]
     register: bool,
-    /// Open the direct conversation with this user.
+    /// Open the direct conversation with this user (sending a friend request first if needed).
     #[arg(long)]
     to: Option<String>,
     /// Where the login and cursor are kept [default: ~/.magpie/<user>@<host:port>].
@@ -98,8 +107,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         state,
         me,
         names: Names::new(me, &args.user),
+        labels: Labels::default(),
         own: OwnSends::default(),
         current: None,
+        awaiting: Vec::new(),
+        last_seen: HashMap::new(),
         connected_before: false,
         online: false,
     };
@@ -192,10 +204,12 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
 
 /// The conversation typed lines go to.
 struct Current {
-    /// The peer's username.
-    peer: String,
-    /// The direct conversation with the peer.
+    /// The conversation.
     conversation_id: ConversationId,
+    /// The peer's username (direct) or the group's name.
+    label: String,
+    /// Whether it is a group (`/invite`, `/kick`, `/leave` apply).
+    group: bool,
 }
 
 /// Whether the loop goes on.
@@ -207,7 +221,7 @@ enum Flow {
 
 /// The running client.
 struct Chat {
-    /// Authenticated HTTP client (names, history, conversations, logout).
+    /// Authenticated HTTP client (names, history, friends, groups, logout).
     client: Client,
     /// The real-time session.
     session: Session,
@@ -217,10 +231,17 @@ struct Chat {
     me: UserId,
     /// Username cache.
     names: Names,
-    /// Ids sent from this terminal (their inbox copies are not echoed).
+    /// Conversation labels (group names, peers' usernames).
+    labels: Labels,
+    /// Ids sent from this terminal (their copies in the stream are not echoed).
     own: OwnSends,
     /// Where typed lines go.
     current: Option<Current>,
+    /// Users a friend request was sent to from here; when one accepts, the chat switches to
+    /// them (bounded: a handful of names typed by a person).
+    awaiting: Vec<UserId>,
+    /// Highest seq shown per conversation (for `/read`); bounded by `LAST_SEEN_MAX`.
+    last_seen: HashMap<ConversationId, u64>,
     /// Distinguishes "connected" from "reconnected".
     connected_before: bool,
     /// Whether the last state change was a connect (the next drop is news, retries are not).
@@ -295,16 +316,8 @@ impl Chat {
                     say!("* reconnecting in {secs:.1}s ({reason})");
                 }
             }
-            SessionEvent::Event(event) => match event.body {
-                EventBody::Message { message } => {
-                    let own = message.sender_id == self.me;
-                    if own && self.own.contains(&message.client_msg_id) {
-                        return; // Typed here; the "(sent #n)" line already confirmed it.
-                    }
-                    let sender = self.names.name(&self.client, message.sender_id).await;
-                    say!("{}", message_line(&message, &sender, own));
-                }
-            },
+            SessionEvent::Message(message) => self.on_message(message).await,
+            SessionEvent::Event(event) => self.on_inbox_event(event.body).await,
             SessionEvent::Sent { seq, duplicate, .. } => {
                 if duplicate {
                     say!("(sent #{seq}, already stored)");
@@ -315,7 +328,120 @@ impl Chat {
             SessionEvent::SendFailed { code, message, .. } => {
                 say!("! not sent ({}): {message}", code.as_str());
             }
-            SessionEvent::Revoked => {}
+            SessionEvent::Presence {
+                user_id, online, ..
+            } => {
+                let name = self.names.name(&self.client, user_id).await;
+                let state = if online { "online" } else { "offline" };
+                say!("* {name} is {state}");
+            }
+            // Typing notices would interleave with what the user is typing; not shown.
+            SessionEvent::Typing { .. } | SessionEvent::Revoked => {}
+        }
+    }
+
+    async fn on_message(&mut self, m: WireMessage) {
+        let conversation = m.conversation_id;
+        if self.last_seen.len() >= LAST_SEEN_MAX && !self.last_seen.contains_key(&conversation) {
+            self.last_seen.clear();
+        }
+        let seen = self.last_seen.entry(conversation).or_default();
+        *seen = (*seen).max(m.seq);
+        let is_current = self.current_id() == Some(conversation);
+        if let Some(system) = &m.system {
+            if let WireSystem::Renamed { name, .. } = system {
+                self.labels.remember(conversation, name);
+                if let Some(current) = self.current.as_mut().filter(|_| is_current) {
+                    current.label = name.clone();
+                }
+            }
+            let text = self.describe(system).await;
+            if is_current {
+                say!("* {text}");
+            } else {
+                let label = self.labels.label(&self.client, conversation).await;
+                say!("* [{label}] {text}");
+            }
+        } else {
+            let own = m.sender_id == self.me;
+            if own && self.own.contains(&m.client_msg_id) {
+                return; // Typed here; the "(sent #n)" line already confirmed it.
+            }
+            let sender = self.names.name(&self.client, m.sender_id).await;
+            let group = self.labels.group_label(&self.client, conversation).await;
+            let context = if is_current { None } else { group.as_deref() };
+            say!("{}", message_line(&m, &sender, own, context));
+        }
+        if is_current {
+            // Shown in the conversation the user is looking at: read.
+            let _ = self.session.read(conversation, m.seq);
+        }
+    }
+
+    /// A system message in words, with usernames.
+    async fn describe(&mut self, system: &WireSystem) -> String {
+        let mut known = HashMap::new();
+        for id in system_user_ids(system) {
+            if let Ok(user) = id.parse::<UserId>() {
+                let name = self.names.name(&self.client, user).await;
+                known.insert(id.to_owned(), name);
+            }
+        }
+        system_text(system, |id| {
+            known
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("user#{id}"))
+        })
+    }
+
+    async fn on_inbox_event(&mut self, body: EventBody) {
+        match body {
+            EventBody::FriendRequest { request } => {
+                if request.to_id != self.me {
+                    return;
+                }
+                let name = self.names.name(&self.client, request.from_id).await;
+                let note = if request.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": \"{}\"", request.message)
+                };
+                say!("* friend request from {name}{note} (/accept {name} or /decline {name})");
+            }
+            EventBody::FriendAdded {
+                user_id,
+                conversation_id,
+            } => {
+                let name = self.names.name(&self.client, user_id).await;
+                self.labels.remember(conversation_id, &name);
+                let was_awaited = self.awaiting.contains(&user_id);
+                self.awaiting.retain(|u| *u != user_id);
+                if was_awaited {
+                    say!("* {name} accepted your friend request");
+                    self.current = Some(Current {
+                        conversation_id,
+                        label: name.clone(),
+                        group: false,
+                    });
+                    say!("* talking to {name}");
+                } else if self.current_id() != Some(conversation_id) {
+                    say!("* you and {name} are now friends (/to {name})");
+                }
+            }
+            EventBody::GroupJoined { conversation_id } => {
+                let label = self.labels.label(&self.client, conversation_id).await;
+                say!("* you are in group {label} (#{conversation_id}); /switch {conversation_id}");
+            }
+            EventBody::GroupLeft { conversation_id } => {
+                let label = self.labels.label(&self.client, conversation_id).await;
+                say!("* you are no longer in group {label}");
+                if self.current_id() == Some(conversation_id) {
+                    self.current = None;
+                }
+            }
+            // Read positions and receipts are not shown in a terminal.
+            EventBody::Message { .. } | EventBody::Read { .. } | EventBody::Receipt { .. } => {}
         }
     }
 
@@ -334,9 +460,12 @@ impl Chat {
             return Flow::Continue;
         };
         let mut words = command.split_whitespace();
-        match (words.next().unwrap_or(""), words.next()) {
-            ("quit" | "exit", _) => return Flow::Stop,
-            ("logout", _) => {
+        let verb = words.next().unwrap_or("");
+        let arg = words.next();
+        let rest = words.next();
+        match (verb, arg, rest) {
+            ("quit" | "exit", _, _) => return Flow::Stop,
+            ("logout", _, _) => {
                 match self.client.logout().await {
                     Ok(()) => say!("* logged out"),
                     Err(e) => say!("! logout failed: {e}"),
@@ -344,16 +473,35 @@ impl Chat {
                 self.state.forget_login();
                 return Flow::Stop;
             }
-            ("to", Some(name)) => self.switch_to(name).await,
-            ("history", count) => self.history(count).await,
-            _ => say!("* commands: /to NAME, /history [N], /logout, /quit; //text sends \"/text\""),
+            ("to", Some(name), None) => self.switch_to(name).await,
+            ("history", count, None) => self.history(count).await,
+            ("friends", None, None) => self.friends().await,
+            ("add", Some(name), None) => {
+                if let Some(user) = self.lookup(name).await {
+                    self.request_friend(&user).await;
+                }
+            }
+            ("accept", Some(name), None) => self.answer(name, true).await,
+            ("decline", Some(name), None) => self.answer(name, false).await,
+            ("group", Some(name), Some(members)) => self.create_group(name, members).await,
+            ("convs" | "join-list", None, None) => self.conversations().await,
+            ("invite", Some(name), None) => self.invite(name).await,
+            ("kick", Some(name), None) => self.kick(name).await,
+            ("leave", None, None) => self.leave().await,
+            ("read", None, None) => self.mark_read().await,
+            ("switch", Some(target), None) => self.switch(target).await,
+            _ => say!("{HELP}"),
         }
         Flow::Continue
     }
 
+    fn current_id(&self) -> Option<ConversationId> {
+        self.current.as_ref().map(|c| c.conversation_id)
+    }
+
     fn send(&mut self, text: &str) {
         let Some(current) = &self.current else {
-            say!("! no conversation yet: /to NAME");
+            say!("! no conversation yet: /to NAME, /group NAME a,b or /switch");
             return;
         };
         match self.session.send(current.conversation_id, text) {
@@ -365,17 +513,29 @@ impl Chat {
         }
     }
 
-    async fn switch_to(&mut self, name: &str) {
-        let peer = match self.client.user_by_name(name).await {
-            Ok(peer) => peer,
+    /// The user named `name`, or `None` after saying why not.
+    async fn lookup(&mut self, name: &str) -> Option<UserInfo> {
+        match self.client.user_by_name(name).await {
+            Ok(user) => {
+                self.names.remember(user.user_id, &user.username);
+                Some(user)
+            }
             Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                 say!("! no user named {name}");
-                return;
+                None
             }
             Err(e) => {
                 say!("! cannot look up {name}: {e}");
-                return;
+                None
             }
+        }
+    }
+
+    /// Opens the direct conversation with `name`; if they are not a friend yet, sends a friend
+    /// request and switches once it is accepted.
+    async fn switch_to(&mut self, name: &str) {
+        let Some(peer) = self.lookup(name).await else {
+            return;
         };
         if peer.user_id == self.me {
             say!("! that is you; pick someone else");
@@ -383,14 +543,316 @@ impl Chat {
         }
         match self.client.open_direct(peer.user_id).await {
             Ok(conv) => {
-                self.names.remember(peer.user_id, &peer.username);
+                self.labels.remember(conv.conversation_id, &peer.username);
                 say!("* talking to {}", peer.username);
                 self.current = Some(Current {
-                    peer: peer.username,
                     conversation_id: conv.conversation_id,
+                    label: peer.username,
+                    group: false,
                 });
             }
+            Err(e) if e.code() == Some(ErrorCode::NotFriends) => {
+                // They may have asked first: then accepting is the way.
+                if self.incoming_request_from(peer.user_id).await.is_some() {
+                    say!(
+                        "* {0} already sent you a friend request: /accept {0}",
+                        peer.username
+                    );
+                    return;
+                }
+                self.request_friend(&peer).await;
+            }
             Err(e) => say!("! cannot open a conversation with {name}: {e}"),
+        }
+    }
+
+    async fn request_friend(&mut self, peer: &UserInfo) {
+        match self.client.send_friend_request(peer.user_id, None).await {
+            Ok(_) => {
+                if !self.awaiting.contains(&peer.user_id) {
+                    if self.awaiting.len() >= AWAITING_MAX {
+                        self.awaiting.remove(0);
+                    }
+                    self.awaiting.push(peer.user_id);
+                }
+                say!(
+                    "* friend request sent to {}; waiting for acceptance",
+                    peer.username
+                );
+            }
+            Err(e) if e.code() == Some(ErrorCode::AlreadyFriends) => {
+                say!("* {0} is already a friend: /to {0}", peer.username)
+            }
+            Err(e) => say!("! cannot send a friend request to {}: {e}", peer.username),
+        }
+    }
+
+    async fn incoming_request_from(&mut self, user: UserId) -> Option<RequestId> {
+        match self.client.friend_requests().await {
+            Ok(requests) => requests
+                .incoming
+                .iter()
+                .find(|r| r.from_id == user)
+                .map(|r| r.request_id),
+            Err(e) => {
+                say!("! cannot list friend requests: {e}");
+                None
+            }
+        }
+    }
+
+    async fn answer(&mut self, name: &str, accept: bool) {
+        let Some(peer) = self.lookup(name).await else {
+            return;
+        };
+        let Some(request) = self.incoming_request_from(peer.user_id).await else {
+            say!("! no friend request from {name}");
+            return;
+        };
+        if !accept {
+            match self.client.decline_friend_request(request).await {
+                Ok(()) => say!("* declined {name}'s friend request"),
+                Err(e) => say!("! cannot decline: {e}"),
+            }
+            return;
+        }
+        match self.client.accept_friend_request(request).await {
+            Ok(conversation_id) => {
+                self.labels.remember(conversation_id, &peer.username);
+                say!("* you and {} are now friends", peer.username);
+                say!("* talking to {}", peer.username);
+                self.current = Some(Current {
+                    conversation_id,
+                    label: peer.username,
+                    group: false,
+                });
+            }
+            Err(e) => say!("! cannot accept: {e}"),
+        }
+    }
+
+    async fn friends(&mut self) {
+        match self.client.friends().await {
+            Ok(friends) if friends.is_empty() => say!("* no friends yet: /add NAME"),
+            Ok(friends) => {
+                say!("* friends:");
+                for f in friends {
+                    self.names.remember(f.user_id, &f.username);
+                    let state = if f.online {
+                        "online".to_owned()
+                    } else if f.last_seen_ms > 0 {
+                        format!("last seen {} UTC", clock(f.last_seen_ms))
+                    } else {
+                        "offline".to_owned()
+                    };
+                    say!("  {} ({state})", f.username);
+                }
+            }
+            Err(e) => say!("! cannot list friends: {e}"),
+        }
+        match self.client.friend_requests().await {
+            Ok(requests) => {
+                for r in requests.incoming {
+                    let name = self.names.name(&self.client, r.from_id).await;
+                    say!("  {name} wants to be friends (/accept {name} or /decline {name})");
+                }
+                for r in requests.outgoing {
+                    let name = self.names.name(&self.client, r.to_id).await;
+                    say!("  {name} has not answered your request yet");
+                }
+            }
+            Err(e) => say!("! cannot list friend requests: {e}"),
+        }
+    }
+
+    async fn create_group(&mut self, name: &str, members: &str) {
+        let mut ids = Vec::new();
+        for member in members.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            match self.lookup(member).await {
+                Some(user) => ids.push(user.user_id),
+                None => return,
+            }
+        }
+        match self.client.create_group(name, &ids).await {
+            Ok(group) => {
+                self.labels.remember(group.conversation_id, &group.name);
+                self.labels.mark_group(group.conversation_id);
+                say!(
+                    "* created group {} (#{}, {} members); talking in {}",
+                    group.name,
+                    group.conversation_id,
+                    group.member_count,
+                    group.name
+                );
+                self.current = Some(Current {
+                    conversation_id: group.conversation_id,
+                    label: group.name,
+                    group: true,
+                });
+            }
+            Err(e) => say!("! cannot create the group: {e}"),
+        }
+    }
+
+    /// The current conversation if it is a group, else `None` after saying so.
+    fn current_group(&self) -> Option<(ConversationId, String)> {
+        match &self.current {
+            Some(c) if c.group => Some((c.conversation_id, c.label.clone())),
+            _ => {
+                say!("! not in a group: /switch to one first");
+                None
+            }
+        }
+    }
+
+    async fn invite(&mut self, name: &str) {
+        let Some((group, label)) = self.current_group() else {
+            return;
+        };
+        let Some(user) = self.lookup(name).await else {
+            return;
+        };
+        match self.client.add_group_members(group, &[user.user_id]).await {
+            // The "added" system message tells everyone, this terminal included.
+            Ok(info) => say!("* {label} now has {} members", info.member_count),
+            Err(e) => say!("! cannot invite {name}: {e}"),
+        }
+    }
+
+    async fn kick(&mut self, name: &str) {
+        let Some((group, _)) = self.current_group() else {
+            return;
+        };
+        let Some(user) = self.lookup(name).await else {
+            return;
+        };
+        if let Err(e) = self.client.remove_group_member(group, user.user_id).await {
+            say!("! cannot remove {name}: {e}");
+        }
+    }
+
+    async fn leave(&mut self) {
+        let Some((group, label)) = self.current_group() else {
+            return;
+        };
+        match self.client.remove_group_member(group, self.me).await {
+            Ok(()) => {
+                say!("* left {label}");
+                self.current = None;
+            }
+            Err(e) => say!("! cannot leave {label}: {e}"),
+        }
+    }
+
+    async fn mark_read(&mut self) {
+        let Some(current) = &self.current else {
+            say!("! no conversation yet");
+            return;
+        };
+        let conversation = current.conversation_id;
+        let seq = match self.last_seen.get(&conversation) {
+            Some(&seq) => seq,
+            // Nothing shown here yet (e.g. right after /switch): read up to the newest.
+            None => match self.client.conversations().await {
+                Ok(rows) => rows
+                    .iter()
+                    .find(|r| r.conversation_id == conversation)
+                    .map_or(0, |r| r.last_seq),
+                Err(e) => {
+                    say!("! cannot mark read: {e}");
+                    return;
+                }
+            },
+        };
+        match self.client.mark_read(conversation, seq).await {
+            Ok(read) => say!("* read up to #{read}"),
+            Err(e) => say!("! cannot mark read: {e}"),
+        }
+    }
+
+    /// The conversation list with unread counts.
+    async fn conversations(&mut self) {
+        let rows = match self.client.conversations().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                say!("! cannot list conversations: {e}");
+                return;
+            }
+        };
+        if rows.is_empty() {
+            say!("* no conversations yet");
+            return;
+        }
+        say!("* conversations:");
+        for row in rows.iter().take(CONVERSATIONS_SHOWN_MAX) {
+            let label = self.row_label(row).await;
+            let marker = if self.current_id() == Some(row.conversation_id) {
+                "*"
+            } else {
+                " "
+            };
+            let what = if row.kind == "group" {
+                format!("group, {} members", row.member_count)
+            } else {
+                "direct".to_owned()
+            };
+            let muted = if row.muted { ", muted" } else { "" };
+            say!(
+                "{marker} #{} {label} ({what}{muted}): {} unread",
+                row.conversation_id,
+                row.unread_count
+            );
+        }
+        if rows.len() > CONVERSATIONS_SHOWN_MAX {
+            say!("  … and {} more", rows.len() - CONVERSATIONS_SHOWN_MAX);
+        }
+    }
+
+    /// A row's label: the group name, or the peer's username.
+    async fn row_label(&mut self, row: &ConversationRow) -> String {
+        let label = match row
+            .peer_id
+            .as_deref()
+            .and_then(|p| p.parse::<UserId>().ok())
+        {
+            Some(peer) if row.kind != "group" => self.names.name(&self.client, peer).await,
+            _ => row.name.clone(),
+        };
+        self.labels.remember(row.conversation_id, &label);
+        if row.kind == "group" {
+            self.labels.mark_group(row.conversation_id);
+        }
+        label
+    }
+
+    /// `/switch ID|NAME`: a conversation by id, group name or peer username.
+    async fn switch(&mut self, target: &str) {
+        let rows = match self.client.conversations().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                say!("! cannot list conversations: {e}");
+                return;
+            }
+        };
+        let wanted = target.trim_start_matches('#');
+        let mut found = None;
+        for row in &rows {
+            let label = self.row_label(row).await;
+            if row.conversation_id.to_string() == wanted || label == target {
+                found = Some((row.conversation_id, label, row.kind == "group"));
+                break;
+            }
+        }
+        match found {
+            Some((conversation_id, label, group)) => {
+                say!("* talking in {label}");
+                self.current = Some(Current {
+                    conversation_id,
+                    label,
+                    group,
+                });
+            }
+            None => say!("! no conversation {target}: /convs lists them"),
         }
     }
 
@@ -407,21 +869,46 @@ impl Chat {
                 return;
             }
         };
-        let (conversation_id, peer) = (current.conversation_id, current.peer.clone());
+        let (conversation_id, label) = (current.conversation_id, current.label.clone());
+        let with = if current.group { "in" } else { "with" };
         match self
             .client
             .messages(conversation_id, HistoryRange::Latest, Some(count))
             .await
         {
-            Ok(messages) if messages.is_empty() => say!("* no messages with {peer} yet"),
+            Ok(messages) if messages.is_empty() => say!("* no messages {with} {label} yet"),
             Ok(messages) => {
-                say!("* last {} message(s) with {peer}:", messages.len());
+                say!("* last {} message(s) {with} {label}:", messages.len());
                 for m in &messages {
-                    let sender = self.names.name(&self.client, m.sender_id).await;
-                    say!("{}", message_line(m, &sender, m.sender_id == self.me));
+                    match &m.system {
+                        Some(system) => {
+                            let text = self.describe(system).await;
+                            say!("* {text}");
+                        }
+                        None => {
+                            let sender = self.names.name(&self.client, m.sender_id).await;
+                            say!("{}", message_line(m, &sender, m.sender_id == self.me, None));
+                        }
+                    }
                 }
             }
             Err(e) => say!("! cannot load history: {e}"),
         }
     }
 }
+
+/// What `/help` (or an unknown command) prints.
+const HELP: &str = "\
+* commands:
+  /to NAME              chat with a friend (sends a friend request if needed)
+  /add NAME             send a friend request
+  /accept NAME          accept NAME's friend request (/decline NAME refuses it)
+  /friends              friends, their presence and pending requests
+  /group NAME a,b       create a group with users a and b and switch to it
+  /invite NAME          add NAME to the current group (/kick NAME removes)
+  /leave                leave the current group
+  /convs                conversations with unread counts (also /join-list)
+  /switch ID|NAME       switch to a conversation by id, group name or friend
+  /read                 mark the current conversation read
+  /history [N]          the last N messages here
+  /logout, /quit        //text sends \"/text\"";

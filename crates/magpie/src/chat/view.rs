@@ -1,11 +1,13 @@
 //! How the chat client shows things: timestamps, names and message lines.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use magpie_sdk::{Client, UserId, WireMessage};
+use magpie_sdk::{Client, ConversationId, UserId, WireMessage, WireSystem};
 
 /// How many own `client_msg_id`s are remembered to avoid echoing this terminal's own lines.
 const OWN_IDS_MAX: usize = 1_024;
+/// Conversation labels cached before the cache is reset.
+const LABELS_MAX: usize = 10_000;
 
 /// `HH:MM:SS` (UTC) of a Unix-millisecond timestamp.
 pub fn clock(ts_ms: u64) -> String {
@@ -53,6 +55,77 @@ impl Names {
     }
 }
 
+/// Conversation labels: group names and direct peers' usernames, cached.
+#[derive(Default)]
+pub struct Labels {
+    /// Known conversation → label pairs.
+    known: HashMap<ConversationId, String>,
+    /// Which of them are groups.
+    groups: HashSet<ConversationId>,
+}
+
+impl Labels {
+    /// Records a label learnt elsewhere.
+    pub fn remember(&mut self, id: ConversationId, label: &str) {
+        if self.known.len() >= LABELS_MAX && !self.known.contains_key(&id) {
+            self.known.clear();
+            self.groups.clear();
+        }
+        self.known.insert(id, label.to_owned());
+    }
+
+    /// Records that `id` is a group.
+    pub fn mark_group(&mut self, id: ConversationId) {
+        self.groups.insert(id);
+    }
+
+    /// The label of `id`, asking the server if unknown; falls back to `#ID`.
+    pub async fn label(&mut self, client: &Client, id: ConversationId) -> String {
+        if let Some(label) = self.known.get(&id) {
+            return label.clone();
+        }
+        self.refresh(client, id).await;
+        self.known
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// The group name if `id` is a group, `None` for a direct conversation.
+    pub async fn group_label(&mut self, client: &Client, id: ConversationId) -> Option<String> {
+        if !self.known.contains_key(&id) {
+            self.refresh(client, id).await;
+        }
+        self.groups
+            .contains(&id)
+            .then(|| self.known.get(&id).cloned())
+            .flatten()
+    }
+
+    /// Learns every group's name and `id`'s label from the conversation list.
+    async fn refresh(&mut self, client: &Client, id: ConversationId) {
+        let Ok(rows) = client.conversations().await else {
+            return; // Not cached, so the next message tries again.
+        };
+        for row in rows {
+            if row.kind == "group" {
+                self.remember(row.conversation_id, &row.name);
+                self.mark_group(row.conversation_id);
+            } else if row.conversation_id == id {
+                let peer = row
+                    .peer_id
+                    .as_deref()
+                    .and_then(|p| p.parse::<UserId>().ok());
+                if let Some(peer) = peer {
+                    if let Ok(info) = client.user(peer).await {
+                        self.remember(id, &info.username);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The ids this terminal sent recently, so their inbox copies are not printed twice.
 #[derive(Default)]
 pub struct OwnSends {
@@ -75,16 +148,80 @@ impl OwnSends {
     }
 }
 
-/// One message line: `[HH:MM:SS] name: text`, with ` (you)` after one's own name.
-pub fn message_line(m: &WireMessage, sender: &str, own: bool) -> String {
+/// One message line: `[HH:MM:SS] name: text`, with ` (you)` after one's own name and the
+/// group's name in brackets when the message is from a group other than the current one.
+pub fn message_line(m: &WireMessage, sender: &str, own: bool, group: Option<&str>) -> String {
     let you = if own { " (you)" } else { "" };
-    format!("[{}] {sender}{you}: {}", clock(m.ts_ms), m.text)
+    let context = group.map(|g| format!("[{g}] ")).unwrap_or_default();
+    format!("[{}] {context}{sender}{you}: {}", clock(m.ts_ms), m.text)
+}
+
+/// The user ids a system message mentions (as on the wire).
+pub fn system_user_ids(s: &WireSystem) -> Vec<&str> {
+    match s {
+        WireSystem::GroupCreated {
+            actor_id, user_ids, ..
+        }
+        | WireSystem::MembersAdded { actor_id, user_ids } => std::iter::once(actor_id.as_str())
+            .chain(user_ids.iter().map(String::as_str))
+            .collect(),
+        WireSystem::MemberRemoved { actor_id, user_id }
+        | WireSystem::RoleChanged {
+            actor_id, user_id, ..
+        } => vec![actor_id, user_id],
+        WireSystem::MemberLeft { user_id } | WireSystem::OwnerChanged { user_id } => {
+            vec![user_id]
+        }
+        WireSystem::Renamed { actor_id, .. } => vec![actor_id],
+    }
+}
+
+/// A system message in words: `alice added bob, carol`. `name` maps a wire user id to a name.
+pub fn system_text(s: &WireSystem, name: impl Fn(&str) -> String) -> String {
+    let list = |ids: &[String], skip: &str| {
+        let names: Vec<String> = ids
+            .iter()
+            .filter(|id| id.as_str() != skip)
+            .map(|id| name(id))
+            .collect();
+        names.join(", ")
+    };
+    match s {
+        WireSystem::GroupCreated {
+            actor_id,
+            name: group,
+            user_ids,
+        } => {
+            let others = list(user_ids, actor_id);
+            if others.is_empty() {
+                format!("{} created {group}", name(actor_id))
+            } else {
+                format!("{} created {group} with {others}", name(actor_id))
+            }
+        }
+        WireSystem::MembersAdded { actor_id, user_ids } => {
+            format!("{} added {}", name(actor_id), list(user_ids, ""))
+        }
+        WireSystem::MemberRemoved { actor_id, user_id } => {
+            format!("{} removed {}", name(actor_id), name(user_id))
+        }
+        WireSystem::MemberLeft { user_id } => format!("{} left", name(user_id)),
+        WireSystem::RoleChanged {
+            actor_id,
+            user_id,
+            role,
+        } => format!("{} made {} {role}", name(actor_id), name(user_id)),
+        WireSystem::Renamed {
+            actor_id,
+            name: group,
+        } => format!("{} renamed the group to {group}", name(actor_id)),
+        WireSystem::OwnerChanged { user_id } => format!("{} is now the owner", name(user_id)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use magpie_sdk::ConversationId;
 
     #[test]
     fn clock_is_utc_time_of_day() {
@@ -94,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_mark_own_messages() {
+    fn lines_mark_own_messages_and_other_groups() {
         let m = WireMessage {
             conversation_id: ConversationId(1),
             seq: 1,
@@ -102,12 +239,79 @@ mod tests {
             client_msg_id: "c".into(),
             text: "hi".into(),
             ts_ms: 3_600_000,
+            kind: "text".into(),
+            system: None,
         };
-        assert_eq!(message_line(&m, "bob", false), "[01:00:00] bob: hi");
+        assert_eq!(message_line(&m, "bob", false, None), "[01:00:00] bob: hi");
         assert_eq!(
-            message_line(&m, "alice", true),
+            message_line(&m, "alice", true, None),
             "[01:00:00] alice (you): hi"
         );
+        assert_eq!(
+            message_line(&m, "bob", false, Some("team")),
+            "[01:00:00] [team] bob: hi"
+        );
+    }
+
+    #[test]
+    fn system_messages_read_as_sentences() {
+        let names = |id: &str| match id {
+            "1" => "alice".to_owned(),
+            "2" => "bob".to_owned(),
+            "3" => "carol".to_owned(),
+            other => format!("user#{other}"),
+        };
+        let added = WireSystem::MembersAdded {
+            actor_id: "1".into(),
+            user_ids: vec!["2".into(), "3".into()],
+        };
+        assert_eq!(system_text(&added, names), "alice added bob, carol");
+        assert_eq!(system_user_ids(&added), ["1", "2", "3"]);
+        let created = WireSystem::GroupCreated {
+            actor_id: "1".into(),
+            name: "team".into(),
+            user_ids: vec!["1".into(), "2".into()],
+        };
+        assert_eq!(system_text(&created, names), "alice created team with bob");
+        let cases = [
+            (
+                WireSystem::MemberRemoved {
+                    actor_id: "1".into(),
+                    user_id: "3".into(),
+                },
+                "alice removed carol",
+            ),
+            (
+                WireSystem::MemberLeft {
+                    user_id: "2".into(),
+                },
+                "bob left",
+            ),
+            (
+                WireSystem::RoleChanged {
+                    actor_id: "1".into(),
+                    user_id: "2".into(),
+                    role: "admin".into(),
+                },
+                "alice made bob admin",
+            ),
+            (
+                WireSystem::Renamed {
+                    actor_id: "2".into(),
+                    name: "crew".into(),
+                },
+                "bob renamed the group to crew",
+            ),
+            (
+                WireSystem::OwnerChanged {
+                    user_id: "9".into(),
+                },
+                "user#9 is now the owner",
+            ),
+        ];
+        for (s, text) in cases {
+            assert_eq!(system_text(&s, names), text);
+        }
     }
 
     #[test]
