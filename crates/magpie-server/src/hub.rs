@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::presence::Presence;
 use crate::push::{PushCandidate, PushQueue};
+use crate::recent::RecentMessages;
 
 /// Items queued per device before it counts as too slow and is told to resync.
 pub const DEVICE_QUEUE_EVENTS_MAX: usize = 1024;
@@ -359,8 +360,13 @@ impl Hub {
         });
     }
 
-    /// Runs forever: turns coalesced read-fan-out notices into per-device notify wake-ups.
-    pub async fn run_notifier(self: Arc<Self>) {
+    /// Runs forever: turns coalesced read-fan-out notices into per-device notify wake-ups,
+    /// loading the new messages into `recent` first so the pulls that follow hit memory.
+    pub async fn run_notifier(
+        self: Arc<Self>,
+        store: Arc<dyn magpie_store::Store>,
+        recent: Arc<RecentMessages>,
+    ) {
         loop {
             let batch: Vec<ConversationNotice> = {
                 let mut pending = self.notices.lock();
@@ -371,6 +377,7 @@ impl Hub {
                 continue;
             }
             for notice in &batch {
+                fill_recent(store.as_ref(), &recent, notice).await;
                 self.notify_members(notice);
                 // A 10,000-member notice is a few milliseconds of work; let other tasks run.
                 tokio::task::yield_now().await;
@@ -454,6 +461,50 @@ impl Router for Hub {
                 }
             }
         }
+    }
+}
+
+/// Messages read per store page when filling the recent cache.
+const RECENT_FILL_PAGE: usize = 200;
+/// Pages read per notice at most; a larger backlog is left to the store path of pulls.
+const RECENT_FILL_PAGES_MAX: usize = 4;
+
+/// Loads the messages up to `notice.last_seq` that the cache does not hold yet.
+async fn fill_recent(
+    store: &dyn magpie_store::Store,
+    recent: &RecentMessages,
+    notice: &ConversationNotice,
+) {
+    let conv = notice.conversation_id;
+    let mut after = match recent.last_seq(conv) {
+        Some(last) if last >= notice.last_seq => return,
+        Some(last) => last,
+        // Cold start: a short window is enough for the pulls this notice triggers.
+        None => Seq(notice.last_seq.0.saturating_sub(RECENT_FILL_PAGE as u64)),
+    };
+    for _ in 0..RECENT_FILL_PAGES_MAX {
+        let page = match store
+            .messages(
+                conv,
+                magpie_store::MessageRange::After(after),
+                RECENT_FILL_PAGE,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "filling the recent-message cache failed");
+                return;
+            }
+        };
+        let Some(last) = page.last().map(|m| m.seq) else {
+            return;
+        };
+        recent.extend(conv, page);
+        if last >= notice.last_seq {
+            return;
+        }
+        after = last;
     }
 }
 

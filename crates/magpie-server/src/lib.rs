@@ -12,6 +12,7 @@ pub mod hub;
 mod metrics_setup;
 pub mod presence;
 pub mod push;
+pub mod recent;
 mod send;
 mod social;
 pub mod state;
@@ -143,8 +144,9 @@ impl Server {
                 push_config,
             ));
         }
+        let recent = Arc::new(recent::RecentMessages::default());
         let background = vec![
-            tokio::spawn(hub.clone().run_notifier()),
+            tokio::spawn(hub.clone().run_notifier(dyn_store.clone(), recent.clone())),
             tokio::spawn(social::announce_presence(
                 announce_rx,
                 dyn_store.clone(),
@@ -163,6 +165,8 @@ impl Server {
                 gate::SENDS_IN_FLIGHT_PER_CONVERSATION_MAX,
             )),
             friend_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            membership_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            recent,
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
             shutdown: Default::default(),
         };

@@ -26,6 +26,10 @@ pub struct AppState {
     pub gate: Arc<crate::gate::ConversationGate>,
     /// Bumped whenever a friendship ends, so cached "may send" answers are rechecked.
     pub friend_epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped whenever group membership changes, so cached `joined_seq`s are rechecked.
+    pub membership_epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Recent messages of read-fan-out conversations, for pulls.
+    pub recent: Arc<crate::recent::RecentMessages>,
     /// Bounds concurrent password hashing.
     pub argon2_permits: Arc<Semaphore>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.

@@ -178,6 +178,7 @@ pub async fn add(
         .add_members(auth.user_id(), conv.id, users)
         .await?
         .map_err(group_error)?;
+    bump_membership(&state);
     Ok(Json(info(&state, &reload(&state, conv.id).await?, true)))
 }
 
@@ -194,6 +195,9 @@ pub async fn remove(
         .remove_member(auth.user_id(), conv.id, user)
         .await?
         .map_err(group_error)?;
+    // Connections cache joined_seq per conversation for pulls; a removed member must lose
+    // access at once, so every cached answer is rechecked.
+    bump_membership(&state);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,4 +247,10 @@ pub async fn rename(
         .await?
         .map_err(group_error)?;
     Ok(Json(info(&state, &reload(&state, conv.id).await?, true)))
+}
+
+fn bump_membership(state: &AppState) {
+    state
+        .membership_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }

@@ -94,6 +94,8 @@ struct Conn {
     typing_bucket: TokenBucket,
     /// Conversations this device may send to, with the friendship epoch of the check.
     send_ok: HashMap<ConversationId, u64>,
+    /// `joined_seq` per conversation, with the membership epoch of the check (for pulls).
+    joined: HashMap<ConversationId, (Seq, u64)>,
     /// When the connection counts as dead unless a frame arrives.
     deadline: Instant,
 }
@@ -118,6 +120,7 @@ pub async fn run(state: AppState, device: Device, socket: WebSocket) {
         bucket,
         typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
         send_ok: HashMap::new(),
+        joined: HashMap::new(),
         deadline,
     };
     let end = conn.serve().await;
@@ -323,6 +326,7 @@ impl Conn {
     }
 
     /// `pull`: the conversation's messages after `after_seq` (never before the member joined).
+    /// Fresh read-fan-out messages come from the recent-message cache; the rest from the store.
     async fn on_pull(
         &mut self,
         conversation_id: ConversationId,
@@ -336,33 +340,62 @@ impl Conn {
                 .reply_error(ErrorCode::InvalidRequest, &msg, None)
                 .await;
         }
-        let member = match self
-            .state
-            .store
-            .member(conversation_id, self.device.user_id)
-            .await
-        {
-            Ok(Some(m)) => m,
+        let joined = match self.joined_seq(conversation_id).await {
+            Ok(Some(j)) => j,
             Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
             Err(e) => return self.reply_api_error(e.into()).await,
         };
-        let after = Seq(after_seq.max(member.joined_seq.0.saturating_sub(1)));
-        let messages = match self
-            .state
-            .store
-            .messages(conversation_id, MessageRange::After(after), limit)
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => return self.reply_api_error(e.into()).await,
+        let after = Seq(after_seq.max(joined.0.saturating_sub(1)));
+        let messages = match self.state.recent.get(conversation_id, after, limit) {
+            Some(cached) => {
+                metrics::counter!("magpie_pulls_cached_total").increment(1);
+                cached.iter().map(|m| message_to_wire(m)).collect()
+            }
+            None => match self
+                .state
+                .store
+                .messages(conversation_id, MessageRange::After(after), limit)
+                .await
+            {
+                Ok(m) => m.iter().map(message_to_wire).collect(),
+                Err(e) => return self.reply_api_error(e.into()).await,
+            },
         };
-        let messages = messages.iter().map(message_to_wire).collect();
         self.write(&ServerFrame::Messages {
             conversation_id,
             messages,
         })
         .await?;
         self.flush().await
+    }
+
+    /// The caller's `joined_seq` in a conversation (`None`: not a member), cached until any
+    /// group membership changes.
+    async fn joined_seq(
+        &mut self,
+        conversation_id: ConversationId,
+    ) -> Result<Option<Seq>, StoreError> {
+        let epoch = self.state.membership_epoch.load(Ordering::Acquire);
+        if let Some((joined, at)) = self.joined.get(&conversation_id) {
+            if *at == epoch {
+                return Ok(Some(*joined));
+            }
+        }
+        let Some(member) = self
+            .state
+            .store
+            .member(conversation_id, self.device.user_id)
+            .await?
+        else {
+            self.joined.remove(&conversation_id);
+            return Ok(None);
+        };
+        if self.joined.len() >= SEND_OK_CACHE_MAX {
+            self.joined.clear();
+        }
+        self.joined
+            .insert(conversation_id, (member.joined_seq, epoch));
+        Ok(Some(member.joined_seq))
     }
 
     /// `typing`: relayed to the other members' online devices in direct conversations and

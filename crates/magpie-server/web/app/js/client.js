@@ -20,6 +20,10 @@ import { Users } from './store/users.js';
 /** Send refusals worth retrying automatically. */
 const TRANSIENT = new Set(['rate_limited', 'unavailable', 'internal']);
 
+/** Unsent messages kept at most (beyond that, sending is refused until some go out). */
+const OUTBOX_MAX = 1_000;
+/** Opened conversations whose window is kept in memory; older ones are reloaded on open. */
+const WINDOWS_KEPT_MAX = 20;
 /** How often receipts of an open read-fan-out group are asked for (they have no events). */
 const READ_FANOUT_RECEIPTS_POLL_MS = 3_000;
 
@@ -64,6 +68,10 @@ export class Client {
     this.gen = 0;
     this.timers = {};
     this.lastTypingSent = new Map();
+    /** Serialized list refreshes by kind (see `serial`). */
+    this.serials = {};
+    /** When we left each conversation (a list asked for earlier must not bring it back). */
+    this.leftAt = new Map();
     /** Friend requests to announce if they are still pending at the next list refresh. */
     this.announce = new Map();
     this.stopped = false;
@@ -185,7 +193,12 @@ export class Client {
     this.refreshConversations().catch(() => {});
     this.refreshFriends();
     this.refreshRequests();
-    if (this.openId) this.refreshReceipts(this.openId);
+    if (this.openId) {
+      // A first page that failed to load while offline is fetched now.
+      const tl = this.timeline(this.openId);
+      if (!tl.loaded && !tl.loading) this.loadLatest(this.openId);
+      this.refreshReceipts(this.openId);
+    }
   }
 
   async onFrame(f) {
@@ -329,8 +342,12 @@ export class Client {
     return tl;
   }
 
-  /** Queues a message; it is written now if online, else after reconnecting. */
+  /** Queues a message (written now if online, else after reconnecting); its id, or null. */
   send(conversationId, text) {
+    if (this.outbox.entries.size >= OUTBOX_MAX) {
+      this.notify('Too many messages are waiting to be sent. Try again once you are back online.', 'error');
+      return null;
+    }
     const e = this.outbox.add(conversationId, text, now());
     this.flushOutbox();
     this.events.changed(`timeline:${conversationId}`);
@@ -403,6 +420,10 @@ export class Client {
   async open(id) {
     this.openId = id;
     this.events.changed('open');
+    // Keep the windows of the most recently opened conversations only (bounded memory).
+    this.recent = (this.recent || []).filter((x) => x !== id);
+    this.recent.push(id);
+    while (this.recent.length > WINDOWS_KEPT_MAX) this.timelines.delete(this.recent.shift());
     const tl = this.timeline(id);
     if (!tl.loaded) await this.loadLatest(id);
     this.markOpenRead();
@@ -609,6 +630,23 @@ export class Client {
 
   // ---------------------------------------------------------------- lists
 
+  /**
+   * Runs `fn` after the previous run of the same kind finished, so list answers are applied
+   * in the order they were asked for. A call while one run waits to start shares that run
+   * (it starts after the call, so its answer is fresh enough for the caller).
+   */
+  serial(kind, fn) {
+    const s = (this.serials[kind] ||= { tail: Promise.resolve(), queued: null });
+    if (s.queued) return s.queued;
+    const run = s.tail.then(() => {
+      s.queued = null;
+      return fn();
+    });
+    s.queued = run;
+    s.tail = run.catch(() => {});
+    return run;
+  }
+
   /** Re-reads the named lists after a short pause (coalescing bursts of events). */
   refreshSoon(...what) {
     this.soon = this.soon || new Set();
@@ -629,12 +667,18 @@ export class Client {
    * newer message live. Conversations the tracker does not know yet are seeded at their
    * last seq; known ones catch up (pull whatever the list shows beyond what was delivered).
    */
-  async refreshConversations() {
+  refreshConversations() {
+    return this.serial('conversations', () => this.loadConversations());
+  }
+
+  async loadConversations() {
+    const asked = now();
     const { conversations } = await this.api.conversations();
     const seen = new Set();
     const t = now();
     conversations.forEach((row, i) => {
       const id = row.conversation_id;
+      if ((this.leftAt.get(id) ?? -Infinity) > asked) return; // stale: we left meanwhile
       seen.add(id);
       const cur = this.conversations.get(id);
       const activity = row.last_message?.ts_ms ?? (cur ? cur.activity : this.listLoaded ? Date.now() : -i);
@@ -667,7 +711,11 @@ export class Client {
     return c.name || 'Group';
   }
 
-  async refreshFriends() {
+  refreshFriends() {
+    return this.serial('friends', () => this.loadFriends());
+  }
+
+  async loadFriends() {
     try {
       const { friends } = await this.api.friends();
       this.friends = new Map(friends.map((f) => [f.user_id, f]));
@@ -679,7 +727,11 @@ export class Client {
     }
   }
 
-  async refreshRequests() {
+  refreshRequests() {
+    return this.serial('requests', () => this.loadRequests());
+  }
+
+  async loadRequests() {
     try {
       const asked = now();
       this.requests = await this.api.friendRequests();
@@ -705,6 +757,7 @@ export class Client {
 
   /** We left a group or were removed: forget it. */
   onLeft(id) {
+    this.leftAt.set(id, now());
     const c = this.conversations.get(id);
     this.tracker.onLeft(id);
     this.timelines.delete(id);

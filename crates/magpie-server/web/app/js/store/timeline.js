@@ -21,6 +21,8 @@ export class Timeline {
     this.atLatest = true;
     /** Set when live messages arrived while detached from the live end. */
     this.newerAvailable = false;
+    /** Whether a history request is in flight (set by the client). */
+    this.loading = false;
     /** Bumped on every change (renderers compare it). */
     this.version = 0;
   }
@@ -61,6 +63,9 @@ export class Timeline {
 
   /** A message from the live stream. Returns whether the window changed. */
   addLive(m) {
+    // Never opened: nothing to keep (opening fetches the newest page). While that first page
+    // is being fetched, live messages are kept so none falls between the page and the stream.
+    if (!this.loaded && !this.loading) return false;
     if (!this.atLatest) {
       this.newerAvailable = true;
       this.version++;

@@ -341,8 +341,8 @@ export function mountChat(pane, app) {
       toast('That message is too long (100,000 characters at most).', 'error');
       return;
     }
+    if (!client.send(shownId, text)) return;
     forceBottom = true;
-    client.send(shownId, text);
     input.value = '';
     drafts.delete(shownId);
     autoGrow();

@@ -1,0 +1,177 @@
+//! The recent tail of read-fan-out conversations, kept in memory for pulls.
+//!
+//! When a message lands in a 10,000-member group, thousands of members pull the same few
+//! messages within milliseconds (seed 002: "按群聊的会话ID对消息列表进行本地LRU缓存"). The
+//! notifier loads each new message into this cache *before* it wakes anyone, so those pulls
+//! are answered from memory instead of thousands of identical store reads. The cache only
+//! ever holds contiguous runs of durable messages, and answers only what it fully covers; a
+//! pull it cannot answer goes to the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use magpie_core::{ConversationId, Message, Seq};
+use parking_lot::Mutex;
+
+/// Messages kept per conversation.
+pub const RECENT_MESSAGES_PER_CONVERSATION_MAX: usize = 512;
+/// Text bytes kept per conversation (100,000-character messages are up to 400 KB each).
+pub const RECENT_BYTES_PER_CONVERSATION_MAX: usize = 2 * 1024 * 1024;
+/// Conversations kept; the least recently extended is dropped first.
+pub const RECENT_CONVERSATIONS_MAX: usize = 128;
+
+/// A contiguous run of a conversation's newest messages.
+#[derive(Default)]
+struct Tail {
+    /// Ascending, gap-free.
+    messages: VecDeque<Arc<Message>>,
+    /// Sum of text bytes in `messages`.
+    bytes: usize,
+    /// Logical clock of the last extension, for eviction.
+    touched: u64,
+}
+
+impl Tail {
+    fn last_seq(&self) -> Option<Seq> {
+        self.messages.back().map(|m| m.seq)
+    }
+
+    fn push(&mut self, m: Arc<Message>) {
+        if let Some(last) = self.last_seq() {
+            if m.seq <= last {
+                return;
+            }
+            if m.seq != last.next() {
+                // A gap: the run is no longer contiguous, start over from here.
+                self.messages.clear();
+                self.bytes = 0;
+            }
+        }
+        self.bytes += m.text.len();
+        self.messages.push_back(m);
+        while self.messages.len() > RECENT_MESSAGES_PER_CONVERSATION_MAX
+            || (self.bytes > RECENT_BYTES_PER_CONVERSATION_MAX && self.messages.len() > 1)
+        {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.text.len();
+            }
+        }
+    }
+}
+
+/// The cache, shared by the notifier (writes) and connections (reads).
+#[derive(Default)]
+pub struct RecentMessages {
+    /// conversation → tail, plus the logical clock.
+    inner: Mutex<(HashMap<ConversationId, Tail>, u64)>,
+}
+
+impl RecentMessages {
+    /// The newest cached seq of a conversation.
+    pub fn last_seq(&self, conversation: ConversationId) -> Option<Seq> {
+        self.inner
+            .lock()
+            .0
+            .get(&conversation)
+            .and_then(Tail::last_seq)
+    }
+
+    /// Appends durable messages (ascending) to a conversation's tail.
+    pub fn extend(&self, conversation: ConversationId, messages: Vec<Message>) {
+        let mut guard = self.inner.lock();
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        if !map.contains_key(&conversation) && map.len() >= RECENT_CONVERSATIONS_MAX {
+            if let Some(oldest) = map.iter().min_by_key(|(_, t)| t.touched).map(|(c, _)| *c) {
+                map.remove(&oldest);
+            }
+        }
+        let tail = map.entry(conversation).or_default();
+        tail.touched = *clock;
+        for m in messages {
+            tail.push(Arc::new(m));
+        }
+    }
+
+    /// The messages with seq > `after`, at most `limit`, if the cache holds `after + 1` (or
+    /// `after` is the first cached seq minus one). `None` means "ask the store".
+    pub fn get(
+        &self,
+        conversation: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Option<Vec<Arc<Message>>> {
+        let guard = self.inner.lock();
+        let tail = guard.0.get(&conversation)?;
+        let first = tail.messages.front()?.seq;
+        let last = tail.last_seq()?;
+        if after.0 + 1 < first.0 || after >= last {
+            return None;
+        }
+        let skip = (after.0 + 1 - first.0) as usize;
+        Some(
+            tail.messages
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magpie_core::{ClientMsgId, UserId};
+
+    fn msg(seq: u64) -> Message {
+        Message {
+            conversation_id: ConversationId(1),
+            seq: Seq(seq),
+            sender_id: UserId(1),
+            client_msg_id: ClientMsgId::new(format!("c{seq}")).unwrap(),
+            text: "x".into(),
+            system: None,
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn answers_only_what_it_covers() {
+        let r = RecentMessages::default();
+        let c = ConversationId(1);
+        assert!(r.get(c, Seq(0), 10).is_none());
+        r.extend(c, (5..=8).map(msg).collect());
+        let seqs = |v: Vec<Arc<Message>>| v.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+        assert_eq!(seqs(r.get(c, Seq(4), 10).unwrap()), vec![5, 6, 7, 8]);
+        assert_eq!(seqs(r.get(c, Seq(6), 1).unwrap()), vec![7]);
+        assert!(r.get(c, Seq(3), 10).is_none(), "seq 4 is not cached");
+        assert!(
+            r.get(c, Seq(8), 10).is_none(),
+            "beyond the tail: ask the store"
+        );
+        r.extend(c, vec![msg(10)]);
+        assert!(r.get(c, Seq(8), 10).is_none(), "a gap restarts the run");
+        assert_eq!(seqs(r.get(c, Seq(9), 10).unwrap()), vec![10]);
+    }
+
+    #[test]
+    fn bounded() {
+        let r = RecentMessages::default();
+        r.extend(
+            ConversationId(1),
+            (1..=(RECENT_MESSAGES_PER_CONVERSATION_MAX as u64 + 10))
+                .map(msg)
+                .collect(),
+        );
+        assert!(
+            r.get(ConversationId(1), Seq(5), 1).is_none(),
+            "oldest evicted"
+        );
+        for c in 2..(RECENT_CONVERSATIONS_MAX as u64 + 5) {
+            r.extend(ConversationId(c), vec![msg(1)]);
+        }
+        assert!(r.inner.lock().0.len() <= RECENT_CONVERSATIONS_MAX);
+    }
+}
