@@ -13,8 +13,8 @@
 #
 # Knobs (environment): PORT, DURATION_S, WARMUP_S, PAIRS_LIST, WINDOW_LIST, LATENCY_PAIRS,
 # HALF_RATE (skip the throughput matrix for the half-max latency run), IDLE_CONNECTIONS,
-# IDLE_HOLD_S, RESULTS, QUIET_WAIT_S / QUIET_BUSY_PERCENT (before each run, wait up to
-# QUIET_WAIT_S seconds for the machine to be at most QUIET_BUSY_PERCENT busy), MAGPIE_BIN (use
+# IDLE_HOLD_S, RESULTS, QUIET_WAIT_S / QUIET_BUSY_PERCENT / QUIET_IO_PERCENT (before each run,
+# wait up to QUIET_WAIT_S seconds for CPU use and I/O pressure to drop below these), MAGPIE_BIN (use
 # this binary instead of building target/release/magpie).
 set -euo pipefail
 
@@ -96,13 +96,23 @@ cpu_busy_percent() {
     echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
 }
 
-# Other engineers share the two cores: wait (up to QUIET_WAIT_S) until the machine is quiet.
+# Percent of the last 10 s in which some task waited for the disk (0 if PSI is unavailable).
+io_pressure_percent() {
+    local avg10
+    avg10=$(sed -n 's/^some avg10=\([0-9]*\).*/\1/p' /proc/pressure/io 2>/dev/null || true)
+    echo "${avg10:-0}"
+}
+
+# Other engineers share the two cores and the disk: wait (up to QUIET_WAIT_S) until the
+# machine is quiet, since both CPU and fsync latency move the results.
 wait_quiet() {
-    local deadline=$((SECONDS + ${QUIET_WAIT_S:-180})) busy
+    local deadline=$((SECONDS + ${QUIET_WAIT_S:-180})) busy io
     while :; do
         busy=$(cpu_busy_percent)
-        if [ "$busy" -le "${QUIET_BUSY_PERCENT:-15}" ] || [ $SECONDS -ge $deadline ]; then
-            echo "machine busy ${busy}% before the run"
+        io=$(io_pressure_percent)
+        if { [ "$busy" -le "${QUIET_BUSY_PERCENT:-15}" ] && [ "$io" -le "${QUIET_IO_PERCENT:-5}" ]; } ||
+            [ $SECONDS -ge $deadline ]; then
+            echo "before the run: CPU ${busy}% busy, I/O pressure ${io}%"
             return
         fi
     done

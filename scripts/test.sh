@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Magpie's whole test suite: unit, property, conformance, protocol integration and crash
-# tests. Everything the tests need is started by the tests themselves (temp dirs, free ports).
+# Runs Magpie's whole test suite: unit, property, conformance, protocol integration, crash
+# tests, and the web client's end-to-end tests in headless Chromium. Everything the tests need
+# is installed by the scripts or started by the tests themselves (temp dirs, free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,6 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --workspace --all-targets "$@"
+
+# The web client in real headless Chromium (installs Chromium and playwright-core if missing).
+scripts/e2e.sh

@@ -61,7 +61,12 @@ export async function shot(page, name) {
   await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
 }
 
-/** The page's errors, minus the connection failures expected while the server is down. */
-export function unexpectedErrors(page) {
-  return page.errors.filter((e) => !/WebSocket connection to|Failed to load resource: net::ERR_CONNECTION_REFUSED/.test(String(e)));
+/** The page's errors, minus those matching `allowed` (a RegExp). */
+export function unexpectedErrors(page, allowed) {
+  return page.errors.filter((e) => !allowed.test(String(e)));
 }
+
+/** While a server is down: requests cut by the shutdown (refused, reset, empty, or a 503). */
+export const CONNECTION_FAILURES = /WebSocket connection to|Failed to load resource/;
+/** A member removed from a group may have a request in flight that now answers 403. */
+export const LOST_ACCESS = /Failed to load resource: the server responded with a status of 403/;

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
+import { account, call } from '../lib/api.js';
 import { launch, person, shot } from '../lib/browser.js';
 import { MagpieServer } from '../lib/server.js';
 import {
@@ -42,6 +43,14 @@ test('two people befriend each other and chat with live badges and receipts', as
   await b.locator('#incoming-requests .person', { hasText: 'alice' }).waitFor();
   await shot(b, '02-friend-request');
   await acceptFrom(b, 'alice');
+
+  // A request bob declines disappears, and nothing else changes.
+  const carol = await account(server, 'carol');
+  const bobUser = await call(server, 'GET', '/v1/users?username=bob', { token: carol.token });
+  await call(server, 'POST', '/v1/friends/requests', { token: carol.token, body: { user_id: bobUser.user_id } });
+  await b.getByRole('button', { name: 'Decline friend request from carol' }).click();
+  await b.locator('#incoming-requests .person').first().waitFor({ state: 'detached' });
+  assert.equal(await b.locator('#friends-list .person', { hasText: 'carol' }).count(), 0);
 
   // The direct conversation shows up on both sides, with presence dots.
   await showChats(a);

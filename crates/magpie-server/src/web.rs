@@ -62,6 +62,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("app/js/session.js", JS),
     asset!("app/js/socket.js", JS),
     asset!("app/js/client.js", JS),
+    asset!("app/js/store/conversations.js", JS),
     asset!("app/js/store/emitter.js", JS),
     asset!("app/js/store/inbox.js", JS),
     asset!("app/js/store/tracker.js", JS),

@@ -141,6 +141,9 @@ struct PairShared {
     final_seq: [AtomicU64; 2],
     /// Whether each side is done.
     done: [AtomicBool; 2],
+    /// Set when a side's connection ended abnormally; the other side then stops waiting for
+    /// messages that will never come (the failure itself is already reported).
+    broken: AtomicBool,
 }
 
 impl PairShared {
@@ -257,7 +260,19 @@ impl Driver {
             }
             Message::Close(frame) => {
                 let why = frame
-                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                    .map(|f| {
+                        let code = u16::from(f.code);
+                        let meaning = match code {
+                            magpie_protocol::close::CLOSE_RESYNC => {
+                                " (its outbound event queue overflowed)"
+                            }
+                            magpie_protocol::close::CLOSE_HEARTBEAT_TIMEOUT => {
+                                " (heartbeat timeout)"
+                            }
+                            _ => "",
+                        };
+                        format!("{code} {}{meaning}", f.reason)
+                    })
                     .unwrap_or_default();
                 self.stats
                     .violation(format!("conn {}: server closed the socket: {why}", self.id));
@@ -454,6 +469,9 @@ async fn drive(spec: ConnSpec, plan: Plan, deliver: Recorder, ack: Recorder) -> 
             d.stats.drained = true;
             break;
         }
+        if !sending && pair.broken.load(Ordering::Acquire) {
+            break;
+        }
         if now >= plan.drain_deadline_ns {
             let un_acked = d.pending.len();
             let last = d.last_event_seq;
@@ -514,6 +532,9 @@ async fn drive(spec: ConnSpec, plan: Plan, deliver: Recorder, ack: Recorder) -> 
             }
             () = &mut sleep => {}
         }
+    }
+    if !d.stats.drained {
+        pair.broken.store(true, Ordering::Release);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
     d.stats

@@ -10,6 +10,7 @@ import { ApiError, createApi, describeError } from './api.js';
 import { config } from './config.js';
 import { loadCursor, saveCursor } from './session.js';
 import { Socket } from './socket.js';
+import { mergeRow } from './store/conversations.js';
 import { Emitter } from './store/emitter.js';
 import { Inbox } from './store/inbox.js';
 import { Outbox } from './store/outbox.js';
@@ -539,7 +540,7 @@ export class Client {
   /** Asks who read our newest message (`GET …/receipts?seq=`). */
   async refreshReceipts(id) {
     const own = this.newestOwn(id);
-    if (!own) return;
+    if (!own || !this.conversations.has(id)) return;
     try {
       const r = await this.api.receipts(id, own.seq);
       this.receipts.set(id, r);
@@ -681,16 +682,11 @@ export class Client {
       if ((this.leftAt.get(id) ?? -Infinity) > asked) return; // stale: we left meanwhile
       seen.add(id);
       const cur = this.conversations.get(id);
+      // Empty conversations: keep their place, put new ones on top, else the server's order.
       const activity = row.last_message?.ts_ms ?? (cur ? cur.activity : this.listLoaded ? Date.now() : -i);
-      if (cur && cur.last_seq > row.last_seq) {
-        Object.assign(cur, { ...row, last_seq: cur.last_seq, last_message: cur.last_message, unread_count: cur.unread_count, read_seq: Math.max(cur.read_seq, row.read_seq) });
-      } else {
-        const read = Math.max(cur?.read_seq ?? 0, row.read_seq);
-        const unread = read >= row.last_seq ? 0 : read > row.read_seq ? Math.min(row.unread_count, cur.unread_count) : row.unread_count;
-        this.conversations.set(id, { ...row, read_seq: read, unread_count: unread, activity: Math.max(activity, cur?.activity ?? -Infinity) });
-      }
+      this.conversations.set(id, mergeRow(cur, row, activity));
       if (row.kind === 'direct' && row.peer_id) this.users.name(row.peer_id);
-      if (this.tracker.delivered(id) === null && !this.tracker.convs.has(id)) this.tracker.restore(id, row.last_seq);
+      if (!this.tracker.convs.has(id)) this.tracker.restore(id, row.last_seq);
       else this.applyEffects(this.tracker.onCatchUp([row], t));
     });
     for (const id of [...this.conversations.keys()]) if (!seen.has(id)) this.conversations.delete(id);

@@ -112,10 +112,14 @@ export function mountChat(pane, app) {
       prevSender = r.m.kind === 'system' ? null : r.m.sender_id;
       const item = { m: r.m, own: mine, pending: r.pending, showSender };
       const key = mine ? `c:${r.m.client_msg_id}` : `s:${r.m.seq}`;
-      const label = showSender || r.m.kind === 'system' ? r.m.kind === 'system' ? JSON.stringify(r.m.system) + usersSig(r.m) : client.users.label(r.m.sender_id) : '';
+      // Names shown in the row: a re-render is due when one of them arrives.
+      let names = '';
+      if (r.m.kind === 'system') names = usersSig(r.m);
+      else if (showSender) names = client.users.label(r.m.sender_id);
+      const state = r.pending ? `${r.pending.state}|${r.pending.error}` : 'sent';
       out.push({
         key,
-        sig: `${r.m.seq}|${r.pending ? `${r.pending.state}|${r.pending.error}` : 'sent'}|${label}`,
+        sig: `${r.m.seq}|${state}|${names}`,
         build: () => messageElement(client, item, { retry: (x) => client.retry(x), discard: (x) => client.discard(x) }),
       });
       if (own && r.m === own) {
@@ -126,9 +130,11 @@ export function mountChat(pane, app) {
     return out;
   }
 
+  /** The names a system message mentions, plus its content. */
   function usersSig(m) {
     const s = m.system || {};
-    return [s.actor_id, s.user_id, ...(s.user_ids || [])].map((u) => (u ? client.users.label(u) : '')).join(',');
+    const ids = [s.actor_id, s.user_id, ...(s.user_ids || [])];
+    return JSON.stringify([s, ids.map((u) => (u ? client.users.label(u) : ''))]);
   }
 
   function dayElement(ts) {

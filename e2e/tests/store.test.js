@@ -1,0 +1,282 @@
+// Unit tests of the client's pure modules (no browser): the inbox sequencer, the
+// per-conversation tracker (the SDK's merge/dedupe/gap-fill rules, ported), the visible
+// timeline window and the outbox. They run in Node next to the browser tests.
+
+import assert from 'node:assert/strict';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const STORE = resolve(dirname(fileURLToPath(import.meta.url)), '../../crates/magpie-server/web/app/js/store');
+let tmp;
+let Inbox;
+let Tracker;
+let Timeline;
+let Outbox;
+let mergeRow;
+
+/** Imports a dependency-free module of the client (copied as .mjs: the web dir has no package.json). */
+async function load(name) {
+  const dest = join(tmp, name.replace(/\.js$/, '.mjs'));
+  await copyFile(join(STORE, name), dest);
+  return import(pathToFileURL(dest).href);
+}
+
+before(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'magpie-web-store-'));
+  ({ Inbox } = await load('inbox.js'));
+  ({ Tracker } = await load('tracker.js'));
+  ({ Timeline } = await load('timeline.js'));
+  ({ Outbox } = await load('outbox.js'));
+  ({ mergeRow } = await load('conversations.js'));
+});
+
+after(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const A = '10';
+const B = '20';
+const msg = (conv, seq) => ({ conversation_id: conv, seq, sender_id: '1', client_msg_id: `c${conv}-${seq}`, text: `m${seq}`, ts_ms: seq, kind: 'text' });
+
+/** A tracker plus everything it handed out, checked for exactly-once order at every step. */
+function harness(limits = {}) {
+  const t = new Tracker(limits);
+  const out = new Map();
+  let pulls = [];
+  const apply = (fx) => {
+    for (const m of fx.messages) {
+      const got = out.get(m.conversation_id) || [];
+      if (got.length) assert.ok(m.seq > got[got.length - 1], `out of order or repeated: ${m.seq} after ${got[got.length - 1]}`);
+      got.push(m.seq);
+      out.set(m.conversation_id, got);
+    }
+    pulls.push(...fx.pulls);
+    return fx;
+  };
+  return {
+    t,
+    event: (conv, seq) => apply(t.onMessage(msg(conv, seq), 0)),
+    notify: (conv, last) => apply(t.onNotify(conv, last, 0)),
+    answer: (p, timeline) => apply(t.onPulled(p.conversation_id, timeline.filter((s) => s > p.after_seq).slice(0, p.limit).map((s) => msg(p.conversation_id, s)), 0)),
+    apply,
+    takePulls: () => {
+      const p = pulls;
+      pulls = [];
+      return p;
+    },
+    got: (conv) => out.get(conv) || [],
+  };
+}
+
+const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+
+describe('tracker', () => {
+  test('inbox messages in order need no pulls; duplicates are dropped', () => {
+    const h = harness();
+    for (const s of [1, 2, 2, 3, 1, 3, 4]) h.event(A, s);
+    assert.deepEqual(h.got(A), [1, 2, 3, 4]);
+    assert.deepEqual(h.takePulls(), []);
+  });
+
+  test('reordered events are held and the gap is pulled once', () => {
+    const h = harness();
+    h.event(A, 1);
+    h.event(A, 4);
+    h.event(A, 3);
+    assert.deepEqual(h.got(A), [1]);
+    const pulls = h.takePulls();
+    assert.deepEqual(pulls.map((p) => [p.conversation_id, p.after_seq]), [[A, 1]]);
+    h.event(A, 2);
+    assert.deepEqual(h.got(A), [1, 2, 3, 4]);
+    h.answer(pulls[0], [1, 2, 3, 4]);
+    assert.deepEqual(h.got(A), [1, 2, 3, 4]);
+    assert.deepEqual(h.takePulls(), []);
+  });
+
+  test('notifies coalesce into one pull and full pages are followed', () => {
+    const h = harness({ pullPage: 3 });
+    h.t.restore(A, 2);
+    h.notify(A, 5);
+    h.notify(A, 8);
+    let p = h.takePulls();
+    assert.equal(p.length, 1);
+    assert.equal(p[0].after_seq, 2);
+    const timeline = range(1, 8);
+    h.answer(p[0], timeline);
+    p = h.takePulls();
+    assert.equal(p[0].after_seq, 5);
+    h.answer(p[0], timeline);
+    p = h.takePulls();
+    assert.equal(p[0].after_seq, 8, 'a full page: ask again');
+    h.answer(p[0], timeline);
+    assert.deepEqual(h.takePulls(), []);
+    assert.deepEqual(h.got(A), range(3, 8));
+    h.notify(A, 6);
+    assert.deepEqual(h.takePulls(), [], 'a stale notify asks for nothing');
+  });
+
+  test('a group switching fan-out modes mid-stream still yields every message once', () => {
+    const h = harness();
+    for (const s of [1, 2, 3]) h.event(A, s);
+    h.notify(A, 5);
+    const p = h.takePulls();
+    assert.deepEqual(p.map((x) => x.after_seq), [3]);
+    h.notify(A, 6);
+    h.answer(p[0], range(1, 6));
+    assert.deepEqual(h.got(A), range(1, 6));
+    h.event(A, 9); // back to inbox events, with a gap nobody notified about
+    const q = h.takePulls();
+    assert.deepEqual(q.map((x) => x.after_seq), [6]);
+    h.answer(q[0], range(1, 9));
+    assert.deepEqual(h.got(A), range(1, 9));
+  });
+
+  test('joining pulls from the beginning and starts at the first visible seq', () => {
+    const h = harness();
+    h.apply(h.t.onJoined(B, 0));
+    const p = h.takePulls();
+    assert.deepEqual(p.map((x) => x.after_seq), [0]);
+    h.event(B, 9); // an inbox event while the pull is in flight is held
+    h.answer(p[0], [7, 8, 9]); // history before joined_seq 7 is not visible
+    assert.deepEqual(h.got(B), [7, 8, 9]);
+  });
+
+  test('catch-up after a reconnect pulls what the list shows beyond what was delivered', () => {
+    const h = harness();
+    h.t.restore(A, 4);
+    h.apply(h.t.onCatchUp([{ conversation_id: A, last_seq: 6, fanout: 'read' }, { conversation_id: B, last_seq: 3, fanout: 'write' }], 0));
+    const p = h.takePulls();
+    assert.deepEqual(p.map((x) => [x.conversation_id, x.after_seq]), [[A, 4]], 'unknown write-fan-out rows are left to the inbox');
+    h.answer(p[0], range(1, 6));
+    assert.deepEqual(h.got(A), [5, 6]);
+  });
+
+  test('a gap the server cannot fill is skipped, not looped on', () => {
+    const h = harness();
+    h.event(A, 1);
+    h.event(A, 5);
+    const p = h.takePulls();
+    h.answer(p[0], [1, 5]);
+    assert.deepEqual(h.got(A), [1, 5]);
+    assert.deepEqual(h.takePulls(), []);
+  });
+
+  test('unanswered pulls are issued again after the timeout and after a reconnect', () => {
+    const t = new Tracker({ pullTimeoutMs: 100 });
+    t.restore(A, 1);
+    assert.equal(t.onNotify(A, 3, 0).pulls.length, 1);
+    assert.equal(t.pollTimeouts(50).pulls.length, 0);
+    assert.equal(t.pollTimeouts(100).pulls.length, 1);
+    t.onDisconnected();
+    assert.equal(t.onConnected(120).pulls.length, 1);
+  });
+});
+
+describe('inbox', () => {
+  test('duplicates are dropped and gaps filled page by page before the live event', async () => {
+    const fetches = [];
+    const delivered = [];
+    const server = range(1, 12);
+    const inbox = new Inbox(2, async (after) => {
+      fetches.push(after);
+      return server.filter((c) => c > after).slice(0, 3).map((cursor) => ({ cursor }));
+    }, (e) => delivered.push(e.cursor));
+    await inbox.accept({ cursor: 2 });
+    await inbox.accept({ cursor: 12 });
+    assert.deepEqual(delivered, range(3, 12));
+    assert.deepEqual(fetches, [2, 5, 8]);
+    await inbox.accept({ cursor: 11 });
+    await inbox.accept({ cursor: 13 });
+    assert.deepEqual(delivered, range(3, 13));
+    assert.equal(inbox.last, 13);
+  });
+
+  test('an unfillable gap is skipped after no progress', async () => {
+    const delivered = [];
+    const inbox = new Inbox(1, async () => [], (e) => delivered.push(e.cursor));
+    await inbox.accept({ cursor: 5 });
+    assert.deepEqual(delivered, [5]);
+  });
+});
+
+describe('timeline', () => {
+  test('merges by seq, drops duplicates and keeps at most the cap', () => {
+    const tl = new Timeline(A, 10);
+    tl.loadLatest([msg(A, 5), msg(A, 6)], false);
+    for (const s of [8, 7, 7, 6, 9]) tl.addLive(msg(A, s));
+    assert.deepEqual(tl.msgs.map((m) => m.seq), [5, 6, 7, 8, 9]);
+    for (const s of range(10, 20)) tl.addLive(msg(A, s));
+    assert.equal(tl.msgs.length, 10);
+    assert.equal(tl.oldestSeq(), 11);
+    assert.ok(tl.hasOlder);
+  });
+
+  test('nothing is kept for a conversation never opened; live messages during the first load are', () => {
+    const tl = new Timeline(A, 10);
+    assert.equal(tl.addLive(msg(A, 1)), false);
+    tl.loading = true;
+    tl.addLive(msg(A, 4));
+    tl.loadLatest([msg(A, 2), msg(A, 3)], false);
+    assert.deepEqual(tl.msgs.map((m) => m.seq), [2, 3, 4]);
+  });
+
+  test('paging back past the cap detaches the window from the live end', () => {
+    const tl = new Timeline(A, 10);
+    tl.loadLatest(range(21, 28).map((s) => msg(A, s)), true);
+    tl.addOlder(range(13, 20).map((s) => msg(A, s)), true);
+    assert.equal(tl.msgs.length, 10);
+    assert.deepEqual([tl.oldestSeq(), tl.newestSeq()], [13, 22]);
+    assert.equal(tl.atLatest, false);
+    tl.addLive(msg(A, 29));
+    assert.equal(tl.newerAvailable, true);
+    assert.equal(tl.newestSeq(), 22, 'not appended while detached');
+  });
+});
+
+describe('outbox', () => {
+  test('a failed send is retried with the same client message id', () => {
+    const o = new Outbox();
+    const e = o.add(A, 'hi', 0);
+    assert.match(e.client_msg_id, /^w-[0-9a-f]{32}$/);
+    o.markWritten(e.client_msg_id);
+    assert.deepEqual(o.unwritten(), []);
+    assert.deepEqual(o.expire(999, 1000), []);
+    assert.equal(o.expire(1000, 1000).length, 1);
+    assert.equal(o.get(e.client_msg_id).state, 'failed');
+    assert.deepEqual(o.unwritten(), [], 'failed sends wait for the user');
+    o.retry(e.client_msg_id, 2000);
+    assert.deepEqual(o.unwritten().map((x) => x.client_msg_id), [e.client_msg_id]);
+    o.markWritten(e.client_msg_id);
+    o.resetWritten();
+    assert.equal(o.unwritten().length, 1, 'written again after a reconnect');
+    assert.equal(o.complete(e.client_msg_id).text, 'hi');
+    assert.equal(o.complete(e.client_msg_id), undefined);
+  });
+});
+
+describe('conversation rows', () => {
+  const row = (o) => ({ conversation_id: A, kind: 'direct', name: '', last_seq: 5, last_message: msg(A, 5), read_seq: 2, unread_count: 3, muted: false, ...o });
+
+  test('the list is the truth for a conversation seen for the first time', () => {
+    const r = mergeRow(undefined, row(), 5);
+    assert.equal(r.unread_count, 3);
+    assert.equal(r.activity, 5);
+  });
+
+  test('a message seen live after the list was computed keeps its preview and count', () => {
+    const cur = { ...row({ last_seq: 6, last_message: msg(A, 6), unread_count: 4 }), activity: 6 };
+    const r = mergeRow(cur, row({ muted: true }), 5);
+    assert.deepEqual([r.last_seq, r.unread_count, r.activity, r.muted], [6, 4, 6, true]);
+  });
+
+  test('a read mark newer than the list is not undone', () => {
+    const cur = { ...row({ read_seq: 5, unread_count: 0 }), activity: 5 };
+    assert.equal(mergeRow(cur, row(), 5).unread_count, 0);
+    const partly = { ...row({ read_seq: 4, unread_count: 1 }), activity: 5 };
+    const r = mergeRow(partly, row(), 5);
+    assert.deepEqual([r.read_seq, r.unread_count], [4, 1]);
+  });
+});
