@@ -24,7 +24,10 @@ use crate::push::{PushCandidate, PushQueue};
 use crate::recent::RecentMessages;
 
 /// Items queued per device before it counts as too slow and is told to resync.
-pub const DEVICE_QUEUE_EVENTS_MAX: usize = 1024;
+/// One store batch can carry up to 512 sends from each of several connections, each producing an
+/// event for this device, so the bound sits well above a batch. tokio allocates the queue in
+/// blocks of 32 as it fills, so an idle device pays for one block, not for the bound.
+pub const DEVICE_QUEUE_EVENTS_MAX: usize = 4096;
 /// Conversations with a pending notify per device; a device beyond it is told to resync.
 pub const NOTIFY_PENDING_CONVERSATIONS_MAX: usize = 4096;
 /// Read-fan-out conversations waiting for the notifier; beyond it the notice is merged into
@@ -96,8 +99,9 @@ impl NotifyBox {
 /// What goes into a device's queue.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// An inbox event, delivered in cursor order.
-    Event(Event),
+    /// An inbox event, delivered in cursor order. Shared by the user's devices, and boxed so
+    /// that the queue's slots stay small (an idle device's queue costs one block of slots).
+    Event(Arc<Event>),
     /// The device's [`NotifyBox`] has something.
     NotifyWake,
     /// A serialized ephemeral frame (presence, typing).
@@ -176,6 +180,8 @@ pub struct Hub {
     /// Offline push intake, set once at start when a provider is configured (the queue needs
     /// the store, which needs the hub, so it is attached after construction).
     push: std::sync::OnceLock<PushQueue>,
+    /// The recent-message cache, told about every commit (set once at start).
+    recent: std::sync::OnceLock<Arc<RecentMessages>>,
 }
 
 /// Removes its connection from the hub when dropped, so a panicking or cancelled connection
@@ -250,7 +256,13 @@ impl Hub {
             notices_ready: Notify::new(),
             presence,
             push: std::sync::OnceLock::new(),
+            recent: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the recent-message cache (once).
+    pub fn set_recent(&self, recent: Arc<RecentMessages>) {
+        let _ = self.recent.set(recent);
     }
 
     /// Attaches the offline push queue (once).
@@ -334,8 +346,9 @@ impl Hub {
         let Some(slot) = shard.get_mut(&ue.user_id) else {
             return false;
         };
+        let event = Arc::new(ue.event.clone());
         for device in slot.devices.iter_mut() {
-            device.push(Outbound::Event(ue.event.clone()));
+            device.push(Outbound::Event(event.clone()));
         }
         if let Some(waiters) = &slot.waiters {
             waiters.notify_waiters();
@@ -358,6 +371,28 @@ impl Hub {
             sender_id: m.sender_id,
             preview: crate::push::preview(&m.text),
         });
+    }
+
+    /// Tells the recent-message cache how far each conversation got, so it never answers a
+    /// pull with a page that stops short of what is committed.
+    fn note_commits(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
+        let Some(recent) = self.recent.get() else {
+            return;
+        };
+        let mut commits: Vec<(ConversationId, Seq)> = notices
+            .iter()
+            .map(|n| (n.conversation_id, n.last_seq))
+            .collect();
+        for ue in events {
+            if let EventPayload::Message(m) = &ue.event.payload {
+                if commits.last().map(|(c, s)| (*c, *s)) != Some((m.conversation_id, m.seq)) {
+                    commits.push((m.conversation_id, m.seq));
+                }
+            }
+        }
+        if !commits.is_empty() {
+            recent.note_committed(&commits);
+        }
     }
 
     /// Runs forever: turns coalesced read-fan-out notices into per-device notify wake-ups,
@@ -412,6 +447,7 @@ impl Hub {
 
 impl CommitSink for Hub {
     fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
+        self.note_commits(events, notices);
         for ue in events {
             if !self.deliver(ue) {
                 self.offer_push(ue);

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use magpie_store::{FjallConfig, FjallStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -145,6 +146,7 @@ impl Server {
             ));
         }
         let recent = Arc::new(recent::RecentMessages::default());
+        hub.set_recent(recent.clone());
         let background = vec![
             tokio::spawn(hub.clone().run_notifier(dyn_store.clone(), recent.clone())),
             tokio::spawn(social::announce_presence(
@@ -153,9 +155,7 @@ impl Server {
                 hub.clone(),
             )),
         ];
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = AppState {
             config: Arc::new(config),
@@ -173,6 +173,11 @@ impl Server {
         let app = router(state.clone());
         let shutdown = state.shutdown.clone();
         let task = tokio::spawn(async move {
+            // Nagle's algorithm would hold small frames (acks, events) back for up to a delayed-ACK
+            // period; a chat server wants every frame on the wire at once.
+            let listener = listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
@@ -208,6 +213,22 @@ impl Server {
         served??;
         Ok(())
     }
+}
+
+/// Pending connections the kernel queues before `accept`; large enough that a reconnect storm
+/// after a restart does not drop handshakes (tokio's default is 128).
+const LISTEN_BACKLOG_CONNECTIONS: u32 = 4096;
+
+/// Binds the listening socket with an explicit backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG_CONNECTIONS)
 }
 
 /// The full route table.

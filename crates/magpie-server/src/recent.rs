@@ -29,6 +29,10 @@ struct Tail {
     bytes: usize,
     /// Logical clock of the last extension, for eviction.
     touched: u64,
+    /// The newest seq committed in this conversation, as announced by the store (any fan-out
+    /// mode). The tail answers pulls only while it reaches this seq; otherwise a short page
+    /// would look like "nothing more" to a client.
+    committed: Seq,
 }
 
 impl Tail {
@@ -89,12 +93,23 @@ impl RecentMessages {
         let tail = map.entry(conversation).or_default();
         tail.touched = *clock;
         for m in messages {
+            tail.committed = tail.committed.max(m.seq);
             tail.push(Arc::new(m));
         }
     }
 
-    /// The messages with seq > `after`, at most `limit`, if the cache holds `after + 1` (or
-    /// `after` is the first cached seq minus one). `None` means "ask the store".
+    /// Records commits (conversation, newest seq) of cached conversations; others are ignored.
+    pub fn note_committed(&self, commits: &[(ConversationId, Seq)]) {
+        let mut guard = self.inner.lock();
+        for (conversation, seq) in commits {
+            if let Some(tail) = guard.0.get_mut(conversation) {
+                tail.committed = tail.committed.max(*seq);
+            }
+        }
+    }
+
+    /// The messages with seq > `after`, at most `limit`, if the cache holds `after + 1` and its
+    /// tail reaches the newest committed seq. `None` means "ask the store".
     pub fn get(
         &self,
         conversation: ConversationId,
@@ -105,7 +120,7 @@ impl RecentMessages {
         let tail = guard.0.get(&conversation)?;
         let first = tail.messages.front()?.seq;
         let last = tail.last_seq()?;
-        if after.0 + 1 < first.0 || after >= last {
+        if after.0 + 1 < first.0 || after >= last || last < tail.committed {
             return None;
         }
         let skip = (after.0 + 1 - first.0) as usize;
@@ -154,6 +169,13 @@ mod tests {
         r.extend(c, vec![msg(10)]);
         assert!(r.get(c, Seq(8), 10).is_none(), "a gap restarts the run");
         assert_eq!(seqs(r.get(c, Seq(9), 10).unwrap()), vec![10]);
+        r.note_committed(&[(c, Seq(11))]);
+        assert!(
+            r.get(c, Seq(9), 10).is_none(),
+            "behind the store: a short page would mislead"
+        );
+        r.extend(c, vec![msg(11)]);
+        assert_eq!(seqs(r.get(c, Seq(9), 10).unwrap()), vec![10, 11]);
     }
 
     #[test]

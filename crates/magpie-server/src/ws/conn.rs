@@ -527,7 +527,7 @@ impl Conn {
         let mut written = 0;
         while let Some(item) = next.take() {
             match item {
-                Outbound::Event(event) => self.deliver(event).await?,
+                Outbound::Event(event) => self.deliver(&event).await?,
                 Outbound::NotifyWake => self.write_notifies().await?,
                 Outbound::Frame(text) => self
                     .socket
@@ -543,7 +543,7 @@ impl Conn {
         self.flush().await
     }
 
-    async fn deliver(&mut self, event: Event) -> Result<(), End> {
+    async fn deliver(&mut self, event: &Event) -> Result<(), End> {
         if event.cursor <= self.last_sent {
             return Ok(());
         }
@@ -558,7 +558,7 @@ impl Conn {
                 self.send_event(e).await?;
             }
         }
-        self.send_event(&event).await
+        self.send_event(event).await
     }
 
     /// Submits everything queued as one store batch, if no batch is in flight. Each send

@@ -16,7 +16,7 @@ use crate::state::AppState;
 pub const FRAME_BYTES_MAX: usize = 100_000 * 6 + 4096;
 /// Socket read buffer. tungstenite's default (128 KiB) would cost ~136 KiB per idle socket;
 /// the buffer grows on demand for the rare large frame.
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Bytes of outbound frames collected before a write syscall; `flush` always writes at once.
 pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Backpressure bound on buffered outbound bytes (room for one maximal frame and then some).
