@@ -1540,6 +1540,19 @@ impl Writer {
     }
 }
 
+/// Whether every staged member row of `conv` agrees with `list`: a staged insert or update for
+/// a listed user, a staged delete for an unlisted one.
+fn staged_membership_agrees(st: &Staged, conv: ConversationId, list: &[UserId]) -> bool {
+    let prefix = conv_key(conv);
+    st.writes[Ks::Members as usize]
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .all(|(k, v)| match parse_pair(k, "member key") {
+            Ok((_, user)) => list.contains(&UserId(user)) == v.is_some(),
+            Err(_) => false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     //! Drives `Writer::process` directly, so that several ops are guaranteed to share a batch.
@@ -1883,17 +1896,4 @@ mod tests {
         h.run(vec![u1]);
         assert!(matches!(got(r1), Err(StoreError::Poisoned)));
     }
-}
-
-/// Whether every staged member row of `conv` agrees with `list`: a staged insert or update for
-/// a listed user, a staged delete for an unlisted one.
-fn staged_membership_agrees(st: &Staged, conv: ConversationId, list: &[UserId]) -> bool {
-    let prefix = conv_key(conv);
-    st.writes[Ks::Members as usize]
-        .iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .all(|(k, v)| match parse_pair(k, "member key") {
-            Ok((_, user)) => list.contains(&UserId(user)) == v.is_some(),
-            Err(_) => false,
-        })
 }
