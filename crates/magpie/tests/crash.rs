@@ -305,3 +305,81 @@ async fn verify(base: &str, alice: &str, bob: &str, conv: &str, acked: &HashMap<
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_keeps_acknowledged_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    let server = ServerProc::start(addr, dir.path());
+    wait_healthy(&base).await;
+    let (_alice_id, alice) = account(&base, "alice").await;
+    let (bob_id, bob) = account(&base, "bob").await;
+    let (_, v) = post(
+        &base,
+        Some(&alice),
+        "/v1/conversations/direct",
+        json!({"peer_id": bob_id}),
+    )
+    .await;
+    let conv = v["conversation_id"].as_str().unwrap().to_owned();
+    for i in 0..20 {
+        let (st, _) = post(
+            &base,
+            Some(&alice),
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": format!("t{i}"), "text": "before sigterm"}),
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    // An open socket must be closed with 1001 (going away), not dropped.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={bob}"))
+        .await
+        .unwrap();
+    let pid = server.child.id() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("socket closed within 10 s");
+    assert_eq!(
+        close,
+        Some(1001),
+        "clients are told the server is going away"
+    );
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.child.wait().expect("wait");
+        (server, s)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.1.success(),
+        "exit status after SIGTERM: {:?}",
+        status.1
+    );
+    drop(status.0);
+    let restarted = ServerProc::start(addr, dir.path());
+    wait_healthy(&base).await;
+    let page = get(
+        &base,
+        &bob,
+        &format!("/v1/conversations/{conv}/messages?after_seq=0&limit=200"),
+    )
+    .await;
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        20,
+        "every acknowledged message survived"
+    );
+    drop(restarted);
+}
