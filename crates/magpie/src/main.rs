@@ -31,7 +31,16 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        None => runtime.block_on(magpie_server::run(magpie_server::ServeArgs::default())),
+        // No subcommand means `serve` with defaults; parsing it as such keeps the MAGPIE_* env
+        // overrides working for `cargo run --release`.
+        None => {
+            let Cli { command } = Cli::parse_from(["magpie", "serve"]);
+            let args = match command {
+                Some(Command::Serve(args)) => args,
+                _ => magpie_server::ServeArgs::default(),
+            };
+            runtime.block_on(magpie_server::run(args))
+        }
         Some(Command::Serve(args)) => runtime.block_on(magpie_server::run(args)),
         Some(Command::Chat(args)) => runtime.block_on(chat::run(args)),
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
