@@ -31,6 +31,8 @@ const STDIN_LINES_BUFFER: usize = 64;
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// How often the drain condition is re-checked while waiting.
 const DRAIN_POLL_MS: u64 = 50;
+/// After the last send is acknowledged, events are still shown until none arrives for this long.
+const DRAIN_QUIET_MS: u64 = 200;
 /// `/history` without a count shows this many messages.
 const HISTORY_DEFAULT: u32 = 20;
 /// The server's page maximum.
@@ -285,6 +287,14 @@ impl Chat {
             if let Some(deadline) = drain_until {
                 let pending = self.session.pending_sends();
                 if pending == 0 {
+                    // The outbox empties when an ack arrives, a moment before the session hands
+                    // the matching `Sent` event over: show what is still in flight first.
+                    while let Ok(Some(event)) =
+                        tokio::time::timeout(Duration::from_millis(DRAIN_QUIET_MS), events.recv())
+                            .await
+                    {
+                        self.on_event(event).await;
+                    }
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
