@@ -376,7 +376,7 @@ impl Hub {
     /// Tells the recent-message cache how far each conversation got, so it never answers a
     /// pull with a page that stops short of what is committed.
     fn note_commits(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
-        let Some(recent) = self.recent.get() else {
+        let Some(recent) = self.recent.get().filter(|r| !r.is_empty()) else {
             return;
         };
         let mut commits: Vec<(ConversationId, Seq)> = notices

@@ -8,6 +8,7 @@
 //! pull it cannot answer goes to the store.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use magpie_core::{ConversationId, Message, Seq};
@@ -68,6 +69,16 @@ impl Tail {
 pub struct RecentMessages {
     /// conversation → tail, plus the logical clock.
     inner: Mutex<(HashMap<ConversationId, Tail>, u64)>,
+    /// Number of cached conversations, readable without the lock: the store's writer thread
+    /// reports every commit here, and most servers cache nothing most of the time.
+    cached: AtomicUsize,
+}
+
+impl RecentMessages {
+    /// Whether no conversation is cached (no commit needs reporting).
+    pub fn is_empty(&self) -> bool {
+        self.cached.load(Ordering::Acquire) == 0
+    }
 }
 
 impl RecentMessages {
@@ -96,6 +107,7 @@ impl RecentMessages {
             tail.committed = tail.committed.max(m.seq);
             tail.push(Arc::new(m));
         }
+        self.cached.store(map.len(), Ordering::Release);
     }
 
     /// Records commits (conversation, newest seq) of cached conversations; others are ignored.

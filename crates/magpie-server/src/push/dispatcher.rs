@@ -1,7 +1,7 @@
 //! The push queue and its dispatcher task: bounded intake, per-user coalescing, bounded
 //! concurrent delivery, retries with exponential backoff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +70,12 @@ impl PushQueue {
 
 /// Pending pushes: the latest notification per user and when its window closes.
 struct Coalescer {
-    /// user → (latest candidate, flush time).
-    pending: HashMap<UserId, (PushCandidate, Instant)>,
+    /// user → latest candidate.
+    pending: HashMap<UserId, PushCandidate>,
+    /// Users in the order their window opened, with its end. Every window has the same length,
+    /// so this order is also the order they fall due: the front is always the next one, and
+    /// no scan of `pending` is ever needed.
+    due: VecDeque<(Instant, UserId)>,
     /// Window length.
     window: Duration,
     /// Bound on distinct pending users, equal to the queue bound, so memory stays bounded.
@@ -79,33 +83,43 @@ struct Coalescer {
 }
 
 impl Coalescer {
+    fn new(window: Duration, users_max: usize) -> Self {
+        Self {
+            pending: HashMap::new(),
+            due: VecDeque::new(),
+            window,
+            users_max,
+        }
+    }
+
     fn add(&mut self, n: PushCandidate) {
-        let now = Instant::now();
-        if let Some((latest, _)) = self.pending.get_mut(&n.user_id) {
+        if let Some(latest) = self.pending.get_mut(&n.user_id) {
             *latest = n;
             metrics::counter!("magpie_push_coalesced_total").increment(1);
         } else if self.pending.len() < self.users_max {
-            self.pending.insert(n.user_id, (n, now + self.window));
+            self.due
+                .push_back((Instant::now() + self.window, n.user_id));
+            self.pending.insert(n.user_id, n);
         } else {
             metrics::counter!("magpie_push_dropped_total").increment(1);
         }
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.pending.values().map(|(_, at)| *at).min()
+        self.due.front().map(|(at, _)| *at)
     }
 
     fn take_due(&mut self) -> Vec<PushCandidate> {
         let now = Instant::now();
-        let due: Vec<UserId> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(u, _)| *u)
-            .collect();
-        due.into_iter()
-            .filter_map(|u| self.pending.remove(&u).map(|(n, _)| n))
-            .collect()
+        let mut out = Vec::new();
+        while let Some(&(at, user)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            out.extend(self.pending.remove(&user));
+        }
+        out
     }
 }
 
@@ -116,11 +130,7 @@ async fn dispatch(
     config: PushConfig,
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency_max));
-    let mut coalescer = Coalescer {
-        pending: HashMap::new(),
-        window: Duration::from_millis(config.coalesce_ms),
-        users_max: config.queue_max,
-    };
+    let mut coalescer = Coalescer::new(Duration::from_millis(config.coalesce_ms), config.queue_max);
     loop {
         let due = coalescer.next_due();
         tokio::select! {
@@ -221,4 +231,41 @@ async fn deliver_with_retries(
         }
     }
     metrics::counter!("magpie_push_failed_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magpie_core::{ConversationId, Seq};
+
+    fn candidate(user: u64, seq: u64) -> PushCandidate {
+        PushCandidate {
+            user_id: UserId(user),
+            conversation_id: ConversationId(1),
+            seq: Seq(seq),
+            sender_id: UserId(99),
+            preview: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_push_per_user_per_window_in_due_order() {
+        let mut c = Coalescer::new(Duration::from_millis(100), 2);
+        c.add(candidate(1, 1));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        c.add(candidate(2, 1));
+        c.add(candidate(1, 2));
+        c.add(candidate(3, 1)); // over the bound: dropped
+        assert!(c.take_due().is_empty(), "nothing is due inside the window");
+        tokio::time::advance(Duration::from_millis(95)).await;
+        let first = c.take_due();
+        assert_eq!(
+            first,
+            vec![candidate(1, 2)],
+            "user 1's window ended, carrying its latest"
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(c.take_due(), vec![candidate(2, 1)]);
+        assert!(c.next_due().is_none());
+    }
 }
