@@ -8,6 +8,12 @@ mod chat;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees many small buffers per
+/// message on several threads, and glibc's allocator took 15–25% of the store threads' time
+/// in profiles (`malloc_consolidate`, `unlink_chunk`, `cfree`); see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "magpie", version, about = "Magpie instant-messaging server")]
 struct Cli {

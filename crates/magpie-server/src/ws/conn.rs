@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::{ConversationId, ConversationKind, Cursor, Device, Event, Seq, UserId};
 use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
@@ -34,6 +34,9 @@ use crate::state::AppState;
 /// Sends accepted from the socket but not yet acknowledged. When full, the task stops reading
 /// the socket, which pushes back on the client through TCP.
 const SEND_QUEUE_MAX: usize = 512;
+/// Histogram: time from handing a connection's queued sends to the store until their durable
+/// outcome, in seconds (the server's share of send→ack latency, less socket and queue time).
+const METRIC_APPEND_SECONDS: &str = "magpie_ws_append_seconds";
 /// Events read from the store per catch-up page.
 const CATCH_UP_PAGE_EVENTS: usize = 200;
 /// Live events written per wake-up before flushing, so one busy device cannot starve the rest.
@@ -98,6 +101,10 @@ struct Conn {
     joined: HashMap<ConversationId, (Seq, u64)>,
     /// When the connection counts as dead unless a frame arrives.
     deadline: Instant,
+    /// Frames were fed to the socket since the last flush. The busy paths (acks, live events)
+    /// leave the flush to the end of the loop turn, so that an ack and the echo of the same
+    /// message, which arrive together, share one socket write.
+    unflushed: bool,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -122,6 +129,7 @@ pub async fn run(state: AppState, device: Device, socket: WebSocket) {
         send_ok: HashMap::new(),
         joined: HashMap::new(),
         deadline,
+        unflushed: false,
     };
     let end = conn.serve().await;
     conn.finish(end).await;
@@ -160,7 +168,31 @@ impl Conn {
             }
             self.start_batch();
             self.start_ack();
+            if self.unflushed {
+                if let Err(end) = self.flush_with_ready().await {
+                    return end;
+                }
+                self.start_batch();
+            }
         }
+    }
+
+    /// Writes what is ready right now (a finished batch's acks, queued live items) so it
+    /// joins the pending frames, then flushes. Bounded: one batch and one live drain.
+    async fn flush_with_ready(&mut self) -> Result<(), End> {
+        let done = self
+            .in_flight
+            .as_mut()
+            .and_then(|flight| flight.as_mut().now_or_never());
+        if let Some(done) = done {
+            self.in_flight = None;
+            self.on_batch_done(done).await?;
+        }
+        let item = self.live.as_mut().and_then(|rx| rx.try_recv().ok());
+        if let Some(item) = item {
+            self.on_live(Some(item)).await?;
+        }
+        self.flush().await
     }
 
     /// Drains what must not be lost (queued sends answered, acks recorded), then closes.
@@ -199,6 +231,7 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> Result<(), End> {
+        self.unflushed = false;
         self.socket.flush().await.map_err(|_| End::Gone)
     }
 
@@ -540,7 +573,8 @@ impl Conn {
                 next = self.live.as_mut().and_then(|rx| rx.try_recv().ok());
             }
         }
-        self.flush().await
+        self.unflushed = true;
+        Ok(())
     }
 
     async fn deliver(&mut self, event: &Event) -> Result<(), End> {
@@ -601,7 +635,10 @@ impl Conn {
             let result = if requests.is_empty() {
                 Ok(Vec::new())
             } else {
-                store.append(requests).await
+                let started = Instant::now();
+                let result = store.append(requests).await;
+                metrics::histogram!(METRIC_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+                result
             };
             (items, result, permits)
         }));
@@ -674,7 +711,8 @@ impl Conn {
             };
             self.write(&frame).await?;
         }
-        self.flush().await
+        self.unflushed = true;
+        Ok(())
     }
 }
 

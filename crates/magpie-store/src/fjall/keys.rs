@@ -113,7 +113,11 @@ impl Keyspaces {
     pub(crate) fn open(db: &Database) -> Result<Self, StoreError> {
         let handles = Ks::ALL
             .iter()
-            .map(|ks| db.keyspace(ks.name(), KeyspaceCreateOptions::default))
+            .map(|ks| {
+                db.keyspace(ks.name(), || {
+                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { handles })
     }
@@ -123,6 +127,12 @@ impl Keyspaces {
         &self.handles[ks as usize]
     }
 }
+
+/// Largest memtable of a keyspace, in bytes (fjall's default is 64 MiB). The writer looks up
+/// an idempotency key and the commit thread inserts several keys per message; both walk the
+/// memtable skiplist, and a smaller one is shallower and stays in the CPU caches. It applies
+/// to keyspaces created from now on: fjall keeps each keyspace's options from its creation.
+const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Meta key: the layout version of this database, as a big-endian u64.
 pub(crate) const META_SCHEMA_VERSION: &[u8] = b"schema_version";

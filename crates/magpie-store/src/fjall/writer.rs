@@ -1,20 +1,22 @@
-//! The writer thread: the only code that mutates the database.
+//! The writer thread: the only code that decides what the database will hold.
 //!
 //! It blocks for one [`WriteOp`], drains whatever else is queued (up to `batch_ops_max` ops),
-//! stages every op into an in-memory write set, commits that set as ONE fjall batch, fsyncs
-//! once, publishes the new durable snapshot, announces the batch's inbox events and
-//! conversation notices to the sink and only then replies. One fsync is shared by every op of
-//! the batch ("group commit").
+//! stages every op into an in-memory write set and seals it as one batch for the commit thread
+//! ([`crate::fjall::commit`]), which applies it as ONE fjall batch, fsyncs once, publishes the
+//! new durable snapshot, announces the batch's inbox events and conversation notices to the
+//! sink and only then replies. One fsync is shared by every op of the batch ("group commit"),
+//! and the next batch is staged while the previous one is being committed.
 //!
 //! Because it is the only writer, it can keep id counters, the last seq of each conversation,
 //! the head cursor of each inbox, conversation records and member lists in memory and never
 //! scan while appending: an append to a 10,000-member read-fan-out group writes the message
 //! and its dedup key, and reads nothing but cache entries.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::JoinHandle;
 
 use fjall::{PersistMode, Slice};
 use magpie_core::{
@@ -29,6 +31,7 @@ use crate::fjall::codec::{
     decode_message, encode_conversation, encode_device, encode_device_ids, encode_event,
     encode_friend_request, encode_member, encode_message, encode_user, StoredEvent,
 };
+use crate::fjall::commit::{Committer, Progress, Sealed, WriteSet, SEALED_BATCHES_MAX};
 use crate::fjall::keys::{
     be_u64, conv_key, dedup_key, device_key, direct_key, friend_key, inbox_key, member_key,
     message_key, pair, parse_pair, request_key, request_pair_key, user_conv_key, user_key,
@@ -36,7 +39,7 @@ use crate::fjall::keys::{
     META_NEXT_USER_ID,
 };
 use crate::fjall::read::inbox_head_of;
-use crate::fjall::Shared;
+use crate::fjall::{FastMap, Shared};
 use crate::memory::{new_member, removal_event, successor, system_msg_id, writes_fanout};
 use crate::{
     AppendError, AppendRequest, Appended, CommitSink, ConversationNotice, FriendError, GroupError,
@@ -58,16 +61,8 @@ const CACHED_MEMBER_IDS_MAX: usize = 1 << 22;
 /// large messages cannot make one batch (held twice in memory while staged) arbitrarily big.
 const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Histogram: commit + fsync time of one batch, in seconds.
-const METRIC_COMMIT_SECONDS: &str = "magpie_store_commit_seconds";
-/// Histogram: write ops per committed batch.
-const METRIC_BATCH_OPS: &str = "magpie_store_batch_ops";
-/// Counter: committed batches.
-const METRIC_BATCHES_TOTAL: &str = "magpie_store_batches_total";
-/// Counter: new (non-duplicate) messages made durable, system messages included.
-const METRIC_MESSAGES_APPENDED_TOTAL: &str = "magpie_store_messages_appended_total";
-/// Counter: keys written or deleted (storage writes), for write-amplification reports.
-const METRIC_KEYS_WRITTEN_TOTAL: &str = "magpie_store_keys_written_total";
+/// Name of the commit thread, as seen in `top -H`, debuggers and panics.
+const COMMIT_THREAD_NAME: &str = "magpie-commit";
 
 /// A queued mutation with its reply slot.
 pub(crate) struct Pending<C, T> {
@@ -273,11 +268,11 @@ impl WriteOp {
         }
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         each_op!(self, p => p.finish())
     }
 
-    fn fail(self, e: StoreError) {
+    pub(crate) fn fail(self, e: StoreError) {
         each_op!(self, p => p.fail(e))
     }
 }
@@ -318,12 +313,12 @@ struct Staged {
     /// Per keyspace (`Ks as usize`): key → new value, or `None` for a delete. A map rather than
     /// a list so a key written twice in one batch appears once, and so later ops of the batch
     /// read the earlier ops' writes (the overlay).
-    writes: Vec<HashMap<Vec<u8>, Option<Slice>>>,
+    writes: WriteSet,
     /// New inbox events in staging order, which is cursor order per user.
     events: Vec<UserEvent>,
     /// The latest read-fan-out notice per conversation, with the staging step that set it (so
     /// notices are announced in the order of their last message).
-    notices: HashMap<ConversationId, (usize, ConversationNotice)>,
+    notices: FastMap<ConversationId, (usize, ConversationNotice)>,
     /// Bumped per notice; orders `notices`.
     notice_step: usize,
     /// New (non-duplicate) messages, for the metric.
@@ -333,9 +328,9 @@ struct Staged {
 impl Staged {
     fn new() -> Self {
         Self {
-            writes: vec![HashMap::new(); Ks::ALL.len()],
+            writes: vec![FastMap::default(); Ks::ALL.len()],
             events: Vec::new(),
-            notices: HashMap::new(),
+            notices: FastMap::default(),
             notice_step: 0,
             messages_appended: 0,
         }
@@ -354,11 +349,24 @@ impl Staged {
     }
 
     fn is_empty(&self) -> bool {
-        self.writes.iter().all(HashMap::is_empty)
+        self.writes.iter().all(FastMap::is_empty)
     }
 
     fn len(&self) -> usize {
-        self.writes.iter().map(HashMap::len).sum()
+        self.writes.iter().map(FastMap::len).sum()
+    }
+
+    /// Turns the staging attempt into the batch handed to the commit thread.
+    fn seal(mut self, n: u64, ops: Vec<WriteOp>) -> Sealed {
+        let notices = self.take_notices();
+        Sealed {
+            n,
+            writes: Arc::new(self.writes),
+            events: self.events,
+            notices,
+            ops,
+            messages_appended: self.messages_appended,
+        }
     }
 
     /// Records (or replaces, coalescing within the batch) the notice of a conversation.
@@ -380,53 +388,79 @@ impl Staged {
 pub(crate) struct Writer {
     /// Database, keyspaces, durable snapshot and poison flag, shared with the readers.
     shared: Arc<Shared>,
-    /// Told about every committed inbox event and read-fan-out notice.
-    sink: Arc<dyn CommitSink>,
+    /// Sealed batches go to the commit thread here; `None` once shut down.
+    to_commit: Option<SyncSender<Sealed>>,
+    /// The commit thread, joined at shutdown.
+    commit_thread: Option<JoinHandle<()>>,
+    /// How far the commit thread has got.
+    progress: Arc<Progress>,
+    /// Write sets handed to the commit thread and not yet applied, oldest first, with their
+    /// batch numbers. Reads look here (newest first) before the keyspaces, because staging
+    /// must see every earlier batch. At most `SEALED_BATCHES_MAX + 1` entries.
+    inflight: VecDeque<(u64, Arc<WriteSet>)>,
+    /// Number of the last batch sealed (batches count from 1).
+    sealed: u64,
     /// Group size limit and fan-out threshold.
     policy: GroupPolicy,
     /// Most ops folded into one batch; bounds batch latency and memory.
     batch_ops_max: usize,
-    /// Counters as of the last commit, restored when a staging attempt is thrown away.
+    /// Counters as of the last sealed batch, restored when a staging attempt is thrown away.
     committed_ids: Counters,
     /// Counters including the current staging attempt.
     ids: Counters,
     /// Newest message per conversation touched since open (bounded by `CACHE_ENTRIES_MAX`).
-    tips: HashMap<ConversationId, Tip>,
+    tips: FastMap<ConversationId, Tip>,
     /// Head cursor per inbox touched since open (bounded by `CACHE_ENTRIES_MAX`).
-    heads: HashMap<UserId, Cursor>,
+    heads: FastMap<UserId, Cursor>,
     /// Conversation records read or written since open (bounded by `CACHE_ENTRIES_MAX`). The
     /// writer is the only one changing them, and replaces the entry whenever it does.
-    convs: HashMap<ConversationId, Arc<Conversation>>,
+    convs: FastMap<ConversationId, Arc<Conversation>>,
     /// Member ids, ascending, per conversation appended to or changed since open. Replaced on
     /// every membership change the writer stages, so a cached list always includes the staged
     /// changes; a miss therefore means nothing of this batch changed that conversation's
     /// members, and the list can be loaded from disk.
-    member_lists: HashMap<ConversationId, Arc<[UserId]>>,
+    member_lists: FastMap<ConversationId, Arc<[UserId]>>,
     /// Total ids in `member_lists` (bounded by `CACHED_MEMBER_IDS_MAX`).
     cached_member_ids: usize,
 }
 
 impl Writer {
+    /// Creates the writer and starts its commit thread.
     pub(crate) fn new(
         shared: Arc<Shared>,
         sink: Arc<dyn CommitSink>,
         policy: GroupPolicy,
         batch_ops_max: usize,
         ids: Counters,
-    ) -> Self {
-        Self {
-            shared,
+    ) -> Result<Self, StoreError> {
+        let progress = Arc::new(Progress::default());
+        let (to_commit, rx) = sync_channel(SEALED_BATCHES_MAX);
+        let committer = Committer {
+            shared: shared.clone(),
             sink,
+            progress: progress.clone(),
+        };
+        let commit_thread = std::thread::Builder::new()
+            .name(COMMIT_THREAD_NAME.into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| StoreError::Engine(format!("cannot start the commit thread: {e}")))?;
+        Ok(Self {
+            shared,
+            to_commit: Some(to_commit),
+            commit_thread: Some(commit_thread),
+            progress,
+            inflight: VecDeque::with_capacity(SEALED_BATCHES_MAX + 1),
+            sealed: 0,
             policy,
             batch_ops_max: batch_ops_max.max(1),
             committed_ids: ids,
             ids,
-            tips: HashMap::new(),
-            heads: HashMap::new(),
-            convs: HashMap::new(),
-            member_lists: HashMap::new(),
+            tips: FastMap::default(),
+            heads: FastMap::default(),
+            convs: FastMap::default(),
+            member_lists: FastMap::default(),
             cached_member_ids: 0,
-        }
+        })
     }
 
     /// The thread body: group commit until every sender is gone and the queue is drained.
@@ -446,6 +480,29 @@ impl Writer {
             }
             self.process(&mut ops);
         }
+        self.shut_down();
+    }
+
+    /// The commit thread's id (it calls the sink), while it runs.
+    pub(crate) fn commit_thread_id(&self) -> Option<std::thread::ThreadId> {
+        self.commit_thread.as_ref().map(|h| h.thread().id())
+    }
+
+    /// Waits until every batch sealed so far is answered (durable or failed).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        self.progress.wait_finished(self.sealed);
+    }
+
+    /// Lets the commit thread finish every sealed batch, joins it and persists once more.
+    fn shut_down(&mut self) {
+        drop(self.to_commit.take());
+        if let Some(handle) = self.commit_thread.take() {
+            if handle.join().is_err() {
+                tracing::error!("the store commit thread panicked");
+                self.shared.poisoned.store(true, Ordering::Release);
+            }
+        }
         // Every batch was already fsynced; this last persist is belt and braces for shutdown.
         if !self.shared.poisoned.load(Ordering::Acquire) {
             if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
@@ -454,17 +511,19 @@ impl Writer {
         }
     }
 
-    /// Stages, commits, fsyncs and answers one batch. Drains `ops`.
+    /// Stages one batch and hands it to the commit thread, which answers it once it is
+    /// durable. Drains `ops`.
     pub(crate) fn process(&mut self, ops: &mut Vec<WriteOp>) {
         if self.shared.poisoned.load(Ordering::Acquire) {
             ops.drain(..).for_each(|op| op.fail(StoreError::Poisoned));
             return;
         }
+        self.drop_applied_overlays();
         self.bound_caches();
 
         // A read error while staging marks that op failed; the caches may hold its half-done
         // effects, so drop them and restage the remaining ops against the unchanged disk.
-        let mut staged = loop {
+        let staged = loop {
             match self.stage_all(ops) {
                 Ok(staged) => break staged,
                 Err(e) => {
@@ -474,54 +533,54 @@ impl Writer {
             }
         };
 
-        if staged.is_empty() {
-            // Nothing changed (reads through the writer, no-op acks, failures): no fsync.
+        if staged.is_empty() && self.progress.finished() == self.sealed {
+            // Nothing changed (reads through the writer, no-op acks, failures) and nothing
+            // earlier is still on its way to disk: answer now, no fsync.
             debug_assert!(staged.events.is_empty() && staged.notices.is_empty());
             ops.drain(..).for_each(WriteOp::finish);
             return;
         }
-
-        let keys_written = staged.len() as u64;
-        let started = Instant::now();
-        if let Err(e) = self.commit(&mut staged) {
-            // The batch may or may not be on disk; nothing we say from now on could be trusted.
-            tracing::error!(error = %e, "store commit failed; refusing all further writes");
-            self.shared.poisoned.store(true, Ordering::Release);
-            self.reset_caches();
-            let err = StoreError::Engine(e.to_string());
-            ops.drain(..).for_each(|op| op.fail(err.clone()));
-            return;
-        }
-        metrics::histogram!(METRIC_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(METRIC_BATCH_OPS).record(ops.len() as f64);
-        metrics::counter!(METRIC_BATCHES_TOTAL).increment(1);
-        metrics::counter!(METRIC_MESSAGES_APPENDED_TOTAL).increment(staged.messages_appended);
-        metrics::counter!(METRIC_KEYS_WRITTEN_TOTAL).increment(keys_written);
-
+        // Even an empty batch goes through the commit thread when earlier batches are in
+        // flight: a duplicate send must not be acknowledged before its original is durable,
+        // and a connection's replies keep their order.
         self.committed_ids = self.ids;
-        // Readers switch to the new state before anyone hears about it, so a reply or an event
-        // is always followed by reads that include it.
-        *self.shared.durable.write() = self.shared.db.snapshot();
-        let notices = staged.take_notices();
-        if !staged.events.is_empty() || !notices.is_empty() {
-            self.sink.committed(&staged.events, &notices);
+        self.sealed += 1;
+        let sealed = staged.seal(self.sealed, std::mem::take(ops));
+        if !sealed.writes.iter().all(FastMap::is_empty) {
+            self.inflight.push_back((sealed.n, sealed.writes.clone()));
         }
-        ops.drain(..).for_each(WriteOp::finish);
+        let Some(to_commit) = &self.to_commit else {
+            sealed
+                .ops
+                .into_iter()
+                .for_each(|op| op.fail(StoreError::Closed));
+            return;
+        };
+        if let Err(e) = to_commit.send(sealed) {
+            // The commit thread is gone (it panicked): nothing can be made durable any more.
+            tracing::error!("the store commit thread is gone; refusing all further writes");
+            self.shared.poisoned.store(true, Ordering::Release);
+            e.0.ops
+                .into_iter()
+                .for_each(|op| op.fail(StoreError::Poisoned));
+        }
     }
 
-    fn commit(&self, staged: &mut Staged) -> Result<(), fjall::Error> {
-        let mut batch = self.shared.db.batch().durability(None);
-        for ks in Ks::ALL {
-            let handle = self.shared.ks.get(ks);
-            for (key, value) in staged.writes[ks as usize].drain() {
-                match value {
-                    Some(value) => batch.insert(handle, key, value),
-                    None => batch.remove(handle, key),
-                }
-            }
+    /// Forgets the overlays of batches the commit thread has applied: the keyspaces answer
+    /// for them now.
+    fn drop_applied_overlays(&mut self) {
+        let applied = self.progress.applied();
+        while self.inflight.front().is_some_and(|(n, _)| *n <= applied) {
+            self.inflight.pop_front();
         }
-        batch.commit()?;
-        self.shared.db.persist(PersistMode::SyncAll)
+    }
+
+    /// Waits until every sealed batch is in the keyspaces and drops all overlays. Needed
+    /// before any cache is cleared: a cache miss is answered by scanning the keyspaces, which
+    /// must then hold everything staged so far.
+    fn settle_applied(&mut self) {
+        self.progress.wait_applied(self.sealed);
+        self.inflight.clear();
     }
 
     fn stage_all(&mut self, ops: &mut [WriteOp]) -> Result<Staged, StoreError> {
@@ -556,6 +615,15 @@ impl Writer {
     }
 
     fn bound_caches(&mut self) {
+        let over = self.tips.len() > CACHE_ENTRIES_MAX
+            || self.heads.len() > CACHE_ENTRIES_MAX
+            || self.convs.len() > CACHE_ENTRIES_MAX
+            || self.member_lists.len() > CACHE_ENTRIES_MAX
+            || self.cached_member_ids > CACHED_MEMBER_IDS_MAX;
+        if !over {
+            return;
+        }
+        self.settle_applied();
         if self.tips.len() > CACHE_ENTRIES_MAX {
             self.tips.clear();
         }
@@ -574,6 +642,7 @@ impl Writer {
     }
 
     fn reset_caches(&mut self) {
+        self.settle_applied();
         self.tips.clear();
         self.heads.clear();
         self.convs.clear();
@@ -582,12 +651,18 @@ impl Writer {
         self.ids = self.committed_ids;
     }
 
-    /// Reads through the batch's own pending writes, then the disk.
+    /// Reads through the batch's own pending writes, then those of batches not yet applied
+    /// (newest first), then the keyspaces.
     fn get(&self, st: &Staged, ks: Ks, key: &[u8]) -> Result<Option<Slice>, StoreError> {
-        match st.staged(ks, key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.shared.ks.get(ks).get(key)?),
+        if let Some(v) = st.staged(ks, key) {
+            return Ok(v.clone());
         }
+        for (_, writes) in self.inflight.iter().rev() {
+            if let Some(v) = writes[ks as usize].get(key) {
+                return Ok(v.clone());
+            }
+        }
+        Ok(self.shared.ks.get(ks).get(key)?)
     }
 
     fn user_exists(&self, st: &Staged, id: UserId) -> Result<bool, StoreError> {
@@ -1578,7 +1653,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (shared, ids) = Shared::open(&FjallConfig::new(dir.path())).unwrap();
         let sink = RecordingSink::new();
-        let writer = Writer::new(shared.clone(), sink.clone(), policy, 1024, ids);
+        let writer = Writer::new(shared.clone(), sink.clone(), policy, 1024, ids).unwrap();
         Harness {
             _dir: dir,
             shared,
@@ -1632,6 +1707,7 @@ mod tests {
             let mut ops = ops;
             self.writer.process(&mut ops);
             assert!(ops.is_empty());
+            self.writer.settle();
         }
     }
 
@@ -1886,6 +1962,67 @@ mod tests {
             UserId(2),
             "restaged without the failed op, ids unchanged"
         );
+    }
+
+    #[test]
+    fn staging_reads_batches_the_commit_thread_has_not_applied_yet() {
+        let mut h = harness();
+        h.writer.progress.hold(true);
+        let (u1, r1) = user("ann");
+        let (u2, r2) = user("bob");
+        let (dir, rdir) = op((UserId(1), UserId(2)), WriteOp::DirectConversation);
+        let (a1, ra1) = append(1, 1, "x");
+        h.writer.process(&mut vec![u1, u2, dir, a1]);
+        assert_eq!(h.writer.inflight.len(), 1, "batch 1 is an overlay");
+
+        let (u3, r3) = user("ann");
+        let (a2, ra2) = append(1, 1, "x");
+        let (a3, ra3) = append(1, 2, "y");
+        h.writer.process(&mut vec![u3, a2, a3]);
+        // Nothing but duplicates: no writes, yet it must wait for the batches before it.
+        let (a4, mut ra4) = append(1, 2, "y");
+        h.writer.process(&mut vec![a4]);
+        assert_eq!(h.writer.inflight.len(), 2);
+        assert_eq!(h.writer.progress.applied(), 0);
+        assert!(
+            ra4.try_recv().is_err(),
+            "a duplicate is not acknowledged before its original is durable"
+        );
+        assert!(
+            h.sink.take().is_empty(),
+            "nothing announced before the fsync"
+        );
+
+        h.writer.progress.hold(false);
+        h.writer.settle();
+        assert_eq!(got(r1).unwrap().id, UserId(1));
+        assert_eq!(got(r2).unwrap().id, UserId(2));
+        assert_eq!(got(rdir).unwrap().id, ConversationId(1));
+        assert_eq!(appended(ra1), (1, false));
+        assert!(
+            matches!(got(r3), Err(StoreError::UsernameTaken)),
+            "the name taken by the unapplied batch is seen"
+        );
+        assert_eq!(
+            appended(ra2),
+            (1, true),
+            "the idempotency key of the unapplied batch is seen"
+        );
+        assert_eq!(appended(ra3), (2, false), "seqs continue across batches");
+        assert_eq!(appended(ra4), (2, true));
+        let cursors: Vec<(u64, u64)> = h
+            .sink
+            .take()
+            .iter()
+            .map(|e| (e.user_id.0, e.event.cursor.0))
+            .collect();
+        assert_eq!(cursors, vec![(1, 1), (2, 1), (1, 2), (2, 2)]);
+
+        // The next batch drops the applied overlays and reads the keyspaces.
+        let (a5, ra5) = append(1, 1, "x");
+        h.run(vec![a5]);
+        assert!(h.writer.inflight.is_empty());
+        assert_eq!(appended(ra5), (1, true));
     }
 
     #[test]

@@ -257,20 +257,27 @@ pub fn bucket_quantiles(a: &Metrics, b: &Metrics, name: &str, qs: &[f64]) -> Vec
 /// What the store did between two scrapes.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct StoreDelta {
-    /// Commit batches (one fsync each) per second.
+    /// Commit groups (one fsync each) per second.
     pub commits_per_s: f64,
     /// Mean operations per batch.
     pub mean_batch_ops: f64,
-    /// Mean commit time (write + fsync), milliseconds.
+    /// Mean commit time (apply + fsync), milliseconds.
     pub mean_commit_ms: f64,
+    /// Mean fsync time, milliseconds.
+    pub mean_fsync_ms: f64,
     /// Upper bound of the median commit time (a histogram bucket), milliseconds.
     pub commit_p50_le_ms: Option<f64>,
     /// Upper bound of the 99th-percentile commit time, milliseconds (infinite: > last bucket).
     pub commit_p99_le_ms: Option<f64>,
     /// Upper bound of the slowest commit, milliseconds.
     pub commit_max_le_ms: Option<f64>,
-    /// Fraction of the wall time spent committing (1.0 = the writer was never idle).
+    /// Fraction of the wall time spent committing (1.0 = the commit thread was never idle).
     pub commit_busy: f64,
+    /// Upper bound of the median time a connection's append batch took from submission to
+    /// its durable answer (`magpie_ws_append_seconds`), milliseconds.
+    pub append_p50_le_ms: Option<f64>,
+    /// Upper bound of its 99th percentile, milliseconds.
+    pub append_p99_le_ms: Option<f64>,
     /// `magpie_messages_sent_total` per second.
     pub server_sent_per_s: f64,
     /// `magpie_events_delivered_total` per second.
@@ -290,6 +297,7 @@ impl StoreDelta {
         let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
         let q = bucket_quantiles(a, b, "magpie_store_commit_seconds", &[0.5, 0.99, 1.0]);
         let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+        let append = bucket_quantiles(a, b, "magpie_ws_append_seconds", &[0.5, 0.99]);
         StoreDelta {
             commits_per_s: per_s(commits),
             mean_batch_ops: ratio(
@@ -297,10 +305,17 @@ impl StoreDelta {
                 d("magpie_store_batch_ops_count"),
             ),
             mean_commit_ms: 1000.0 * ratio(d("magpie_store_commit_seconds_sum"), commits),
+            mean_fsync_ms: 1000.0
+                * ratio(
+                    d("magpie_store_fsync_seconds_sum"),
+                    d("magpie_store_fsync_seconds_count"),
+                ),
             commit_p50_le_ms: ms(q[0]),
             commit_p99_le_ms: ms(q[1]),
             commit_max_le_ms: ms(q[2]),
             commit_busy: per_s(d("magpie_store_commit_seconds_sum")),
+            append_p50_le_ms: ms(append[0]),
+            append_p99_le_ms: ms(append[1]),
             server_sent_per_s: per_s(d("magpie_messages_sent_total")),
             server_events_per_s: per_s(d("magpie_events_delivered_total")),
             overflow_kicks: d("magpie_ws_overflow_kicks_total"),

@@ -737,14 +737,20 @@ fn traffic_report(
     }
     if let Some(st) = &samples.store {
         human.push_str(&format!(
-            "  store                  {:.0} commits/s, {:.1} ops/batch, {:.3} ms/commit (p50 {}, p99 {}, max {}), writer committing {:.0}% of the time\n",
+            "  store                  {:.0} commits/s, {:.1} ops/batch, {:.3} ms/commit (p50 {}, p99 {}, max {}; fsync {:.3} ms), commit thread busy {:.0}% of the time\n",
             st.commits_per_s,
             st.mean_batch_ops,
             st.mean_commit_ms,
             sys::le_ms(st.commit_p50_le_ms),
             sys::le_ms(st.commit_p99_le_ms),
             sys::le_ms(st.commit_max_le_ms),
+            st.mean_fsync_ms,
             100.0 * st.commit_busy
+        ));
+        human.push_str(&format!(
+            "  server append wait     p50 {}, p99 {} (a connection's batch: submitted → durable answer)\n",
+            sys::le_ms(st.append_p50_le_ms),
+            sys::le_ms(st.append_p99_le_ms),
         ));
         if st.overflow_kicks > 0.0 || st.rate_limited > 0.0 {
             human.push_str(&format!(

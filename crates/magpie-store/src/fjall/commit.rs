@@ -1,0 +1,269 @@
+//! The commit thread: the second stage of the writer pipeline.
+//!
+//! The writer thread stages batch N+1 (reads, encoding, id and seq assignment) while this
+//! thread applies batch N to fjall (memtables and journal) and fsyncs it. Staging and
+//! committing each took about half of the single writer's time, and the fsync half was
+//! mostly waiting on the disk, so running them one after the other left both the CPU and the
+//! disk idle half the time.
+//!
+//! The order of events for each batch is the same as with one thread: apply, fsync, publish
+//! the durable snapshot, announce to the sink, reply. Batches are taken in the order the
+//! writer sealed them, and several batches queued together share one fsync.
+//!
+//! The writer must read its own not-yet-applied writes while staging the next batch; it keeps
+//! the write sets it handed over (`Sealed::writes`) as overlays until [`Progress`] says they
+//! are applied, after which the keyspaces themselves answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fjall::{PersistMode, Slice};
+use magpie_core::UserEvent;
+use parking_lot::{Condvar, Mutex};
+
+use crate::fjall::keys::Ks;
+use crate::fjall::writer::WriteOp;
+use crate::fjall::{FastMap, Shared};
+use crate::{CommitSink, ConversationNotice, StoreError};
+
+/// Histogram: apply + fsync time of one commit group (one or more batches), in seconds.
+const METRIC_COMMIT_SECONDS: &str = "magpie_store_commit_seconds";
+/// Histogram: time to apply one commit group to the memtables and journal buffer, in seconds.
+const METRIC_APPLY_SECONDS: &str = "magpie_store_apply_seconds";
+/// Histogram: time of the journal fsync of one commit group, in seconds.
+const METRIC_FSYNC_SECONDS: &str = "magpie_store_fsync_seconds";
+/// Histogram: write ops per batch.
+const METRIC_BATCH_OPS: &str = "magpie_store_batch_ops";
+/// Counter: batches made durable.
+const METRIC_BATCHES_TOTAL: &str = "magpie_store_batches_total";
+/// Counter: journal fsyncs (commit groups that wrote anything).
+const METRIC_FSYNCS_TOTAL: &str = "magpie_store_fsyncs_total";
+/// Counter: new (non-duplicate) messages made durable, system messages included.
+const METRIC_MESSAGES_APPENDED_TOTAL: &str = "magpie_store_messages_appended_total";
+/// Counter: keys written or deleted (storage writes), for write-amplification reports.
+const METRIC_KEYS_WRITTEN_TOTAL: &str = "magpie_store_keys_written_total";
+
+/// Batches the writer may seal ahead of the commit thread. Two keep both threads busy (one
+/// being committed, one waiting) without holding more staged memory than that: each batch is
+/// at most `BATCH_BYTES_MAX` of payload.
+pub(crate) const SEALED_BATCHES_MAX: usize = 2;
+
+/// A batch's write set, per keyspace (`Ks as usize`): key → new value, or `None` for a delete.
+pub(crate) type WriteSet = Vec<FastMap<Vec<u8>, Option<Slice>>>;
+
+/// A staged batch handed from the writer to the commit thread.
+pub(crate) struct Sealed {
+    /// Position in sealing order, from 1; [`Progress`] reports in these numbers.
+    pub(crate) n: u64,
+    /// What to write. Shared with the writer, which reads it until it is applied.
+    pub(crate) writes: Arc<WriteSet>,
+    /// New inbox events, in cursor order per user, announced after the fsync.
+    pub(crate) events: Vec<UserEvent>,
+    /// Read-fan-out notices, announced after the fsync.
+    pub(crate) notices: Vec<ConversationNotice>,
+    /// The ops of the batch, answered after the fsync, in order.
+    pub(crate) ops: Vec<WriteOp>,
+    /// New (non-duplicate) messages, for the metric.
+    pub(crate) messages_appended: u64,
+}
+
+impl Sealed {
+    fn is_empty(&self) -> bool {
+        self.writes.iter().all(FastMap::is_empty)
+    }
+
+    fn keys(&self) -> usize {
+        self.writes.iter().map(FastMap::len).sum()
+    }
+}
+
+/// How far the commit thread has got, in batch numbers; the writer waits on it.
+#[derive(Default)]
+pub(crate) struct Progress {
+    state: Mutex<ProgressState>,
+    changed: Condvar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct ProgressState {
+    /// Every batch up to this one is in the keyspaces (or failed): the writer's overlays for
+    /// them can go, because reading the keyspaces now gives the same answers.
+    applied: u64,
+    /// Every batch up to this one is answered (durable, or failed).
+    finished: u64,
+    /// Tests hold the commit thread back to exercise the writer's overlays.
+    #[cfg(test)]
+    held: bool,
+}
+
+impl Progress {
+    /// The last batch applied to the keyspaces.
+    pub(crate) fn applied(&self) -> u64 {
+        self.state.lock().applied
+    }
+
+    /// The last batch answered.
+    pub(crate) fn finished(&self) -> u64 {
+        self.state.lock().finished
+    }
+
+    /// Blocks until batch `n` is applied.
+    pub(crate) fn wait_applied(&self, n: u64) {
+        let mut st = self.state.lock();
+        while st.applied < n {
+            self.changed.wait(&mut st);
+        }
+    }
+
+    /// Blocks until batch `n` is answered.
+    #[cfg(test)]
+    pub(crate) fn wait_finished(&self, n: u64) {
+        let mut st = self.state.lock();
+        while st.finished < n {
+            self.changed.wait(&mut st);
+        }
+    }
+
+    /// Holds (`true`) or releases the commit thread before its next group.
+    #[cfg(test)]
+    pub(crate) fn hold(&self, held: bool) {
+        self.state.lock().held = held;
+        self.changed.notify_all();
+    }
+
+    /// Waits while a test holds the commit thread; nothing outside tests.
+    fn wait_released(&self) {
+        #[cfg(test)]
+        {
+            let mut st = self.state.lock();
+            while st.held {
+                self.changed.wait(&mut st);
+            }
+        }
+    }
+
+    fn set_applied(&self, n: u64) {
+        let mut st = self.state.lock();
+        debug_assert!(n >= st.applied, "batches are applied in order");
+        st.applied = n;
+        self.changed.notify_all();
+    }
+
+    fn set_finished(&self, n: u64) {
+        let mut st = self.state.lock();
+        debug_assert!(n >= st.finished, "batches are answered in order");
+        st.applied = st.applied.max(n);
+        st.finished = n;
+        self.changed.notify_all();
+    }
+}
+
+/// The commit thread's state.
+pub(crate) struct Committer {
+    /// Database and keyspaces; the durable snapshot and poison flag readers look at.
+    pub(crate) shared: Arc<Shared>,
+    /// Told about every durable inbox event and read-fan-out notice.
+    pub(crate) sink: Arc<dyn CommitSink>,
+    /// Published after each batch is applied and after it is answered.
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl Committer {
+    /// The thread body: commit sealed batches until the writer hangs up.
+    pub(crate) fn run(self, rx: Receiver<Sealed>) {
+        let mut group = Vec::with_capacity(SEALED_BATCHES_MAX + 1);
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            // Whatever else is already sealed shares this fsync (bounded by the channel).
+            while let Ok(next) = rx.try_recv() {
+                group.push(next);
+            }
+            self.progress.wait_released();
+            self.commit_group(&mut group);
+        }
+    }
+
+    /// Applies, fsyncs, publishes and answers `group`, in order. Drains it.
+    fn commit_group(&self, group: &mut Vec<Sealed>) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            self.fail(group, StoreError::Poisoned);
+            return;
+        }
+        let started = Instant::now();
+        let mut wrote = false;
+        for batch in group.iter() {
+            if !batch.is_empty() {
+                if let Err(e) = self.apply(batch) {
+                    self.poison(group, e);
+                    return;
+                }
+                wrote = true;
+            }
+            self.progress.set_applied(batch.n);
+        }
+        if wrote {
+            let applied = Instant::now();
+            if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
+                self.poison(group, e);
+                return;
+            }
+            let done = Instant::now();
+            metrics::histogram!(METRIC_APPLY_SECONDS).record((applied - started).as_secs_f64());
+            metrics::histogram!(METRIC_FSYNC_SECONDS).record((done - applied).as_secs_f64());
+            metrics::histogram!(METRIC_COMMIT_SECONDS).record((done - started).as_secs_f64());
+            metrics::counter!(METRIC_FSYNCS_TOTAL).increment(1);
+            // Readers switch to the new state before anyone hears about it, so a reply or an
+            // event is always followed by reads that include it. Only this thread commits, so
+            // the snapshot holds exactly the batches of this group and those before.
+            *self.shared.durable.write() = self.shared.db.snapshot();
+        }
+        for batch in group.drain(..) {
+            metrics::histogram!(METRIC_BATCH_OPS).record(batch.ops.len() as f64);
+            if !batch.is_empty() {
+                metrics::counter!(METRIC_BATCHES_TOTAL).increment(1);
+                metrics::counter!(METRIC_MESSAGES_APPENDED_TOTAL)
+                    .increment(batch.messages_appended);
+                metrics::counter!(METRIC_KEYS_WRITTEN_TOTAL).increment(batch.keys() as u64);
+            }
+            if !batch.events.is_empty() || !batch.notices.is_empty() {
+                self.sink.committed(&batch.events, &batch.notices);
+            }
+            let n = batch.n;
+            batch.ops.into_iter().for_each(WriteOp::finish);
+            self.progress.set_finished(n);
+        }
+    }
+
+    /// Writes one batch into the memtables and the journal buffer (no fsync).
+    fn apply(&self, batch: &Sealed) -> Result<(), fjall::Error> {
+        let mut b = self.shared.db.batch().durability(None);
+        for ks in Ks::ALL {
+            let handle = self.shared.ks.get(ks);
+            for (key, value) in batch.writes[ks as usize].iter() {
+                match value {
+                    Some(value) => b.insert(handle, key.as_slice(), value.clone()),
+                    None => b.remove(handle, key.as_slice()),
+                }
+            }
+        }
+        b.commit()
+    }
+
+    /// A commit or fsync failed: the group may or may not be on disk, so nothing said from now
+    /// on could be trusted. Every later write is refused.
+    fn poison(&self, group: &mut Vec<Sealed>, e: fjall::Error) {
+        tracing::error!(error = %e, "store commit failed; refusing all further writes");
+        self.shared.poisoned.store(true, Ordering::Release);
+        self.fail(group, StoreError::Engine(e.to_string()));
+    }
+
+    fn fail(&self, group: &mut Vec<Sealed>, e: StoreError) {
+        for batch in group.drain(..) {
+            let n = batch.n;
+            batch.ops.into_iter().for_each(|op| op.fail(e.clone()));
+            self.progress.set_finished(n);
+        }
+    }
+}
