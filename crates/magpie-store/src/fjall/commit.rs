@@ -45,13 +45,16 @@ const METRIC_MESSAGES_APPENDED_TOTAL: &str = "magpie_store_messages_appended_tot
 /// Counter: keys written or deleted (storage writes), for write-amplification reports.
 const METRIC_KEYS_WRITTEN_TOTAL: &str = "magpie_store_keys_written_total";
 
-/// Batches the writer may seal ahead of the commit thread. Two keep both threads busy (one
-/// being committed, one waiting) without holding more staged memory than that: each batch is
-/// at most `BATCH_BYTES_MAX` of payload.
+/// Batches the writer may seal ahead of the commit thread (the channel's capacity), and the
+/// most batches one fsync covers. Two keep both threads busy without holding much staged
+/// memory: each batch is at most `BATCH_BYTES_MAX` of payload, and at most
+/// `2 * SEALED_BATCHES_MAX + 1` batches are sealed and unapplied at any time (one group being
+/// applied, a full channel, one blocked send).
 pub(crate) const SEALED_BATCHES_MAX: usize = 2;
 
 /// A batch's write set, per keyspace (`Ks as usize`): key → new value, or `None` for a delete.
-pub(crate) type WriteSet = Vec<FastMap<Vec<u8>, Option<Slice>>>;
+/// Keys are `Slice`s so that handing them to fjall is a reference-count bump, not a copy.
+pub(crate) type WriteSet = Vec<FastMap<Slice, Option<Slice>>>;
 
 /// A staged batch handed from the writer to the commit thread.
 pub(crate) struct Sealed {
@@ -144,6 +147,14 @@ impl Progress {
         }
     }
 
+    /// The commit thread is gone: release every waiter for good.
+    fn abandon(&self) {
+        let mut st = self.state.lock();
+        st.applied = u64::MAX;
+        st.finished = u64::MAX;
+        self.changed.notify_all();
+    }
+
     fn set_applied(&self, n: u64) {
         let mut st = self.state.lock();
         debug_assert!(n >= st.applied, "batches are applied in order");
@@ -173,12 +184,21 @@ pub(crate) struct Committer {
 impl Committer {
     /// The thread body: commit sealed batches until the writer hangs up.
     pub(crate) fn run(self, rx: Receiver<Sealed>) {
-        let mut group = Vec::with_capacity(SEALED_BATCHES_MAX + 1);
+        // If this thread dies (a panic in the sink, say), nothing may wait for it any more and
+        // nothing more may be written: the writer would otherwise block on `Progress` forever.
+        let _guard = PanicGuard {
+            shared: self.shared.clone(),
+            progress: self.progress.clone(),
+        };
+        let mut group = Vec::with_capacity(SEALED_BATCHES_MAX);
         while let Ok(first) = rx.recv() {
             group.push(first);
-            // Whatever else is already sealed shares this fsync (bounded by the channel).
-            while let Ok(next) = rx.try_recv() {
-                group.push(next);
+            // Whatever else is already sealed shares this fsync, up to a bound.
+            while group.len() < SEALED_BATCHES_MAX {
+                match rx.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
             }
             self.progress.wait_released();
             self.commit_group(&mut group);
@@ -243,8 +263,8 @@ impl Committer {
             let handle = self.shared.ks.get(ks);
             for (key, value) in batch.writes[ks as usize].iter() {
                 match value {
-                    Some(value) => b.insert(handle, key.as_slice(), value.clone()),
-                    None => b.remove(handle, key.as_slice()),
+                    Some(value) => b.insert(handle, key.clone(), value.clone()),
+                    None => b.remove(handle, key.clone()),
                 }
             }
         }
@@ -264,6 +284,22 @@ impl Committer {
             let n = batch.n;
             batch.ops.into_iter().for_each(|op| op.fail(e.clone()));
             self.progress.set_finished(n);
+        }
+    }
+}
+
+/// Poisons the store and releases every waiter if the commit thread unwinds.
+struct PanicGuard {
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the store commit thread panicked; refusing all further writes");
+            self.shared.poisoned.store(true, Ordering::Release);
+            self.progress.abandon();
         }
     }
 }

@@ -337,11 +337,11 @@ impl Staged {
     }
 
     fn put(&mut self, ks: Ks, key: impl AsRef<[u8]>, value: impl Into<Slice>) {
-        self.writes[ks as usize].insert(key.as_ref().to_vec(), Some(value.into()));
+        self.writes[ks as usize].insert(Slice::from(key.as_ref()), Some(value.into()));
     }
 
     fn delete(&mut self, ks: Ks, key: impl AsRef<[u8]>) {
-        self.writes[ks as usize].insert(key.as_ref().to_vec(), None);
+        self.writes[ks as usize].insert(Slice::from(key.as_ref()), None);
     }
 
     fn staged(&self, ks: Ks, key: &[u8]) -> Option<&Option<Slice>> {
@@ -384,7 +384,8 @@ impl Staged {
     }
 }
 
-/// The writer's state; lives on the "magpie-writer" thread.
+/// The writer's state; lives on the "magpie-writer" thread. Dropping it (also when unwinding)
+/// lets the commit thread finish and joins it.
 pub(crate) struct Writer {
     /// Database, keyspaces, durable snapshot and poison flag, shared with the readers.
     shared: Arc<Shared>,
@@ -396,7 +397,7 @@ pub(crate) struct Writer {
     progress: Arc<Progress>,
     /// Write sets handed to the commit thread and not yet applied, oldest first, with their
     /// batch numbers. Reads look here (newest first) before the keyspaces, because staging
-    /// must see every earlier batch. At most `SEALED_BATCHES_MAX + 1` entries.
+    /// must see every earlier batch. At most `2 * SEALED_BATCHES_MAX + 1` entries.
     inflight: VecDeque<(u64, Arc<WriteSet>)>,
     /// Number of the last batch sealed (batches count from 1).
     sealed: u64,
@@ -422,6 +423,12 @@ pub(crate) struct Writer {
     member_lists: FastMap<ConversationId, Arc<[UserId]>>,
     /// Total ids in `member_lists` (bounded by `CACHED_MEMBER_IDS_MAX`).
     cached_member_ids: usize,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
 }
 
 impl Writer {
@@ -495,13 +502,15 @@ impl Writer {
     }
 
     /// Lets the commit thread finish every sealed batch, joins it and persists once more.
+    /// Runs once, at the end of [`Writer::run`] or when the writer is dropped (unwinding).
     fn shut_down(&mut self) {
         drop(self.to_commit.take());
-        if let Some(handle) = self.commit_thread.take() {
-            if handle.join().is_err() {
-                tracing::error!("the store commit thread panicked");
-                self.shared.poisoned.store(true, Ordering::Release);
-            }
+        let Some(handle) = self.commit_thread.take() else {
+            return;
+        };
+        if handle.join().is_err() {
+            tracing::error!("the store commit thread panicked");
+            self.shared.poisoned.store(true, Ordering::Release);
         }
         // Every batch was already fsynced; this last persist is belt and braces for shutdown.
         if !self.shared.poisoned.load(Ordering::Acquire) {
@@ -535,9 +544,15 @@ impl Writer {
 
         if staged.is_empty() && self.progress.finished() == self.sealed {
             // Nothing changed (reads through the writer, no-op acks, failures) and nothing
-            // earlier is still on its way to disk: answer now, no fsync.
+            // earlier is still on its way to disk: answer now, no fsync. Unless the batch this
+            // one read from failed meanwhile: the commit thread poisons before it reports a
+            // failed batch finished, so this check sees it.
             debug_assert!(staged.events.is_empty() && staged.notices.is_empty());
-            ops.drain(..).for_each(WriteOp::finish);
+            if self.shared.poisoned.load(Ordering::Acquire) {
+                ops.drain(..).for_each(|op| op.fail(StoreError::Poisoned));
+            } else {
+                ops.drain(..).for_each(WriteOp::finish);
+            }
             return;
         }
         // Even an empty batch goes through the commit thread when earlier batches are in
@@ -2023,6 +2038,62 @@ mod tests {
         h.run(vec![a5]);
         assert!(h.writer.inflight.is_empty());
         assert_eq!(appended(ra5), (1, true));
+    }
+
+    #[test]
+    fn a_batch_failed_by_the_commit_thread_is_never_acknowledged() {
+        let mut h = harness();
+        h.writer.progress.hold(true);
+        let (u1, r1) = user("ann");
+        h.writer.process(&mut vec![u1]);
+        // The failure the commit thread would record after an fsync error.
+        h.shared.poisoned.store(true, Ordering::Release);
+        h.writer.progress.hold(false);
+        h.writer.settle();
+        assert!(matches!(got(r1), Err(StoreError::Poisoned)));
+        let (u2, r2) = user("bob");
+        h.run(vec![u2]);
+        assert!(matches!(got(r2), Err(StoreError::Poisoned)));
+    }
+
+    /// A sink that panics, as a bug in the server's fan-out code would.
+    struct PanickingSink;
+
+    impl CommitSink for PanickingSink {
+        fn committed(&self, _: &[UserEvent], _: &[ConversationNotice]) {
+            panic!("sink bug");
+        }
+    }
+
+    #[test]
+    fn a_dead_commit_thread_poisons_the_store_and_releases_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, ids) = Shared::open(&FjallConfig::new(dir.path())).unwrap();
+        let mut writer = Writer::new(
+            shared.clone(),
+            Arc::new(PanickingSink),
+            GroupPolicy::default(),
+            64,
+            ids,
+        )
+        .unwrap();
+        let (u1, _) = user("ann");
+        let (u2, _) = user("bob");
+        let (dir_op, _) = op((UserId(1), UserId(2)), WriteOp::DirectConversation);
+        writer.process(&mut vec![u1, u2, dir_op]);
+        let (a1, mut ra1) = append(1, 1, "x");
+        writer.process(&mut vec![a1]);
+        // Returns although the commit thread died in the sink, before answering the append.
+        writer.settle();
+        assert!(shared.poisoned.load(Ordering::Acquire));
+        assert!(
+            !matches!(ra1.try_recv(), Ok(Ok(_))),
+            "no success reported by a dead commit thread"
+        );
+        let (u3, r3) = user("cy");
+        writer.process(&mut vec![u3]);
+        assert!(matches!(got(r3), Err(StoreError::Poisoned)));
+        drop(writer); // joins the dead thread without hanging
     }
 
     #[test]
