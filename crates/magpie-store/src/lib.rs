@@ -5,7 +5,8 @@
 //! batch of messages together with the inbox entries of write fan-out, durably, and only then
 //! reports success and announces the new events to the [`CommitSink`]. Backends:
 //!
-//! - [`FjallStore`]: the embedded default, one writer thread doing group commit on fjall.
+//! - [`FjallStore`]: the embedded default on fjall: one writer thread stages batches, a commit
+//!   thread applies and fsyncs them (group commit).
 //! - [`MemoryStore`]: a simple model used by tests and by the conformance property tests.
 //!
 //! [`conformance`] holds the suite every backend must pass.

@@ -1,4 +1,5 @@
-//! The embedded backend: fjall (an LSM-tree) with one writer thread doing group commit.
+//! The embedded backend: fjall (an LSM-tree) with one writer thread staging batches and a
+//! commit thread applying and fsyncing them (group commit).
 //!
 //! # On-disk layout
 //!
@@ -35,9 +36,10 @@
 //! # Concurrency
 //!
 //! All mutations go through a bounded queue to the single "magpie-writer" thread (see
-//! [`writer`]), which commits them in batches with one fsync per batch. Reads run on tokio's
-//! blocking pool against `Shared::durable`, a snapshot the writer replaces after every fsync,
-//! so a read never sees data that a crash could still take back.
+//! [`writer`]), which stages them in batches and hands each to the "magpie-commit" thread (see
+//! [`commit`]), which commits it with one fsync per batch (or per group of queued batches).
+//! Reads run on tokio's blocking pool against `Shared::durable`, a snapshot the commit thread
+//! replaces after every fsync, so a read never sees data that a crash could still take back.
 
 mod codec;
 mod commit;
@@ -124,8 +126,8 @@ pub(crate) struct Shared {
     pub(crate) db: Database,
     /// Handles to every keyspace.
     pub(crate) ks: Keyspaces,
-    /// The state as of the last fsync that returned. Replaced by the writer after every commit,
-    /// before it replies; readers clone it (cheap) and read at that instant.
+    /// The state as of the last fsync that returned. Replaced by the commit thread after every
+    /// fsync, before it replies; readers clone it (cheap) and read at that instant.
     pub(crate) durable: RwLock<Snapshot>,
     /// Set after a failed commit or fsync: the on-disk state is unknown, writes are refused.
     pub(crate) poisoned: AtomicBool,
