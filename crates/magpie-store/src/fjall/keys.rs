@@ -128,10 +128,12 @@ impl Keyspaces {
     }
 }
 
-/// Largest memtable of a keyspace, in bytes (fjall's default is 64 MiB). The writer looks up
-/// an idempotency key and the commit thread inserts several keys per message; both walk the
-/// memtable skiplist, and a smaller one is shallower and stays in the CPU caches. It applies
-/// to keyspaces created from now on: fjall keeps each keyspace's options from its creation.
+/// Largest memtable of a keyspace, in bytes (fjall's default is 64 MiB). Smaller memtables
+/// flush in smaller bursts that disturb the journal's fsyncs less: at 46,826 msg/s paced,
+/// send→deliver p99 was 128–179 ms with 16 MiB against 410–420 ms with 64 MiB (two runs each),
+/// and the server's RSS ~170 against ~320 MiB. The price is more flush and compaction work
+/// (fjall's workers 36% against 23% of a core over the same 10 s). It applies to keyspaces
+/// created from now on: fjall keeps each keyspace's options from its creation.
 const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Meta key: the layout version of this database, as a big-endian u64.
