@@ -4,6 +4,7 @@
 #   scripts/bench.sh                 # everything: throughput matrix, latency, idle
 #   scripts/bench.sh throughput      # only the throughput matrix
 #   scripts/bench.sh latency idle    # latency (light + half of the best throughput) and idle
+#   scripts/bench.sh disk            # only the disk's fsync latency (also run before latency)
 #
 # Each run gets a fresh server (`target/release/magpie serve`) on 127.0.0.1:$PORT with an
 # empty data dir in $TMPDIR, cheap Argon2 (setup logs in hundreds of users) and the
@@ -12,7 +13,7 @@
 # appended to $RESULTS. Everything is bounded in time and talks to loopback only.
 #
 # Knobs (environment): PORT, DURATION_S, WARMUP_S, PAIRS_LIST, WINDOW_LIST, LATENCY_PAIRS,
-# HALF_RATE (skip the throughput matrix for the half-max latency run), IDLE_CONNECTIONS,
+# HALF_RATE (skip the throughput matrix for the half-max latency run), DISK_ROUNDS, IDLE_CONNECTIONS,
 # IDLE_HOLD_S, RESULTS, QUIET_WAIT_S / QUIET_BUSY_PERCENT / QUIET_IO_PERCENT (before each run,
 # wait up to QUIET_WAIT_S seconds for CPU use and I/O pressure to drop below these), MAGPIE_BIN (use
 # this binary instead of building target/release/magpie).
@@ -170,7 +171,23 @@ throughput() {
     echo "best: $BEST_RATE/s with $BEST_PAIRS pairs, window $BEST_WINDOW"
 }
 
+# The fsync latency of the disk the servers' data directories live on: every acknowledged
+# message waits for one, so it is printed next to the latency results.
+disk() {
+    local dir
+    dir=$(mktemp -d)
+    echo
+    echo "=== magpie bench disk   ($(uptime | sed 's/.*load average/load average/'))"
+    local out
+    out=$("$BIN" bench disk --dir "$dir" --rounds "${DISK_ROUNDS:-2000}" --json) || true
+    rm -rf "$dir"
+    if [ -n "$out" ]; then
+        echo "$out" >>"$RESULTS"
+    fi
+}
+
 latency() {
+    disk
     run_bench latency --pairs 1 --rate 200 --duration-s "$DURATION_S"
     local half=${HALF_RATE:-$((BEST_RATE / 2))}
     if [ "$half" -gt 0 ]; then
@@ -188,9 +205,9 @@ echo "machine: $(nproc) cores; $(uptime)"
 echo "results: $RESULTS"
 for s in "${SCENARIOS[@]}"; do
     case $s in
-    throughput | latency | idle) "$s" ;;
+    throughput | latency | idle | disk) "$s" ;;
     *)
-        echo "unknown scenario $s (throughput, latency, idle)" >&2
+        echo "unknown scenario $s (throughput, latency, idle, disk)" >&2
         exit 2
         ;;
     esac

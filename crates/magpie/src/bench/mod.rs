@@ -9,11 +9,14 @@
 //! - `idle`: many authenticated idle sockets, to measure the server's memory per connection.
 //! - `group`: one message at a time into a 10,000-member read-fan-out group, to measure the
 //!   time until every online member has it.
+//! - `disk`: no server; how long the disk under a directory takes to make a small write
+//!   durable, which bounds every latency above.
 //!
 //! Setup (accounts, logins, conversations) goes through the HTTP API with bounded concurrency;
 //! the measured traffic is WebSocket only. Every run is bounded in time and count, and only
 //! talks to loopback addresses. `docs/benchmarks.md` has the commands and the results.
 
+mod disk;
 mod group;
 mod idle;
 mod report;
@@ -47,6 +50,9 @@ enum Scenario {
     /// One message at a time into a large read-fan-out group: time until every online member
     /// has it, and storage writes per message.
     Group(group::GroupArgs),
+    /// No server: the fsync latency of the disk under a directory (run it next to latency
+    /// runs, since every acknowledged message waits for one fsync).
+    Disk(disk::DiskArgs),
 }
 
 /// Flags every scenario takes.
@@ -131,17 +137,18 @@ pub struct Outcome {
 
 /// Runs the load generator.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (common, outcome) = match args.scenario {
-        Scenario::Throughput(a) => (a.common.clone(), traffic::run_throughput(a).await?),
-        Scenario::Latency(a) => (a.common.clone(), traffic::run_latency(a).await?),
-        Scenario::Idle(a) => (a.common.clone(), idle::run(a).await?),
+    let (json, outcome) = match args.scenario {
+        Scenario::Throughput(a) => (a.common.json, traffic::run_throughput(a).await?),
+        Scenario::Latency(a) => (a.common.json, traffic::run_latency(a).await?),
+        Scenario::Idle(a) => (a.common.json, idle::run(a).await?),
+        Scenario::Disk(a) => (a.json, disk::run(a).await?),
         Scenario::Group(a) => {
-            let common = a.common.clone();
+            let common_json = a.common.json;
             let json = group::run(a).await?;
             let human = format!("group scenario done ({} timeouts)", json["timeouts"]);
             let violations = json["timeouts"].as_u64().unwrap_or(0);
             (
-                common,
+                common_json,
                 Outcome {
                     human,
                     json,
@@ -150,7 +157,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
         }
     };
-    if common.json {
+    if json {
         eprintln!("{}", outcome.human);
         println!("{}", serde_json::to_string(&outcome.json)?);
     } else {
