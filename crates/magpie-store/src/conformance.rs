@@ -16,6 +16,7 @@
 //!
 //! Must run on a multi-threaded tokio runtime (backends may use `spawn_blocking`).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub const CHECKS: &[&str] = &[
     "direct_conversations",
     "append_seqs_gap_free",
     "concurrent_appends_gap_free",
+    "concurrent_duplicates_exactly_once",
     "inbox_cursors_gap_free",
     "dedup",
     "per_item_errors",
@@ -149,6 +151,9 @@ where
         "direct_conversations" => announce(name, direct_conversations(t)).await,
         "append_seqs_gap_free" => announce(name, append_seqs_gap_free(t)).await,
         "concurrent_appends_gap_free" => announce(name, concurrent_appends_gap_free(t)).await,
+        "concurrent_duplicates_exactly_once" => {
+            announce(name, concurrent_duplicates_exactly_once(t)).await
+        }
         "inbox_cursors_gap_free" => announce(name, inbox_cursors_gap_free(t)).await,
         "dedup" => announce(name, dedup(t)).await,
         "per_item_errors" => announce(name, per_item_errors(t)).await,
@@ -764,6 +769,79 @@ async fn concurrent_appends_gap_free<S: Store>(t: Ctx<S>) {
         cursors(&events),
         (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>()
     );
+}
+
+/// Many callers send the same idempotency keys at once, into two conversations: each key gets
+/// exactly one seq, every answer for it names that seq, seqs and cursors stay gap-free, and the
+/// sink hears each message once per member, in cursor order. (In the embedded store this makes
+/// the writer stage against batches that are sealed but not yet applied.)
+async fn concurrent_duplicates_exactly_once<S: Store>(t: Ctx<S>) {
+    const TASKS: usize = 12;
+    const KEYS: usize = 20;
+    let (us, ab, ac) = two_conversations(&*t.store).await;
+    let ann = us[0].id;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let store = t.store.clone();
+            let conv = if i % 2 == 0 { ab.id } else { ac.id };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for k in 0..KEYS {
+                    // Every task sends every key of its conversation, each from another start.
+                    let k = (k + i) % KEYS;
+                    let a = send(&*store, conv, ann, &format!("c{}-k{k}", conv.0)).await;
+                    got.push(((conv, k), a.message.seq.0, a.duplicate));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut answers: BTreeMap<(ConversationId, usize), Vec<(u64, bool)>> = BTreeMap::new();
+    for task in tasks {
+        for (key, seq, duplicate) in task.await.expect("task") {
+            answers.entry(key).or_default().push((seq, duplicate));
+        }
+    }
+    assert_eq!(answers.len(), 2 * KEYS);
+    for conv in [ab.id, ac.id] {
+        let mut seqs = Vec::new();
+        for k in 0..KEYS {
+            let got = &answers[&(conv, k)];
+            assert_eq!(got.len(), TASKS / 2);
+            assert_eq!(
+                got.iter().filter(|(_, dup)| !dup).count(),
+                1,
+                "key {k} of {conv} was stored exactly once: {got:?}"
+            );
+            assert!(
+                got.iter().all(|(seq, _)| *seq == got[0].0),
+                "every answer for key {k} of {conv} names one seq: {got:?}"
+            );
+            seqs.push(got[0].0);
+        }
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=KEYS as u64).collect::<Vec<_>>(),
+            "seqs of {conv}"
+        );
+    }
+    for (user, expected) in [(ann, 2 * KEYS), (us[1].id, KEYS), (us[2].id, KEYS)] {
+        let head = t.store.inbox_head(user).await.expect("read");
+        assert_eq!(head, Cursor(expected as u64), "inbox head of {user}");
+        let heard: Vec<u64> = t
+            .sink
+            .events()
+            .iter()
+            .filter(|e| e.user_id == user)
+            .map(|e| e.event.cursor.0)
+            .collect();
+        assert_eq!(
+            heard,
+            (1..=expected as u64).collect::<Vec<_>>(),
+            "the sink heard {user}'s events once each, in order"
+        );
+    }
 }
 
 async fn inbox_cursors_gap_free<S: Store>(t: Ctx<S>) {
