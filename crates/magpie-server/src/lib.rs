@@ -208,6 +208,13 @@ impl Server {
         for task in &self.background {
             task.abort();
         }
+        // Users still online, or in their grace period, have no recorded "last seen" yet.
+        let seen = self.state.hub.presence().unrecorded();
+        for chunk in seen.chunks(magpie_store::LAST_SEEN_PER_WRITE_MAX) {
+            if let Err(e) = self.state.store.record_last_seen(chunk.to_vec()).await {
+                tracing::warn!(error = %e, "recording last seen at shutdown failed");
+            }
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;
         served??;

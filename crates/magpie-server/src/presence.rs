@@ -129,6 +129,41 @@ impl Presence {
         self.emit(a);
     }
 
+    /// `(online, last_seen_ms)` if this node has seen `user` connect since it started; `None`
+    /// otherwise (the store then knows when the user was last seen).
+    pub fn known(&self, user: UserId) -> Option<(bool, u64)> {
+        let users = self.users.lock();
+        users.get(&user).map(|p| {
+            if p.announced_online {
+                (true, now_ms().max(p.last_seen_ms))
+            } else {
+                (false, p.last_seen_ms)
+            }
+        })
+    }
+
+    /// Users whose going offline has not been announced (and so not recorded) yet, with the
+    /// time to record: now for connected users, the last disconnect for those in their grace
+    /// period. Recorded at shutdown, so "last seen" survives a restart.
+    pub fn unrecorded(&self) -> Vec<(UserId, u64)> {
+        let now = now_ms();
+        let users = self.users.lock();
+        users
+            .iter()
+            .filter(|(_, p)| p.announced_online)
+            .map(|(&u, p)| {
+                (
+                    u,
+                    if p.connections > 0 {
+                        now
+                    } else {
+                        p.last_seen_ms
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// What friends see: `(online, last_seen_ms)`. Online includes the grace period.
     pub fn status(&self, user: UserId) -> (bool, u64) {
         let users = self.users.lock();

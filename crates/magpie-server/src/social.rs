@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use magpie_core::UserId;
 use magpie_protocol::ws::ServerFrame;
-use magpie_store::Store;
+use magpie_store::{Store, StoreError};
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, Router as _};
@@ -17,6 +18,15 @@ pub async fn announce_presence(
     hub: Arc<Hub>,
 ) {
     while let Some(a) = rx.recv().await {
+        if !a.online {
+            // "Last seen" must survive a restart; the in-memory tracker does not.
+            if let Err(e) = store
+                .record_last_seen(vec![(a.user_id, a.last_seen_ms)])
+                .await
+            {
+                tracing::warn!(error = %e, "presence: recording last seen failed");
+            }
+        }
         let friends = match store.friends(a.user_id).await {
             Ok(f) => f,
             Err(e) => {
@@ -38,4 +48,28 @@ pub async fn announce_presence(
         }
         metrics::counter!("magpie_presence_announcements_total").increment(1);
     }
+}
+
+/// `(online, last_seen_ms)` of each of `users`, in order: from this node's presence tracker
+/// for users seen since it started, from the store for the rest (0 = never seen).
+pub async fn presence_of(
+    hub: &Hub,
+    store: &dyn Store,
+    users: &[UserId],
+) -> Result<Vec<(bool, u64)>, StoreError> {
+    let mut out: Vec<Option<(bool, u64)>> =
+        users.iter().map(|&u| hub.presence().known(u)).collect();
+    let unknown: Vec<UserId> = users
+        .iter()
+        .zip(&out)
+        .filter(|(_, known)| known.is_none())
+        .map(|(&u, _)| u)
+        .collect();
+    if !unknown.is_empty() {
+        let mut recorded = store.last_seen(&unknown).await?.into_iter();
+        for slot in out.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some((false, recorded.next().unwrap_or(0)));
+        }
+    }
+    Ok(out.into_iter().map(|s| s.unwrap_or((false, 0))).collect())
 }

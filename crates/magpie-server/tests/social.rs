@@ -522,6 +522,77 @@ async fn presence_is_damped_and_shared_with_friends_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_survives_a_restart() {
+    let s = TestServer::start_with(|c| {
+        c.allow_strangers = false;
+        c.presence_grace_ms = 100;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let carol = account(&base, "carol").await;
+    let dave = account(&base, "dave").await;
+    befriend(&base, &alice, &bob).await;
+    befriend(&base, &alice, &carol).await;
+    befriend(&base, &alice, &dave).await;
+
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    a.sync(0).await;
+    a.send(json!({"type":"ping"})).await;
+    a.next_type("pong").await;
+    // Bob comes and goes; the announcer records his last-seen time before it tells alice.
+    let (b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    a.next_type("presence").await;
+    b.close().await;
+    let gone = a.next_type("presence").await;
+    assert_eq!(gone["online"], false, "{gone}");
+    let bob_seen = gone["last_seen_ms"].as_u64().unwrap();
+    assert!(bob_seen > 0);
+    // Carol is still connected when the server stops.
+    let (_c, _) = Ws::connect(&s.ws_url(), &carol.token).await;
+    a.next_type("presence").await;
+    let before_stop = now_ms();
+    drop(a);
+
+    let s = s.restart().await;
+    let (st, v) = get(&base, &alice.token, "/v1/friends").await;
+    assert_eq!(st, 200, "{v}");
+    let seen = |user: &Account| {
+        let f = v["friends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["user_id"] == user.user_id.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(f["online"], false, "{f}");
+        f["last_seen_ms"].as_u64().unwrap()
+    };
+    assert_eq!(seen(&bob), bob_seen, "recorded when bob went offline");
+    assert!(
+        seen(&carol) >= before_stop,
+        "recorded at shutdown for a user still online: {v}"
+    );
+    assert_eq!(seen(&dave), 0, "never connected: {v}");
+    let (_, p) = get(
+        &base,
+        &alice.token,
+        &format!("/v1/presence?user_ids={}", bob.user_id),
+    )
+    .await;
+    assert_eq!(p["presence"][0]["last_seen_ms"], bob_seen, "{p}");
+    s.stop().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_is_relayed_to_the_peer_only() {
     let s = server().await;
     let base = s.base_url();

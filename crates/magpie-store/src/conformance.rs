@@ -102,6 +102,7 @@ pub const CHECKS: &[&str] = &[
     "unread_and_mark_read",
     "mute",
     "members_paging",
+    "last_seen",
 ];
 
 /// The policy of the fan-out checks: groups of up to 3 use write fan-out, at most 6 members.
@@ -172,6 +173,7 @@ where
         "unread_and_mark_read" => announce(name, unread_and_mark_read(t)).await,
         "mute" => announce(name, mute(t)).await,
         "members_paging" => announce(name, members_paging(t)).await,
+        "last_seen" => announce(name, last_seen(t)).await,
         other => panic!("unknown conformance check {other:?}"),
     }
 }
@@ -2117,4 +2119,32 @@ async fn members_paging<S: Store>(t: Ctx<S>) {
         .is_empty());
     assert_eq!(s.member(g, u[6]).await.expect("member"), None);
     assert_eq!(role_of(s, g, u[3]).await, Some(Role::Owner));
+}
+
+async fn last_seen<S: Store>(t: Ctx<S>) {
+    let s = &*t.store;
+    let us = users(s, &["ann", "bob", "cat"]).await;
+    let ids: Vec<UserId> = us.iter().map(|u| u.id).collect();
+    assert_eq!(s.last_seen(&ids).await.expect("read"), vec![0, 0, 0]);
+    s.record_last_seen(vec![(ids[0], 1_000), (ids[1], 2_000)])
+        .await
+        .expect("record");
+    assert_eq!(
+        s.last_seen(&ids).await.expect("read"),
+        vec![1_000, 2_000, 0]
+    );
+    s.record_last_seen(vec![(ids[0], 500), (ids[1], 3_000), (ids[0], 1_500)])
+        .await
+        .expect("record");
+    assert_eq!(
+        s.last_seen(&ids).await.expect("read"),
+        vec![1_500, 3_000, 0],
+        "a recorded time never moves backwards"
+    );
+    assert_eq!(
+        s.last_seen(&[ids[2], ids[0], ids[0]]).await.expect("read"),
+        vec![0, 1_500, 1_500],
+        "answers follow the order asked"
+    );
+    assert!(t.sink.events().is_empty(), "presence makes no inbox events");
 }

@@ -131,6 +131,8 @@ struct State {
     requests: BTreeMap<RequestId, FriendRequest>,
     /// The id of the last request made (0 if none).
     last_request: u64,
+    /// When each user was last connected (unix ms), as recorded by the presence tracker.
+    last_seen: HashMap<UserId, u64>,
 }
 
 /// What one operation announces once it is done.
@@ -982,5 +984,22 @@ impl Store for MemoryStore {
             }
             None => Ok(Err(GroupError::NotMember)),
         }
+    }
+
+    async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError> {
+        let mut s = self.state.lock();
+        for (user, ts_ms) in seen {
+            let at = s.last_seen.entry(user).or_default();
+            *at = (*at).max(ts_ms);
+        }
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+        let s = self.state.lock();
+        Ok(users
+            .iter()
+            .map(|u| s.last_seen.get(u).copied().unwrap_or(0))
+            .collect())
     }
 }

@@ -303,4 +303,12 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         muted: bool,
     ) -> Result<Result<(), GroupError>, StoreError>;
+
+    // --- Presence ---
+
+    /// Records when users were last connected, as `(user, unix ms)` pairs, so "last seen"
+    /// survives restarts. A recorded time never moves backwards.
+    async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError>;
+    /// When each of `users` was last connected, as recorded; 0 if never.
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError>;
 }

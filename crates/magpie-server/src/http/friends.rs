@@ -95,15 +95,16 @@ pub async fn decline(
 /// `GET /v1/friends`.
 pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<Json<FriendList>, ApiError> {
     let friends = state.store.friends(auth.user_id()).await?;
+    let ids: Vec<_> = friends.iter().map(|f| f.user_id).collect();
+    let presence = crate::social::presence_of(&state.hub, &*state.store, &ids).await?;
     let mut out = Vec::with_capacity(friends.len());
-    for f in friends {
+    for (f, (online, last_seen_ms)) in friends.into_iter().zip(presence) {
         let username = state
             .store
             .user_by_id(f.user_id)
             .await?
             .map(|u| u.username)
             .unwrap_or_default();
-        let (online, last_seen_ms) = state.hub.presence().status(f.user_id);
         out.push(WireFriend {
             user_id: f.user_id,
             username,

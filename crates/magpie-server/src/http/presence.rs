@@ -34,7 +34,7 @@ pub async fn presence(
             "at most {USER_IDS_PER_REQUEST_MAX} user ids"
         )));
     }
-    let mut out = Vec::new();
+    let mut shared = Vec::new();
     for raw in ids {
         let user: UserId = raw
             .parse()
@@ -42,12 +42,17 @@ pub async fn presence(
         if user != auth.user_id() && !state.store.are_friends(auth.user_id(), user).await? {
             continue;
         }
-        let (online, last_seen_ms) = state.hub.presence().status(user);
-        out.push(WirePresence {
-            user_id: user,
+        shared.push(user);
+    }
+    let presence = crate::social::presence_of(&state.hub, &*state.store, &shared).await?;
+    let out = shared
+        .into_iter()
+        .zip(presence)
+        .map(|(user_id, (online, last_seen_ms))| WirePresence {
+            user_id,
             online,
             last_seen_ms,
-        });
-    }
+        })
+        .collect();
     Ok(Json(PresenceList { presence: out }))
 }

@@ -54,11 +54,13 @@ pub(crate) enum Ks {
     RequestsOut,
     /// `from ‖ to` → `request_id` of the pending request of that direction.
     RequestsPair,
+    /// `user_id` → when the user was last connected (unix ms, big-endian u64).
+    LastSeen,
 }
 
 impl Ks {
     /// Every keyspace, in discriminant order.
-    pub(crate) const ALL: [Ks; 17] = [
+    pub(crate) const ALL: [Ks; 18] = [
         Ks::Meta,
         Ks::Users,
         Ks::Usernames,
@@ -76,6 +78,7 @@ impl Ks {
         Ks::RequestsIn,
         Ks::RequestsOut,
         Ks::RequestsPair,
+        Ks::LastSeen,
     ];
 
     /// The on-disk name; never change one, it would orphan existing data.
@@ -98,6 +101,7 @@ impl Ks {
             Ks::RequestsIn => "requests_in",
             Ks::RequestsOut => "requests_out",
             Ks::RequestsPair => "requests_pair",
+            Ks::LastSeen => "last_seen",
         }
     }
 }

@@ -85,6 +85,9 @@ const BATCH_OPS_MAX_DEFAULT: usize = 1024;
 /// Capacity of the queue to the writer, in write ops. When it is full, writers wait
 /// asynchronously (backpressure) instead of piling up memory.
 const WRITE_QUEUE_OPS_MAX: usize = 4096;
+/// Most last-seen times one `record_last_seen` call may carry (a shutdown records every
+/// online user, in chunks of this size).
+pub const LAST_SEEN_PER_WRITE_MAX: usize = 10_000;
 /// Name of the writer thread, as seen in `top -H`, debuggers and panics.
 const WRITER_THREAD_NAME: &str = "magpie-writer";
 
@@ -563,6 +566,20 @@ impl Store for FjallStore {
     ) -> Result<Result<(), GroupError>, StoreError> {
         self.write(group_cmd(user, conversation, muted), WriteOp::SetMuted)
             .await
+    }
+
+    async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError> {
+        if seen.len() > LAST_SEEN_PER_WRITE_MAX {
+            return Err(StoreError::Engine(format!(
+                "at most {LAST_SEEN_PER_WRITE_MAX} last-seen times per write"
+            )));
+        }
+        self.write(seen, WriteOp::RecordLastSeen).await
+    }
+
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+        let users = users.to_vec();
+        self.read(move |v| v.last_seen(&users)).await
     }
 }
 

@@ -199,6 +199,17 @@ impl View<'_> {
         Ok(out)
     }
 
+    /// When each user was last connected (0 if never recorded).
+    pub(crate) fn last_seen(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+        users
+            .iter()
+            .map(|&u| match self.get(Ks::LastSeen, &user_key(u))? {
+                Some(v) => be_u64(&v, "last seen"),
+                None => Ok(0),
+            })
+            .collect()
+    }
+
     pub(crate) fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {
         inbox_head_of(self.snap.prefix(self.ks.get(Ks::Inbox), user_key(user)))
     }

@@ -213,6 +213,8 @@ pub(crate) enum WriteOp {
     MarkRead(GroupOp<Seq, Seq>),
     /// `Store::set_muted` (the actor is the member).
     SetMuted(GroupOp<bool, ()>),
+    /// `Store::record_last_seen`.
+    RecordLastSeen(Pending<Vec<(UserId, u64)>, ()>),
 }
 
 /// Applies `$f` to the `Pending` inside any `WriteOp`.
@@ -235,6 +237,7 @@ macro_rules! each_op {
             WriteOp::RenameGroup($p) => $body,
             WriteOp::MarkRead($p) => $body,
             WriteOp::SetMuted($p) => $body,
+            WriteOp::RecordLastSeen($p) => $body,
         }
     };
 }
@@ -265,6 +268,7 @@ impl WriteOp {
             | WriteOp::SetRole(_)
             | WriteOp::MarkRead(_)
             | WriteOp::SetMuted(_) => 0,
+            WriteOp::RecordLastSeen(p) => 16 * p.cmd.len(),
         }
     }
 
@@ -620,6 +624,7 @@ impl Writer {
                 WriteOp::RenameGroup(p) => p.stage(|c| self.rename_group(st, c))?,
                 WriteOp::MarkRead(p) => p.stage(|c| self.mark_read(st, c))?,
                 WriteOp::SetMuted(p) => p.stage(|c| self.set_muted(st, c))?,
+                WriteOp::RecordLastSeen(p) => p.stage(|c| self.record_last_seen(st, c))?,
             }
         }
         debug_assert!(
@@ -1016,6 +1021,21 @@ impl Writer {
         if cursor > device.cursor {
             device.cursor = cursor;
             st.put(Ks::Devices, device_key(id), encode_device(&device));
+        }
+        Ok(())
+    }
+
+    /// Keeps the later of the recorded and the new time of each user.
+    fn record_last_seen(&self, st: &mut Staged, seen: &[(UserId, u64)]) -> Result<(), StoreError> {
+        for &(user, ts_ms) in seen {
+            let key = user_key(user);
+            let recorded = match self.get(st, Ks::LastSeen, &key)? {
+                Some(v) => be_u64(&v, "last seen")?,
+                None => 0,
+            };
+            if ts_ms > recorded {
+                st.put(Ks::LastSeen, key, ts_ms.to_be_bytes());
+            }
         }
         Ok(())
     }
