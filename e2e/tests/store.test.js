@@ -255,6 +255,35 @@ describe('outbox', () => {
     assert.equal(o.complete(e.client_msg_id).text, 'hi');
     assert.equal(o.complete(e.client_msg_id), undefined);
   });
+
+  test('unsent messages survive a page load with their ids and states', () => {
+    let saved = null;
+    const storage = { load: () => saved, save: (list) => { saved = JSON.parse(JSON.stringify(list)); } };
+    const o = new Outbox(storage, 0);
+    const a = o.add(A, 'one', 0);
+    const b = o.add(A, 'two', 0);
+    const c = o.add(A, 'three', 0);
+    o.markWritten(a.client_msg_id);
+    o.fail(b.client_msg_id, 'refused');
+    o.complete(c.client_msg_id);
+    assert.deepEqual(saved.map((x) => [x.client_msg_id, x.state]), [[a.client_msg_id, 'pending'], [b.client_msg_id, 'failed']]);
+
+    // The next page load: a new clock, nothing written yet on the new connection.
+    const again = new Outbox(storage, 50_000);
+    assert.deepEqual(again.unwritten().map((x) => [x.client_msg_id, x.text]), [[a.client_msg_id, 'one']], 'the pending one is re-sent with its id');
+    assert.equal(again.get(b.client_msg_id).state, 'failed', 'a failed one waits for the user');
+    assert.equal(again.get(b.client_msg_id).error, 'refused');
+    assert.deepEqual(again.expire(50_000 + 999, 1000), [], 'a fresh timeout after the load');
+    again.complete(a.client_msg_id);
+    again.dropConversation(A);
+    assert.deepEqual(saved, [], 'nothing left to restore');
+
+    // Garbage in storage is ignored, not fatal.
+    saved = [null, { client_msg_id: 5 }, 'x'];
+    assert.equal(new Outbox(storage, 0).entries.size, 0);
+    saved = { not: 'a list' };
+    assert.equal(new Outbox(storage, 0).entries.size, 0);
+  });
 });
 
 describe('conversation rows', () => {

@@ -8,7 +8,7 @@
 
 import { ApiError, createApi, describeError } from './api.js';
 import { config } from './config.js';
-import { loadCursor, saveCursor } from './session.js';
+import { loadCursor, outboxStorage, saveCursor } from './session.js';
 import { Socket } from './socket.js';
 import { mergeRow } from './store/conversations.js';
 import { Emitter } from './store/emitter.js';
@@ -45,7 +45,9 @@ export class Client {
     this.users = new Users(this.api, () => this.events.changed('users'));
     this.users.set(this.me, session.username);
     this.tracker = new Tracker({ pullPage: config.pullPage, pullTimeoutMs: config.pullTimeoutMs });
-    this.outbox = new Outbox();
+    // Unsent messages of an earlier page load of this device are restored (and re-sent once
+    // the socket is ready, with their original ids).
+    this.outbox = new Outbox(outboxStorage(session), now());
     /** @type {Map<string, Timeline>} */
     this.timelines = new Map();
     /** Conversation rows (`GET /v1/conversations`) plus `activity` (ms) for ordering. */

@@ -1,7 +1,7 @@
 // Where the login lives. Each browser tab is its own device: the token, user and device ids
 // are kept in sessionStorage (per tab), so two tabs log in separately and behave as two
-// devices. The inbox cursor is kept in localStorage keyed by user and device, so it survives
-// a reload of the tab and never mixes two devices.
+// devices. The inbox cursor and the unsent messages are kept in localStorage keyed by user
+// and device, so they survive a reload of the tab and never mix two devices.
 
 const SESSION_KEY = 'magpie.session';
 
@@ -22,7 +22,35 @@ export function saveSession(s) {
 export function clearSession() {
   const s = loadSession();
   sessionStorage.removeItem(SESSION_KEY);
-  if (s) localStorage.removeItem(cursorKey(s));
+  if (s) {
+    localStorage.removeItem(cursorKey(s));
+    localStorage.removeItem(outboxKey(s));
+  }
+}
+
+function outboxKey(s) {
+  return `magpie.outbox.${s.user_id}.${s.device_id}`;
+}
+
+/** Where this device's unsent messages are kept between page loads (see `Outbox`). */
+export function outboxStorage(s) {
+  return {
+    load() {
+      try {
+        return JSON.parse(localStorage.getItem(outboxKey(s)) || '[]');
+      } catch {
+        return [];
+      }
+    },
+    save(list) {
+      try {
+        if (list.length) localStorage.setItem(outboxKey(s), JSON.stringify(list));
+        else localStorage.removeItem(outboxKey(s));
+      } catch {
+        // Storage full or disabled: unsent messages then live in this page only.
+      }
+    },
+  };
 }
 
 function cursorKey(s) {

@@ -4,6 +4,10 @@
 //
 // States: `pending` (queued or written, waiting for `sent`) and `failed` (refused, or no
 // answer within the send timeout; retried only when the user asks).
+//
+// With a `storage`, the entries are saved after every change and restored by the next page
+// load of the same device, so a reload (or a closed tab reopened with its session) re-sends
+// what was never answered, with the same ids: nothing typed is lost and nothing is doubled.
 
 /** A fresh random client message id: "w-" and 32 hex digits. */
 export function newClientMsgId() {
@@ -13,9 +17,39 @@ export function newClientMsgId() {
 }
 
 export class Outbox {
-  constructor() {
+  /**
+   * @param {{load(): unknown, save(list: object[]): void} | null} storage keeps the entries
+   *   across page loads (`null`: memory only)
+   * @param {number} now the clock of `since` (restored entries get a fresh send timeout)
+   */
+  constructor(storage = null, now = 0) {
     /** @type {Map<string, object>} in send order */
     this.entries = new Map();
+    this.storage = storage;
+    const saved = storage?.load();
+    for (const s of Array.isArray(saved) ? saved : []) {
+      if (!s || typeof s.client_msg_id !== 'string' || typeof s.conversation_id !== 'string' || typeof s.text !== 'string') continue;
+      const failed = s.state === 'failed';
+      this.entries.set(s.client_msg_id, {
+        client_msg_id: s.client_msg_id,
+        conversation_id: s.conversation_id,
+        text: s.text,
+        state: failed ? 'failed' : 'pending',
+        written: false,
+        since: now,
+        ts_ms: Number.isFinite(s.ts_ms) ? s.ts_ms : Date.now(),
+        error: failed ? String(s.error || 'Not sent.') : null,
+      });
+    }
+  }
+
+  /** Writes the entries to the storage (what a later page load needs, nothing more). */
+  save() {
+    if (!this.storage) return;
+    const list = [...this.entries.values()].map(({ client_msg_id, conversation_id, text, state, ts_ms, error }) => ({
+      client_msg_id, conversation_id, text, state, ts_ms, error,
+    }));
+    this.storage.save(list);
   }
 
   /** Queues `text` for `conversationId`; returns the entry. */
@@ -31,6 +65,7 @@ export class Outbox {
       error: null,
     };
     this.entries.set(e.client_msg_id, e);
+    this.save();
     return e;
   }
 
@@ -60,7 +95,7 @@ export class Outbox {
   /** The server stored it: removes and returns the entry (undefined if unknown). */
   complete(id) {
     const e = this.entries.get(id);
-    this.entries.delete(id);
+    if (this.entries.delete(id)) this.save();
     return e;
   }
 
@@ -70,6 +105,7 @@ export class Outbox {
       e.state = 'failed';
       e.written = false;
       e.error = error;
+      this.save();
     }
     return e;
   }
@@ -82,6 +118,7 @@ export class Outbox {
     e.written = false;
     e.since = now;
     e.error = null;
+    this.save();
     return e;
   }
 
@@ -96,6 +133,7 @@ export class Outbox {
         out.push(e);
       }
     }
+    if (out.length) this.save();
     return out;
   }
 
@@ -110,6 +148,10 @@ export class Outbox {
 
   /** Drops every entry of a conversation (the user left it). */
   dropConversation(conversationId) {
-    for (const [id, e] of this.entries) if (e.conversation_id === conversationId) this.entries.delete(id);
+    let dropped = false;
+    for (const [id, e] of this.entries) {
+      if (e.conversation_id === conversationId) dropped = this.entries.delete(id) || dropped;
+    }
+    if (dropped) this.save();
   }
 }
