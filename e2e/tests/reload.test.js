@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { CONNECTION_FAILURES, launch, person, unexpectedErrors } from '../lib/browser.js';
 import { MagpieServer } from '../lib/server.js';
 import {
-  acceptFrom, expectTexts, online, openConv, ownMessage, register, requestFriend, send, sendAndWait,
+  acceptFrom, expectTexts, login, online, openConv, ownMessage, register, requestFriend, send, sendAndWait,
 } from '../lib/ui.js';
 
 let server;
@@ -76,4 +76,52 @@ test('an unsent message survives a reload and is stored once', async () => {
   for (const p of [a, b]) assert.deepEqual(unexpectedErrors(p, CONNECTION_FAILURES), []);
   await alice.context.close();
   await bob.context.close();
+});
+
+test('a new device starts at the inbox head and loads history over HTTP', async () => {
+  const carol = await person(browser, server);
+  const dave = await person(browser, server);
+  const c = carol.page;
+  const d = dave.page;
+  await register(c, 'carol');
+  await register(d, 'dave');
+  await requestFriend(c, 'dave');
+  await acceptFrom(d, 'carol');
+  await openConv(c, 'dave');
+  await openConv(d, 'carol');
+  const earlier = ['one', 'two', 'three'];
+  for (const t of earlier) await sendAndWait(c, t);
+  await expectTexts(d, earlier);
+
+  // carol logs in on a new device (a new browser context); record what its socket says.
+  const device = await browser.newContext({ viewport: { width: 1180, height: 760 } });
+  const frames = { ready: null, syncs: [] };
+  const page = await device.newPage();
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const upstream = ws.connectToServer();
+    ws.onMessage((m) => {
+      const f = JSON.parse(String(m));
+      if (f.type === 'sync') frames.syncs.push(f.cursor);
+      upstream.send(m);
+    });
+    upstream.onMessage((m) => {
+      const f = JSON.parse(String(m));
+      if (f.type === 'ready' && !frames.ready) frames.ready = f;
+      ws.send(m);
+    });
+  });
+  await page.goto(server.url);
+  await login(page, 'carol');
+  await online(page);
+  assert.equal(frames.ready.cursor, 0, 'a new device has no cursor');
+  assert.ok(frames.ready.inbox_head >= earlier.length, JSON.stringify(frames.ready));
+  assert.deepEqual(frames.syncs, [frames.ready.inbox_head], 'it syncs from the head, replaying nothing');
+  await openConv(page, 'dave');
+  await expectTexts(page, earlier);
+  await sendAndWait(page, 'from the new device');
+  await expectTexts(d, [...earlier, 'from the new device']);
+
+  await device.close();
+  await carol.context.close();
+  await dave.context.close();
 });

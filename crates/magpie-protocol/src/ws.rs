@@ -155,8 +155,14 @@ pub enum ServerFrame {
         user_id: UserId,
         #[serde(with = "crate::id_string")]
         device_id: DeviceId,
+        /// The last cursor this device acknowledged (0 if none).
         cursor: u64,
         heartbeat_ms: u64,
+        /// The newest cursor of the user's inbox when the socket opened. A device with no
+        /// cursor of its own may start there instead of replaying the user's whole history
+        /// (which it can page through over HTTP). Absent from older servers: 0.
+        #[serde(default)]
+        inbox_head: u64,
     },
     Event(WireEvent),
     Sent {

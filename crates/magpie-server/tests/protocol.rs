@@ -167,6 +167,7 @@ async fn offline_device_catches_up_from_its_cursor() {
     }
     let (mut b, ready) = Ws::connect(&s.ws_url(), &bob.token).await;
     assert_eq!(ready["cursor"], 0);
+    assert_eq!(ready["inbox_head"], 5, "five events wait in bob's inbox");
     assert_eq!(ready["user_id"], bob.user_id.as_str());
     assert_eq!(ready["device_id"], bob.device_id.as_str());
     assert!(ready["heartbeat_ms"].as_u64().unwrap() > 0);

@@ -303,6 +303,9 @@ impl Driver {
                                 device_id,
                                 cursor,
                                 heartbeat_ms,
+                                // The SDK resumes from its own cursor store; a new device
+                                // replays the inbox (the CLI shows recent history that way).
+                                ..
                             }) => {
                                 return Ok((user_id, device_id, cursor, heartbeat_ms));
                             }

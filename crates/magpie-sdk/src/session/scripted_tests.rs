@@ -165,6 +165,7 @@ async fn ready(ws: &mut ServerWs, cursor: u64, heartbeat_ms: u64) {
         device_id: DeviceId(1),
         cursor,
         heartbeat_ms,
+        inbox_head: cursor,
     };
     push(ws, frame).await;
 }

@@ -141,11 +141,19 @@ fn silence_limit(state: &AppState) -> Duration {
 
 impl Conn {
     async fn serve(&mut self) -> End {
+        let inbox_head = match self.state.store.inbox_head(self.device.user_id).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(error = %e, "reading inbox head failed");
+                return End::Close(1011, "storage failure");
+            }
+        };
         let ready = ServerFrame::Ready {
             user_id: self.device.user_id,
             device_id: self.device.id,
             cursor: self.device.cursor.0,
             heartbeat_ms: self.state.config.heartbeat_ms,
+            inbox_head: inbox_head.0,
         };
         if self.write(&ready).await.is_err() || self.socket.flush().await.is_err() {
             return End::Gone;

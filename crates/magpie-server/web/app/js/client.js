@@ -175,8 +175,10 @@ export class Client {
 
   async onReady(ready) {
     if (!this.inbox) {
-      // A cursor this tab persisted wins; otherwise trust the server's record for the device.
-      const start = loadCursor(this.session) ?? ready.cursor ?? 0;
+      // A cursor this tab persisted wins; otherwise the server's record for the device. A
+      // brand-new device starts at the inbox head: what happened before is loaded over HTTP
+      // (conversation list, history pages, friends, requests), not replayed event by event.
+      const start = loadCursor(this.session) ?? (ready.cursor || ready.inbox_head || 0);
       this.inbox = new Inbox(
         start,
         async (after) => (await this.api.sync(after, config.syncPage)).events || [],
