@@ -182,6 +182,12 @@ pub struct Hub {
     push: std::sync::OnceLock<PushQueue>,
     /// The recent-message cache, told about every commit (set once at start).
     recent: std::sync::OnceLock<Arc<RecentMessages>>,
+    /// Bumped whenever a member leaves or is removed from a group. Connections cache their
+    /// `joined_seq` for pulls with the epoch they saw; a bump makes every cached answer be
+    /// checked against the store again. Bumped from the commit hook, so it happens after the
+    /// removal is readable and before any later batch (a message the member must not see)
+    /// is.
+    membership_epoch: Arc<AtomicU64>,
 }
 
 /// Removes its connection from the hub when dropped, so a panicking or cancelled connection
@@ -257,7 +263,13 @@ impl Hub {
             presence,
             push: std::sync::OnceLock::new(),
             recent: std::sync::OnceLock::new(),
+            membership_epoch: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// See [`Hub::membership_epoch`] (the field).
+    pub fn membership_epoch(&self) -> &Arc<AtomicU64> {
+        &self.membership_epoch
     }
 
     /// Attaches the recent-message cache (once).
@@ -447,6 +459,12 @@ impl Hub {
 
 impl CommitSink for Hub {
     fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
+        if events
+            .iter()
+            .any(|ue| matches!(ue.event.payload, EventPayload::GroupLeft { .. }))
+        {
+            self.membership_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.note_commits(events, notices);
         for ue in events {
             if !self.deliver(ue) {
@@ -546,3 +564,42 @@ async fn fill_recent(
 
 /// The close code for a logged-out device, re-exported for handlers.
 pub const KICK_REVOKED: u16 = CLOSE_REVOKED;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use magpie_core::Cursor;
+
+    use super::*;
+
+    fn event(payload: EventPayload) -> UserEvent {
+        UserEvent {
+            user_id: UserId(1),
+            event: Event {
+                cursor: Cursor(1),
+                payload,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_commit_hook_bumps_the_membership_epoch_when_a_member_leaves() {
+        let (tx, _rx) = mpsc::channel(4);
+        let hub = Hub::new(Presence::new(Duration::from_secs(1), tx));
+        let epoch = || hub.membership_epoch().load(Ordering::Acquire);
+        let conversation_id = ConversationId(3);
+        hub.committed(&[event(EventPayload::GroupJoined { conversation_id })], &[]);
+        assert_eq!(
+            epoch(),
+            0,
+            "joining needs no recheck: non-members are never cached"
+        );
+        hub.committed(&[event(EventPayload::GroupLeft { conversation_id })], &[]);
+        assert_eq!(
+            epoch(),
+            1,
+            "every cached joined_seq is rechecked after a leave"
+        );
+    }
+}

@@ -155,6 +155,7 @@ impl Server {
                 hub.clone(),
             )),
         ];
+        let membership_epoch = hub.membership_epoch().clone();
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = AppState {
@@ -165,7 +166,7 @@ impl Server {
                 gate::SENDS_IN_FLIGHT_PER_CONVERSATION_MAX,
             )),
             friend_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            membership_epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            membership_epoch,
             recent,
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
             shutdown: Default::default(),

@@ -26,7 +26,8 @@ pub struct AppState {
     pub gate: Arc<crate::gate::ConversationGate>,
     /// Bumped whenever a friendship ends, so cached "may send" answers are rechecked.
     pub friend_epoch: Arc<std::sync::atomic::AtomicU64>,
-    /// Bumped whenever group membership changes, so cached `joined_seq`s are rechecked.
+    /// Bumped by the commit hook whenever a member leaves a group, so cached `joined_seq`s are
+    /// rechecked (shared with `Hub::membership_epoch`).
     pub membership_epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Recent messages of read-fan-out conversations, for pulls.
     pub recent: Arc<crate::recent::RecentMessages>,

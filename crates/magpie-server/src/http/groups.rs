@@ -178,7 +178,6 @@ pub async fn add(
         .add_members(auth.user_id(), conv.id, users)
         .await?
         .map_err(group_error)?;
-    bump_membership(&state);
     Ok(Json(info(&state, &reload(&state, conv.id).await?, true)))
 }
 
@@ -195,9 +194,8 @@ pub async fn remove(
         .remove_member(auth.user_id(), conv.id, user)
         .await?
         .map_err(group_error)?;
-    // Connections cache joined_seq per conversation for pulls; a removed member must lose
-    // access at once, so every cached answer is rechecked.
-    bump_membership(&state);
+    // Connections that cached this member's joined_seq for pulls recheck it: the commit hook
+    // bumped the membership epoch before this reply (see `Hub::membership_epoch`).
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -247,10 +245,4 @@ pub async fn rename(
         .await?
         .map_err(group_error)?;
     Ok(Json(info(&state, &reload(&state, conv.id).await?, true)))
-}
-
-fn bump_membership(state: &AppState) {
-    state
-        .membership_epoch
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }

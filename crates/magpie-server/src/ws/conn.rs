@@ -381,13 +381,14 @@ impl Conn {
                 .reply_error(ErrorCode::InvalidRequest, &msg, None)
                 .await;
         }
+        let epoch = self.state.membership_epoch.load(Ordering::Acquire);
         let joined = match self.joined_seq(conversation_id).await {
             Ok(Some(j)) => j,
             Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
             Err(e) => return self.reply_api_error(e.into()).await,
         };
         let after = Seq(after_seq.max(joined.0.saturating_sub(1)));
-        let messages = match self.state.recent.get(conversation_id, after, limit) {
+        let mut messages: Vec<_> = match self.state.recent.get(conversation_id, after, limit) {
             Some(cached) => {
                 metrics::counter!("magpie_pulls_cached_total").increment(1);
                 cached.iter().map(|m| message_to_wire(m)).collect()
@@ -402,6 +403,15 @@ impl Conn {
                 Err(e) => return self.reply_api_error(e.into()).await,
             },
         };
+        // A member removed while we read may have had messages after the removal read along;
+        // the epoch moves before such messages become readable, so recheck when it moved.
+        if self.state.membership_epoch.load(Ordering::Acquire) != epoch {
+            match self.joined_seq(conversation_id).await {
+                Ok(Some(now)) => messages.retain(|m| m.seq >= now.0),
+                Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
+                Err(e) => return self.reply_api_error(e.into()).await,
+            }
+        }
         self.write(&ServerFrame::Messages {
             conversation_id,
             messages,
