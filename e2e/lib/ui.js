@@ -60,6 +60,19 @@ export async function acceptFrom(page, username) {
   await page.locator('#friends-list .person', { hasText: username }).waitFor();
 }
 
+/**
+ * Two people (`person` results) who register as `a` and `b`, become friends and each open
+ * their direct conversation: the usual start of a chat test.
+ */
+export async function friendsInChat([pa, pb], [a, b]) {
+  await register(pa.page, a);
+  await register(pb.page, b);
+  await requestFriend(pa.page, b);
+  await acceptFrom(pb.page, a);
+  await openConv(pa.page, b);
+  await openConv(pb.page, a);
+}
+
 function exact(text) {
   return new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
 }

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { CONNECTION_FAILURES, launch, person, unexpectedErrors } from '../lib/browser.js';
 import { MagpieServer } from '../lib/server.js';
 import {
-  acceptFrom, expectTexts, login, online, openConv, ownMessage, register, requestFriend, send, sendAndWait,
+  expectTexts, friendsInChat, login, online, openConv, ownMessage, send, sendAndWait,
 } from '../lib/ui.js';
 
 let server;
@@ -30,12 +30,7 @@ test('an unsent message survives a reload and is stored once', async () => {
   const bob = await person(browser, server);
   const a = alice.page;
   const b = bob.page;
-  await register(a, 'alice');
-  await register(b, 'bob');
-  await requestFriend(a, 'bob');
-  await acceptFrom(b, 'alice');
-  await openConv(a, 'bob');
-  await openConv(b, 'alice');
+  await friendsInChat([alice, bob], ['alice', 'bob']);
   await sendAndWait(a, 'first');
 
   // From the next page load on, alice's socket goes through this route.
@@ -83,12 +78,7 @@ test('a new device starts at the inbox head and loads history over HTTP', async 
   const dave = await person(browser, server);
   const c = carol.page;
   const d = dave.page;
-  await register(c, 'carol');
-  await register(d, 'dave');
-  await requestFriend(c, 'dave');
-  await acceptFrom(d, 'carol');
-  await openConv(c, 'dave');
-  await openConv(d, 'carol');
+  await friendsInChat([carol, dave], ['carol', 'dave']);
   const earlier = ['one', 'two', 'three'];
   for (const t of earlier) await sendAndWait(c, t);
   await expectTexts(d, earlier);
