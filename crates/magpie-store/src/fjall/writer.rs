@@ -176,6 +176,17 @@ type GroupOp<A, T> = Pending<GroupCmd<A>, Result<T, GroupError>>;
 
 /// A group operation's outcome: the disk failed (outer) or the operation was refused (inner).
 type GroupResult<T> = Result<Result<T, GroupError>, StoreError>;
+
+/// The value of a `Result<T, GroupError>`, or the refusal returned as the op's answer (the
+/// inner half of a [`GroupResult`]).
+macro_rules! or_refuse {
+    ($refusable:expr) => {
+        match $refusable {
+            Ok(value) => value,
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    };
+}
 /// A friend operation's outcome, likewise.
 type FriendResult<T> = Result<Result<T, FriendError>, StoreError>;
 
@@ -1328,6 +1339,20 @@ impl Writer {
         }
     }
 
+    /// [`Writer::group_and_actor`] for what only owners and admins may do.
+    fn group_admin(
+        &mut self,
+        st: &Staged,
+        id: ConversationId,
+        actor: UserId,
+    ) -> GroupResult<(Arc<Conversation>, Member)> {
+        let (conv, member) = or_refuse!(self.group_and_actor(st, id, actor)?);
+        if member.role == Role::Member {
+            return Ok(Err(GroupError::Forbidden));
+        }
+        Ok(Ok((conv, member)))
+    }
+
     fn create_group(&mut self, st: &mut Staged, c: &NewGroup) -> GroupResult<Conversation> {
         let mut ids = c.members.clone();
         ids.push(c.owner);
@@ -1399,13 +1424,7 @@ impl Writer {
         st: &mut Staged,
         c: &GroupCmd<Vec<UserId>>,
     ) -> GroupResult<Option<Arc<Message>>> {
-        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        };
-        if actor.role == Role::Member {
-            return Ok(Err(GroupError::Forbidden));
-        }
+        let (conv, _) = or_refuse!(self.group_admin(st, c.conversation, c.actor)?);
         let members = self.member_list(st, &conv)?;
         let mut new = c.args.clone();
         new.sort_unstable();
@@ -1465,10 +1484,7 @@ impl Writer {
         st: &mut Staged,
         c: &GroupCmd<UserId>,
     ) -> GroupResult<Vec<Arc<Message>>> {
-        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        };
+        let (conv, actor) = or_refuse!(self.group_and_actor(st, c.conversation, c.actor)?);
         let user = c.args;
         let target = if user == c.actor {
             actor.clone()
@@ -1478,10 +1494,7 @@ impl Writer {
                 None => return Ok(Err(GroupError::NotMember)),
             }
         };
-        let event = match removal_event(&actor, &target) {
-            Ok(event) => event,
-            Err(e) => return Ok(Err(e)),
-        };
+        let event = or_refuse!(removal_event(&actor, &target));
         let members = self.member_list(st, &conv)?;
         let remaining: Arc<[UserId]> = members.iter().copied().filter(|&u| u != user).collect();
         st.delete(Ks::Members, member_key(conv.id, user));
@@ -1541,10 +1554,7 @@ impl Writer {
         st: &mut Staged,
         c: &GroupCmd<(UserId, Role)>,
     ) -> GroupResult<Arc<Message>> {
-        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        };
+        let (conv, actor) = or_refuse!(self.group_and_actor(st, c.conversation, c.actor)?);
         let (user, role) = c.args;
         if actor.role != Role::Owner {
             return Ok(Err(GroupError::Forbidden));
@@ -1573,13 +1583,7 @@ impl Writer {
     }
 
     fn rename_group(&mut self, st: &mut Staged, c: &GroupCmd<String>) -> GroupResult<Arc<Message>> {
-        let (conv, actor) = match self.group_and_actor(st, c.conversation, c.actor)? {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        };
-        if actor.role == Role::Member {
-            return Ok(Err(GroupError::Forbidden));
-        }
+        let (conv, _) = or_refuse!(self.group_admin(st, c.conversation, c.actor)?);
         let members = self.member_list(st, &conv)?;
         let conv = self.put_conversation(
             st,
