@@ -616,3 +616,34 @@ async fn restart_keeps_history_cursors_and_dedup() {
     assert_eq!(cursors, vec![1, 2, 3, 4]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_connections_messages_latencies_and_fsync_batches() {
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    a.send_text(&conv, "m1", "hello").await;
+    assert_eq!(a.next_type("sent").await["seq"], 1);
+
+    let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for name in [
+        "magpie_ws_connections",          // connections
+        "magpie_messages_sent_total",     // messages
+        "magpie_ws_append_seconds_count", // send latency as the server sees it
+        "magpie_store_commit_seconds_count",
+        "magpie_store_fsync_seconds_count",
+        "magpie_store_batch_ops_count", // fsync batches and their size
+        "magpie_store_fsyncs_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+    s.stop().await;
+}
