@@ -56,6 +56,16 @@ pub(crate) const SEALED_BATCHES_MAX: usize = 2;
 /// Keys are `Slice`s so that handing them to fjall is a reference-count bump, not a copy.
 pub(crate) type WriteSet = Vec<FastMap<Slice, Option<Slice>>>;
 
+/// True if `writes` changes nothing.
+pub(crate) fn writes_nothing(writes: &WriteSet) -> bool {
+    writes.iter().all(FastMap::is_empty)
+}
+
+/// Keys `writes` puts or deletes.
+pub(crate) fn keys_written(writes: &WriteSet) -> usize {
+    writes.iter().map(FastMap::len).sum()
+}
+
 /// A staged batch handed from the writer to the commit thread.
 pub(crate) struct Sealed {
     /// Position in sealing order, from 1; [`Progress`] reports in these numbers.
@@ -74,11 +84,11 @@ pub(crate) struct Sealed {
 
 impl Sealed {
     fn is_empty(&self) -> bool {
-        self.writes.iter().all(FastMap::is_empty)
+        writes_nothing(&self.writes)
     }
 
     fn keys(&self) -> usize {
-        self.writes.iter().map(FastMap::len).sum()
+        keys_written(&self.writes)
     }
 }
 
