@@ -344,14 +344,6 @@ impl Hub {
             .sum()
     }
 
-    /// Whether `user` has a connected device on this node.
-    pub fn is_connected(&self, user: UserId) -> bool {
-        self.shard(user)
-            .lock()
-            .get(&user)
-            .is_some_and(|s| !s.devices.is_empty())
-    }
-
     /// Delivers one event to a user's devices; returns whether any device is connected.
     fn deliver(&self, ue: &UserEvent) -> bool {
         let mut shard = self.shard(ue.user_id).lock();

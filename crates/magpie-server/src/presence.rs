@@ -164,14 +164,10 @@ impl Presence {
             .collect()
     }
 
-    /// What friends see: `(online, last_seen_ms)`. Online includes the grace period.
+    /// What friends see: `(online, last_seen_ms)`; `(false, 0)` for users not seen here.
+    #[cfg(test)]
     pub fn status(&self, user: UserId) -> (bool, u64) {
-        let users = self.users.lock();
-        match users.get(&user) {
-            Some(p) if p.announced_online => (true, now_ms().max(p.last_seen_ms)),
-            Some(p) => (false, p.last_seen_ms),
-            None => (false, 0),
-        }
+        self.known(user).unwrap_or((false, 0))
     }
 }
 

@@ -68,24 +68,20 @@ pub async fn open_direct(
     Ok(Json(info(&conv)))
 }
 
-/// Loads a conversation the caller belongs to; absent and foreign both answer 403.
+/// The caller's member row in a conversation; absent and foreign both answer 403. (A member
+/// row implies the conversation exists.)
 async fn member_conversation(
     state: &AppState,
     auth: &Auth,
     raw: &str,
-) -> Result<(Conversation, Member), ApiError> {
+) -> Result<(ConversationId, Member), ApiError> {
     let id: ConversationId = raw.parse().map_err(|_| ApiError::forbidden())?;
     let member = state
         .store
         .member(id, auth.user_id())
         .await?
         .ok_or_else(ApiError::forbidden)?;
-    let conv = state
-        .store
-        .conversation(id)
-        .await?
-        .ok_or_else(ApiError::forbidden)?;
-    Ok((conv, member))
+    Ok((id, member))
 }
 
 #[derive(Deserialize)]
@@ -102,7 +98,7 @@ pub async fn history(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<MessagesPage>, ApiError> {
-    let (conv, member) = member_conversation(&state, &auth, &raw).await?;
+    let (conv_id, member) = member_conversation(&state, &auth, &raw).await?;
     let limit = q.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
     if limit == 0 || limit > PAGE_LIMIT_MAX {
         return Err(ApiError::invalid(format!(
@@ -119,7 +115,7 @@ pub async fn history(
         (None, Some(b)) => MessageRange::Before(Seq(b)),
         (None, None) => MessageRange::Latest,
     };
-    let mut messages = state.store.messages(conv.id, range, limit).await?;
+    let mut messages = state.store.messages(conv_id, range, limit).await?;
     messages.retain(|m| m.seq.0 >= first_visible);
     Ok(Json(MessagesPage {
         messages: messages.iter().map(message_to_wire).collect(),
@@ -232,14 +228,14 @@ pub async fn receipts(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<ReceiptsQuery>,
 ) -> Result<Json<Receipts>, ApiError> {
-    let (conv, member) = member_conversation(&state, &auth, &raw).await?;
+    let (conv_id, member) = member_conversation(&state, &auth, &raw).await?;
     let seq = Seq(q.seq);
     if seq.0 < member.joined_seq.0.max(1) {
         return Err(ApiError::invalid("no such message"));
     }
     let message = state
         .store
-        .messages(conv.id, MessageRange::After(Seq(seq.0 - 1)), 1)
+        .messages(conv_id, MessageRange::After(Seq(seq.0 - 1)), 1)
         .await?;
     let sender = match message.first() {
         Some(m) if m.seq == seq => m.sender_id,
@@ -250,7 +246,7 @@ pub async fn receipts(
     loop {
         let page = state
             .store
-            .members(conv.id, after, RECEIPT_MEMBER_PAGE)
+            .members(conv_id, after, RECEIPT_MEMBER_PAGE)
             .await?;
         for m in &page {
             if m.user_id == sender || m.joined_seq > seq {

@@ -1,5 +1,7 @@
 //! `GET /v1/presence?user_ids=a,b`: presence of the caller's friends among the named users.
 
+use std::collections::HashSet;
+
 use axum::extract::State;
 use axum::Json;
 use magpie_core::limits::USER_IDS_PER_REQUEST_MAX;
@@ -34,16 +36,25 @@ pub async fn presence(
             "at most {USER_IDS_PER_REQUEST_MAX} user ids"
         )));
     }
-    let mut shared = Vec::new();
-    for raw in ids {
-        let user: UserId = raw
-            .parse()
-            .map_err(|_| ApiError::invalid(format!("invalid user id {raw:?}")))?;
-        if user != auth.user_id() && !state.store.are_friends(auth.user_id(), user).await? {
-            continue;
-        }
-        shared.push(user);
-    }
+    let asked = ids
+        .into_iter()
+        .map(|raw| {
+            raw.parse::<UserId>()
+                .map_err(|_| ApiError::invalid(format!("invalid user id {raw:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // One read of the caller's friends instead of one friendship check per id.
+    let friends: HashSet<UserId> = state
+        .store
+        .friends(auth.user_id())
+        .await?
+        .into_iter()
+        .map(|f| f.user_id)
+        .collect();
+    let shared: Vec<UserId> = asked
+        .into_iter()
+        .filter(|u| *u == auth.user_id() || friends.contains(u))
+        .collect();
     let presence = crate::social::presence_of(&state.hub, &*state.store, &shared).await?;
     let out = shared
         .into_iter()
