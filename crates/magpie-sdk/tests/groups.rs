@@ -102,7 +102,12 @@ async fn group_growing_past_the_threshold_delivers_every_message_once_in_order()
     assert_eq!(info.fanout.as_deref(), Some("read"));
     talk.await.unwrap();
     // Wait for Ann's socket sends to be stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ann_session.pending_sends() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ann's sends were not acknowledged within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -337,6 +337,11 @@ async fn sigterm_shuts_down_cleanly_and_keeps_acknowledged_data() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={bob}"))
         .await
         .unwrap();
+    // Wait until the server has registered the socket (it sends `ready` then).
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert!(t.as_str().contains("\"ready\""), "{t}"),
+        other => panic!("expected ready, got {other:?}"),
+    }
     let pid = server.child.id() as libc::pid_t;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

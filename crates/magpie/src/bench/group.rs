@@ -26,6 +26,10 @@ use super::{sys, wsconn, CommonArgs, Target};
 
 /// How long one message may take to reach everyone before the sample counts as a timeout.
 const FANOUT_TIMEOUT_MS: u64 = 15_000;
+/// How long the owner waits for the `sent` ack of one message.
+const ACK_TIMEOUT_MS: u64 = 15_000;
+/// Most messages one run may send (arrival times are kept per message and online member).
+const MESSAGES_MAX: usize = 10_000;
 
 /// Arguments of `magpie bench group`.
 #[derive(clap::Args, Debug)]
@@ -91,6 +95,10 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(
         args.members >= 2 && args.online < args.members,
         "need online < members"
+    );
+    anyhow::ensure!(
+        (1..=MESSAGES_MAX).contains(&args.messages),
+        "--messages must be 1..={MESSAGES_MAX}"
     );
     let (soft, _) = sys::raise_nofile_limit()?;
     anyhow::ensure!(
@@ -177,16 +185,21 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<Value> {
         let sent_at = now_ns();
         let frame = json!({"type":"send","client_msg_id": format!("g{i}-{prefix}"),"conversation_id": conv.to_string(),"text": format!("fan-out probe {i}")});
         sender.ws.send(Message::text(frame.to_string())).await?;
-        let seq = loop {
-            let msg = sender.ws.next().await.context("sender closed")??;
-            let Message::Text(t) = msg else { continue };
-            let v: Value = serde_json::from_str(t.as_str())?;
-            match v["type"].as_str() {
-                Some("sent") => break v["seq"].as_u64().context("seq")?,
-                Some("error") => anyhow::bail!("send refused: {v}"),
-                _ => {}
+        let ack = tokio::time::timeout(Duration::from_millis(ACK_TIMEOUT_MS), async {
+            loop {
+                let msg = sender.ws.next().await.context("sender closed")??;
+                let Message::Text(t) = msg else { continue };
+                let v: Value = serde_json::from_str(t.as_str())?;
+                match v["type"].as_str() {
+                    Some("sent") => return v["seq"].as_u64().context("seq"),
+                    Some("error") => anyhow::bail!("send refused: {v}"),
+                    _ => {}
+                }
             }
-        };
+        });
+        let seq = ack
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack for message {i} within {ACK_TIMEOUT_MS} ms"))??;
         send_ns_by_seq.insert(seq, sent_at);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(FANOUT_TIMEOUT_MS);
         loop {
