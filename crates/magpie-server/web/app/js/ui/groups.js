@@ -103,16 +103,21 @@ export function openGroupSettings(app, id) {
   const body = h('div', { class: 'dialog-body', attrs: { 'aria-live': 'polite' } }, h('p', { class: 'muted', text: 'Loading…' }));
   const dlg = modal('Group', () => body);
   let leaveArmed = false;
+  // Loads overlap (an action's refresh, system messages, user names); only the newest may
+  // render, or a slow answer from before a rename would put the old name back.
+  let loads = 0;
 
   async function load() {
+    const n = ++loads;
     let details;
     try {
       details = await client.groupDetails(id);
     } catch (e) {
+      if (n !== loads) return;
       body.replaceChildren(h('p', { class: 'form-error', text: describeError(e) }));
       return;
     }
-    if (!dlg.open) return;
+    if (!dlg.open || n !== loads) return;
     const { info, members, more } = details;
     dlg.querySelector('#dialog-title').textContent = info.name;
     const mine = members.find((m) => m.user_id === client.me);
