@@ -242,6 +242,11 @@ impl Ws {
             .unwrap();
     }
 
+    /// Sends a text frame and returns the write error instead of panicking.
+    pub async fn try_send_raw(&mut self, text: &str) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.inner.send(Message::Text(text.to_owned().into())).await
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.inner
             .send(Message::Text(text.to_owned().into()))
