@@ -120,6 +120,13 @@ pub(super) fn prepare_table_writer(
 pub(super) trait CompactionFlavour {
     fn write(&mut self, item: InternalValue) -> crate::Result<()>;
 
+    /// Patched (Magpie): finishes the output tables (index, filter, fsync) and opens them.
+    /// Called before the version-history write lock is taken: every write to the tree needs
+    /// that lock's read side, and finishing a large table under it stalled all writes for
+    /// 20-45 ms at the end of each big compaction. `finish` does this itself if it was not
+    /// done yet.
+    fn finish_tables(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()>;
+
     #[warn(clippy::too_many_arguments)]
     fn finish(
         self: Box<Self>,
@@ -229,7 +236,7 @@ impl CompactionFlavour for RelocatingCompaction {
                 );
 
                 self.inner
-                    .table_writer
+                    .writer()?
                     .write(InternalValue::from_components(
                         item.key.user_key,
                         new_indirection.encode_into_vec(),
@@ -242,17 +249,21 @@ impl CompactionFlavour for RelocatingCompaction {
                 // This blob is not part of the rewritten blob files
                 // So just pass it through
                 log::trace!("Pass through {indirection:?} because it is not being relocated");
-                self.inner.table_writer.write(item)?;
+                self.inner.writer()?.write(item)?;
 
                 indirection
             };
 
-            self.inner.table_writer.register_blob(indirection);
+            self.inner.writer()?.register_blob(indirection);
         } else {
-            self.inner.table_writer.write(item)?;
+            self.inner.writer()?.write(item)?;
         }
 
         Ok(())
+    }
+
+    fn finish_tables(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()> {
+        self.inner.finish_tables(opts, dst_lvl)
     }
 
     fn finish(
@@ -271,7 +282,8 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let table_ids_to_delete = std::mem::take(&mut self.inner.tables_to_rewrite);
 
-        let created_tables = self.inner.consume_writer(opts, dst_lvl)?;
+        self.inner.finish_tables(opts, dst_lvl)?;
+        let created_tables = std::mem::take(&mut self.inner.created_tables);
         let mut created_blob_files = self.blob_writer.finish()?;
         created_blob_files.extend(extra_blob_files);
 
@@ -330,7 +342,10 @@ impl CompactionFlavour for RelocatingCompaction {
 /// Standard compaction worker that just passes through all its data
 pub struct StandardCompaction {
     start: Instant,
-    table_writer: MultiWriter,
+    /// `None` once `finish_tables` has run (patched: see `CompactionFlavour::finish_tables`).
+    table_writer: Option<MultiWriter>,
+    /// The finished output tables, once `finish_tables` has run.
+    created_tables: Vec<Table>,
     tables_to_rewrite: Vec<Table>,
 }
 
@@ -338,18 +353,41 @@ impl StandardCompaction {
     pub fn new(table_writer: MultiWriter, tables_to_rewrite: Vec<Table>) -> Self {
         Self {
             start: Instant::now(),
-            table_writer,
+            table_writer: Some(table_writer),
+            created_tables: Vec::new(),
             tables_to_rewrite,
         }
     }
 
-    fn consume_writer(self, opts: &Options, dst_lvl: usize) -> crate::Result<Vec<Table>> {
-        let table_base_folder = self.table_writer.base_path.clone();
+    /// The output writer; an error after `finish_tables` (nothing may be written then).
+    fn writer(&mut self) -> crate::Result<&mut MultiWriter> {
+        self.table_writer.as_mut().ok_or_else(|| {
+            crate::Error::Io(std::io::Error::other(
+                "compaction output written after its tables were finished",
+            ))
+        })
+    }
+
+    /// Finishes the writer into tables, once; see `CompactionFlavour::finish_tables`.
+    fn finish_tables(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()> {
+        let Some(table_writer) = self.table_writer.take() else {
+            return Ok(());
+        };
+        self.created_tables = Self::consume_writer(table_writer, opts, dst_lvl)?;
+        Ok(())
+    }
+
+    fn consume_writer(
+        table_writer: MultiWriter,
+        opts: &Options,
+        dst_lvl: usize,
+    ) -> crate::Result<Vec<Table>> {
+        let table_base_folder = table_writer.base_path.clone();
 
         let pin_filter = opts.config.filter_block_pinning_policy.get(dst_lvl);
         let pin_index = opts.config.index_block_pinning_policy.get(dst_lvl);
 
-        self.table_writer
+        table_writer
             .finish()?
             .into_iter()
             .map(|(table_id, checksum)| -> crate::Result<Table> {
@@ -371,6 +409,10 @@ impl StandardCompaction {
 }
 
 impl CompactionFlavour for StandardCompaction {
+    fn finish_tables(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()> {
+        StandardCompaction::finish_tables(self, opts, dst_lvl)
+    }
+
     fn write(&mut self, item: InternalValue) -> crate::Result<()> {
         let indirection = if item.key.value_type.is_indirection() {
             Some({
@@ -381,10 +423,10 @@ impl CompactionFlavour for StandardCompaction {
             None
         };
 
-        self.table_writer.write(item)?;
+        self.writer()?.write(item)?;
 
         if let Some(indirection) = indirection {
-            self.table_writer.register_blob(indirection);
+            self.writer()?.register_blob(indirection);
         }
 
         Ok(())
@@ -403,7 +445,8 @@ impl CompactionFlavour for StandardCompaction {
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
 
-        let created_tables = self.consume_writer(opts, dst_lvl)?;
+        StandardCompaction::finish_tables(&mut self, opts, dst_lvl)?;
+        let created_tables = std::mem::take(&mut self.created_tables);
 
         let mut blob_files_to_drop = Vec::default();
 

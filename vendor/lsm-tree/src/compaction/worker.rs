@@ -525,6 +525,10 @@ fn merge_tables(
         filter.finish();
     }
 
+    // Patched (Magpie): finish the output tables (fsync included) before taking any lock;
+    // see `CompactionFlavour::finish_tables`.
+    hidden_guard(payload, opts, || compactor.finish_tables(opts, dst_lvl))?;
+
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
     let mut compaction_state = opts.compaction_state.lock().expect("lock is poisoned");
 
