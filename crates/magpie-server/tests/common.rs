@@ -243,7 +243,10 @@ impl Ws {
     }
 
     /// Sends a text frame and returns the write error instead of panicking.
-    pub async fn try_send_raw(&mut self, text: &str) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    pub async fn try_send_raw(
+        &mut self,
+        text: &str,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.inner.send(Message::Text(text.to_owned().into())).await
     }
 

@@ -113,13 +113,14 @@ pub(crate) struct Keyspaces {
 }
 
 impl Keyspaces {
-    /// Opens (creating if needed) every keyspace of `db`.
-    pub(crate) fn open(db: &Database) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) every keyspace of `db`; new keyspaces get memtables of at
+    /// most `memtable_bytes_max` (existing ones keep the size they were created with).
+    pub(crate) fn open(db: &Database, memtable_bytes_max: u64) -> Result<Self, StoreError> {
         let handles = Ks::ALL
             .iter()
             .map(|ks| {
                 db.keyspace(ks.name(), || {
-                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+                    KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max)
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -138,7 +139,7 @@ impl Keyspaces {
 /// and the server's RSS ~170 against ~320 MiB. The price is more flush and compaction work
 /// (fjall's workers 36% against 23% of a core over the same 10 s). It applies to keyspaces
 /// created from now on: fjall keeps each keyspace's options from its creation.
-const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+pub(crate) const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Meta key: the layout version of this database, as a big-endian u64.
 pub(crate) const META_SCHEMA_VERSION: &[u8] = b"schema_version";

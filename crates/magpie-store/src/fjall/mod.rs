@@ -103,6 +103,9 @@ pub struct FjallConfig {
     pub batch_ops_max: usize,
     /// Group size limit and fan-out threshold.
     pub policy: GroupPolicy,
+    /// Largest memtable of a keyspace created by this open, in bytes. Tests make it tiny so
+    /// that a few thousand messages drive the engine through many flushes and compactions.
+    pub memtable_bytes_max: u64,
 }
 
 impl FjallConfig {
@@ -113,6 +116,7 @@ impl FjallConfig {
             cache_bytes: CACHE_BYTES_DEFAULT,
             batch_ops_max: BATCH_OPS_MAX_DEFAULT,
             policy: GroupPolicy::default(),
+            memtable_bytes_max: keys::MEMTABLE_BYTES_MAX,
         }
     }
 }
@@ -144,7 +148,7 @@ impl Shared {
             // We fsync explicitly once per batch; no need for fjall to flush on every commit.
             .manual_journal_persist(true)
             .open()?;
-        let ks = Keyspaces::open(&db)?;
+        let ks = Keyspaces::open(&db, config.memtable_bytes_max)?;
         let ids = init_meta(&db, &ks)?;
         let durable = RwLock::new(db.snapshot());
         Ok((
