@@ -83,6 +83,7 @@ pub const CHECKS: &[&str] = &[
     "direct_conversations",
     "append_seqs_gap_free",
     "concurrent_appends_gap_free",
+    "appends_ordered_by_first_poll",
     "concurrent_duplicates_exactly_once",
     "inbox_cursors_gap_free",
     "dedup",
@@ -152,6 +153,7 @@ where
         "direct_conversations" => announce(name, direct_conversations(t)).await,
         "append_seqs_gap_free" => announce(name, append_seqs_gap_free(t)).await,
         "concurrent_appends_gap_free" => announce(name, concurrent_appends_gap_free(t)).await,
+        "appends_ordered_by_first_poll" => announce(name, appends_ordered_by_first_poll(t)).await,
         "concurrent_duplicates_exactly_once" => {
             announce(name, concurrent_duplicates_exactly_once(t)).await
         }
@@ -770,6 +772,46 @@ async fn concurrent_appends_gap_free<S: Store>(t: Ctx<S>) {
     assert_eq!(
         cursors(&events),
         (1..=(TASKS * PER_TASK) as u64).collect::<Vec<_>>()
+    );
+}
+
+/// `Store::append`'s ordering promise: batches whose futures are polled once each, in order,
+/// get their seqs in that order however they are awaited afterwards (the WebSocket gateway
+/// keeps two batches of a connection in flight this way).
+async fn appends_ordered_by_first_poll<S: Store>(t: Ctx<S>) {
+    const BATCHES: usize = 16;
+    const PER_BATCH: usize = 3;
+    let (us, ab, _) = two_conversations(&*t.store).await;
+    let mut flights = Vec::new();
+    for b in 0..BATCHES {
+        let batch = (0..PER_BATCH)
+            .map(|i| req(ab.id, us[b % 2].id, &format!("b{b}-{i}"), "ordered"))
+            .collect();
+        let mut flight = t.store.append(batch);
+        // Whatever this first poll returns, the batch has taken its place in line.
+        let first = flight
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        flights.push((flight, first));
+    }
+    // Await the newest first: the order of completion must not matter.
+    let mut seqs = vec![Vec::new(); BATCHES];
+    for (b, (flight, first)) in flights.into_iter().enumerate().rev() {
+        let result = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => flight.await,
+        };
+        seqs[b] = result
+            .expect("append")
+            .into_iter()
+            .map(|r| r.expect("valid").message.seq.0)
+            .collect();
+    }
+    let flat: Vec<u64> = seqs.into_iter().flatten().collect();
+    assert_eq!(
+        flat,
+        (1..=(BATCHES * PER_BATCH) as u64).collect::<Vec<_>>(),
+        "seqs follow the order of the first polls"
     );
 }
 

@@ -168,6 +168,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a batch of messages with their inbox entries, durably, in order.
     /// The outer error fails the whole batch; inner errors refuse single messages.
+    ///
+    /// Order across calls: of two `append` futures, the one polled first takes its place
+    /// first (its messages get the lower seqs), even if the other is then polled to completion
+    /// first. A caller may therefore keep several batches in flight, poll each once as it
+    /// creates it, and get seqs in the order it created them.
     async fn append(
         &self,
         batch: Vec<AppendRequest>,
