@@ -116,11 +116,20 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
             }
         })
         .buffer_unordered(args.connect_concurrency.max(1));
+    // A second reading halfway: the growth from there to the end is the marginal cost of a
+    // connection, free of what the process keeps from the setup (freed Argon2 buffers the
+    // allocator holds on to, say), which the from-the-start figure includes.
+    let half = args.connections / 2;
+    let mut server_half: Option<(usize, sys::ProcSample)> = None;
     while let Some(result) = attempts.next().await {
         match result {
             Ok(conn) => {
                 heartbeat_ms = conn.heartbeat_ms;
                 holders.push(tokio::spawn(hold(conn, closed.clone())));
+                if holders.len() == half && half > 0 {
+                    tokio::time::sleep(Duration::from_secs_f64(args.settle_s)).await;
+                    server_half = sys::sample_opt(args.common.server_pid)?.map(|s| (half, s));
+                }
                 if holders.len() % 5000 == 0 {
                     progress!("{} open", holders.len());
                 }
@@ -165,6 +174,12 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
             _ => None,
         };
     let server_kib = per_conn(&server_before, &server_after);
+    let server_marginal_kib = match (&server_half, &server_after) {
+        (Some((n, h)), Some(a)) if open > *n => {
+            Some((a.rss_kib as f64 - h.rss_kib as f64) / (open - n) as f64)
+        }
+        _ => None,
+    };
     let own_kib = per_conn(&own_before, &own_after);
     let violations = failed + closed_early;
 
@@ -183,6 +198,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
             a.rss_kib as f64 / 1024.0
         )),
         _ => human.push_str("  server RSS             (pass --server-pid to measure)\n"),
+    }
+    if let (Some((n, h)), Some(a), Some(kib)) = (&server_half, &server_after, server_marginal_kib) {
+        human.push_str(&format!(
+            "  server RSS, 2nd half   {:.1} MiB at {n}, {:.1} MiB at {open} → {kib:.2} KiB per added connection\n",
+            h.rss_kib as f64 / 1024.0,
+            a.rss_kib as f64 / 1024.0
+        ));
     }
     if let Some(kib) = own_kib {
         human.push_str(&format!(
@@ -216,6 +238,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Outcome> {
         "server_rss_kib_before": server_before.map(|s| s.rss_kib),
         "server_rss_kib_after": server_after.map(|s| s.rss_kib),
         "server_kib_per_connection": server_kib,
+        "server_rss_kib_half": server_half.as_ref().map(|(_, s)| s.rss_kib),
+        "server_kib_per_added_connection": server_marginal_kib,
         "client_kib_per_connection": own_kib,
         "target_kib_per_connection": TARGET_KIB_PER_CONNECTION,
         "ws_connections_gauge": gauge,
