@@ -201,6 +201,11 @@ fn two_terminals_befriend_and_chat_both_ways() {
         "{line}"
     );
 
+    // A line longer than any message could be is skipped (and never held whole in memory);
+    // the chat goes on, and nothing was sent for it (the next send is still #2).
+    bob.type_line(&"x".repeat(500_000));
+    bob.expect("* line too long");
+
     alice.type_line("hi bob, how are you?");
     alice.expect("(sent #2)");
     bob.expect("alice: hi bob, how are you?");

@@ -10,7 +10,7 @@ mod state;
 mod view;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,9 @@ use view::{clock, message_line, system_text, system_user_ids, Labels, Names, Own
 
 /// Lines buffered between the stdin thread and the chat loop.
 const STDIN_LINES_BUFFER: usize = 64;
+/// Longest input line kept, in bytes: the longest message (`MESSAGE_CHARS_MAX` characters of
+/// up to 4 bytes each) and its line ending. Longer lines are skipped, not buffered.
+const STDIN_LINE_BYTES_MAX: usize = 4 * magpie_core::limits::MESSAGE_CHARS_MAX + 2;
 /// How long to wait for unanswered sends after stdin closes before giving up.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// How often the drain condition is re-checked while waiting.
@@ -189,8 +192,21 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            match stdin.read_until(b'\n', &mut buf) {
+            let read = (&mut stdin)
+                .take(STDIN_LINE_BYTES_MAX as u64 + 1)
+                .read_until(b'\n', &mut buf);
+            match read {
                 Ok(0) | Err(_) => break,
+                Ok(_) if buf.len() > STDIN_LINE_BYTES_MAX && buf.last() != Some(&b'\n') => {
+                    let more = skip_line(&mut stdin);
+                    say!(
+                        "* line too long (over {STDIN_LINE_BYTES_MAX} bytes; a message holds at most {} characters): not sent",
+                        magpie_core::limits::MESSAGE_CHARS_MAX
+                    );
+                    if !more {
+                        break;
+                    }
+                }
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end_matches(['\n', '\r']).to_owned();
@@ -202,6 +218,24 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// Discards input up to and including the next newline, a buffer at a time; false at the end
+/// of the input.
+fn skip_line(input: &mut impl BufRead) -> bool {
+    loop {
+        let (found, used) = match input.fill_buf() {
+            Ok([]) | Err(_) => return false,
+            Ok(chunk) => match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, chunk.len()),
+            },
+        };
+        input.consume(used);
+        if found {
+            return true;
+        }
+    }
 }
 
 /// The conversation typed lines go to.
