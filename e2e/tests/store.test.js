@@ -164,6 +164,19 @@ describe('tracker', () => {
     assert.deepEqual(h.takePulls(), []);
   });
 
+  test('a pull refused as forbidden stops pulling that conversation; other refusals wait for the timeout', () => {
+    const t = new Tracker({ pullTimeoutMs: 100 });
+    t.restore(A, 1);
+    t.restore(B, 1);
+    assert.equal(t.onNotify(A, 3, 0).pulls.length, 1);
+    assert.equal(t.onNotify(B, 3, 0).pulls.length, 1);
+    t.onRefused(A, 'forbidden');
+    t.onRefused(B, 'internal');
+    const again = t.pollTimeouts(100).pulls.map((p) => p.conversation_id);
+    assert.deepEqual(again, [B]);
+    assert.equal(t.delivered(A), null);
+  });
+
   test('unanswered pulls are issued again after the timeout and after a reconnect', () => {
     const t = new Tracker({ pullTimeoutMs: 100 });
     t.restore(A, 1);

@@ -35,3 +35,23 @@ pub mod id_string {
         raw.parse().map_err(|_| D::Error::custom("invalid id"))
     }
 }
+
+/// Like [`id_string`], for optional ids (absent or `null` is `None`).
+pub mod id_string_opt {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, T: FromStr, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        let raw = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        raw.map(|r| r.parse().map_err(|_| D::Error::custom("invalid id")))
+            .transpose()
+    }
+}

@@ -178,6 +178,14 @@ pub enum ServerFrame {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// The conversation a refused `pull` or `read` named, so the client can tell which
+        /// one failed (absent for sends, which carry `client_msg_id`, and for other frames).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::id_string_opt"
+        )]
+        conversation_id: Option<ConversationId>,
     },
     Pong,
     /// A read-fan-out conversation has messages up to `last_seq`; pull what you miss.

@@ -196,9 +196,13 @@ async fn ten_thousand_member_group() {
     );
     let e = removed_ws.pull(&conv, 0, 50).await;
     assert_eq!(
-        (e["type"].as_str(), e["code"].as_str()),
-        (Some("error"), Some("forbidden")),
-        "pull after removal: {e}"
+        (
+            e["type"].as_str(),
+            e["code"].as_str(),
+            e["conversation_id"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some(conv.as_str())),
+        "pull after removal names the conversation: {e}"
     );
     let (st, v) = send_http(&base, &removed.token, &conv, "late", "am I still here?").await;
     assert_eq!(

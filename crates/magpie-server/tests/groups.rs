@@ -318,9 +318,13 @@ async fn group_lifecycle_roles_and_system_messages() {
     );
     let e = d_ws.pull(&conv, 0, 50).await;
     assert_eq!(
-        (e["type"].as_str(), e["code"].as_str()),
-        (Some("error"), Some("forbidden")),
-        "pull after removal: {e}"
+        (
+            e["type"].as_str(),
+            e["code"].as_str(),
+            e["conversation_id"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some(conv.as_str())),
+        "pull after removal names the conversation: {e}"
     );
     let (st, _) = get(&base, &dan.token, &format!("/v1/groups/{conv}")).await;
     assert_eq!(st, 403);

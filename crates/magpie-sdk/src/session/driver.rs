@@ -569,6 +569,7 @@ impl Driver {
                 code,
                 message,
                 client_msg_id: Some(id),
+                ..
             } => {
                 if is_transient(code) {
                     if self.shared.outbox().retry(&id) {
@@ -591,8 +592,9 @@ impl Driver {
                 code,
                 message,
                 client_msg_id: None,
+                conversation_id,
             } => {
-                warn!(code = code.as_str(), %message, "server reported an error");
+                warn!(code = code.as_str(), %message, ?conversation_id, "server reported an error");
                 Ok(())
             }
             ServerFrame::Pong => Ok(()),

@@ -306,6 +306,7 @@ async fn rate_limited_sends_are_retried_not_failed() {
         code: ErrorCode::RateLimited,
         message: "slow down".into(),
         client_msg_id: Some(id.clone()),
+        conversation_id: None,
     };
     push(&mut ws, error).await;
     assert_eq!(recv(&mut ws).await, frame, "re-sent after a pause");
@@ -313,6 +314,7 @@ async fn rate_limited_sends_are_retried_not_failed() {
         code: ErrorCode::MessageTooLong,
         message: "no".into(),
         client_msg_id: Some(id.clone()),
+        conversation_id: None,
     };
     push(&mut ws, error).await;
     let e = next_where(&mut rx, |e| {

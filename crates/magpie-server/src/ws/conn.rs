@@ -357,8 +357,14 @@ impl Conn {
                     .await
                 {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => self.reply_api_error(group_error(e)).await,
-                    Err(e) => self.reply_api_error(e.into()).await,
+                    Ok(Err(e)) => {
+                        self.reply_conversation_error(conversation_id, group_error(e))
+                            .await
+                    }
+                    Err(e) => {
+                        self.reply_conversation_error(conversation_id, e.into())
+                            .await
+                    }
                 }
             }
             ClientFrame::Typing { conversation_id } => self.on_typing(conversation_id).await,
@@ -384,6 +390,22 @@ impl Conn {
         self.flush().await
     }
 
+    /// Refuses a frame about `conversation` (a `pull` or `read`), naming it in the error.
+    async fn reply_conversation_error(
+        &mut self,
+        conversation: ConversationId,
+        e: ApiError,
+    ) -> Result<(), End> {
+        let frame = ServerFrame::Error {
+            code: e.code,
+            message: e.message,
+            client_msg_id: None,
+            conversation_id: Some(conversation),
+        };
+        self.write(&frame).await?;
+        self.flush().await
+    }
+
     /// `pull`: the conversation's messages after `after_seq` (never before the member joined).
     /// Fresh read-fan-out messages come from the recent-message cache; the rest from the store.
     async fn on_pull(
@@ -395,15 +417,22 @@ impl Conn {
         let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if limit == 0 || limit > PAGE_LIMIT_MAX {
             let msg = format!("limit must be 1 to {PAGE_LIMIT_MAX}");
-            return self
-                .reply_error(ErrorCode::InvalidRequest, &msg, None)
-                .await;
+            let e = ApiError::new(ErrorCode::InvalidRequest, msg);
+            return self.reply_conversation_error(conversation_id, e).await;
         }
         let epoch = self.state.membership_epoch.load(Ordering::Acquire);
         let joined = match self.joined_seq(conversation_id).await {
             Ok(Some(j)) => j,
-            Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
-            Err(e) => return self.reply_api_error(e.into()).await,
+            Ok(None) => {
+                return self
+                    .reply_conversation_error(conversation_id, ApiError::forbidden())
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .reply_conversation_error(conversation_id, e.into())
+                    .await
+            }
         };
         let after = Seq(after_seq.max(joined.0.saturating_sub(1)));
         let mut messages: Vec<_> = match self.state.recent.get(conversation_id, after, limit) {
@@ -418,7 +447,11 @@ impl Conn {
                 .await
             {
                 Ok(m) => m.iter().map(message_to_wire).collect(),
-                Err(e) => return self.reply_api_error(e.into()).await,
+                Err(e) => {
+                    return self
+                        .reply_conversation_error(conversation_id, e.into())
+                        .await
+                }
             },
         };
         // A member removed while we read may have had messages after the removal read along;
@@ -426,8 +459,16 @@ impl Conn {
         if self.state.membership_epoch.load(Ordering::Acquire) != epoch {
             match self.joined_seq(conversation_id).await {
                 Ok(Some(now)) => messages.retain(|m| m.seq >= now.0),
-                Ok(None) => return self.reply_api_error(ApiError::forbidden()).await,
-                Err(e) => return self.reply_api_error(e.into()).await,
+                Ok(None) => {
+                    return self
+                        .reply_conversation_error(conversation_id, ApiError::forbidden())
+                        .await
+                }
+                Err(e) => {
+                    return self
+                        .reply_conversation_error(conversation_id, e.into())
+                        .await
+                }
             }
         }
         self.write(&ServerFrame::Messages {
@@ -777,6 +818,7 @@ fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) ->
         code,
         message: message.to_owned(),
         client_msg_id,
+        conversation_id: None,
     }
 }
 
@@ -785,10 +827,10 @@ fn api_error_frame(e: ApiError, client_msg_id: Option<String>) -> ServerFrame {
         code: e.code,
         message: e.message,
         client_msg_id,
+        conversation_id: None,
     }
 }
 
-/// Polls an optional future; pending forever when absent (a disabled `select!` branch).
 /// Waits for the oldest future of `queue` and removes it; pending forever when empty.
 async fn poll_front<T>(queue: &mut VecDeque<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
     match queue.front_mut() {
@@ -801,6 +843,7 @@ async fn poll_front<T>(queue: &mut VecDeque<Pin<Box<dyn Future<Output = T> + Sen
     }
 }
 
+/// Polls an optional future; pending forever when absent (a disabled `select!` branch).
 async fn poll_opt<T>(slot: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
     match slot.as_mut() {
         Some(f) => {

@@ -152,6 +152,7 @@ fn slow(text: &str) -> anyhow::Result<Incoming<'_>> {
             code,
             message,
             client_msg_id,
+            ..
         } => Incoming::Error {
             code,
             message,

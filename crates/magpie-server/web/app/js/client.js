@@ -403,7 +403,8 @@ export class Client {
 
   onError(f) {
     if (!f.client_msg_id) {
-      console.warn('server refused a frame:', f.code, f.message);
+      if (f.conversation_id) this.applyEffects(this.tracker.onRefused(f.conversation_id, f.code));
+      else console.warn('server refused a frame:', f.code, f.message);
       return;
     }
     const e = this.outbox.get(f.client_msg_id);

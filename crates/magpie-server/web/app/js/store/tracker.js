@@ -132,6 +132,17 @@ export class Tracker {
     this.convs.delete(id);
   }
 
+  /**
+   * The server refused a frame about `id` (an `error` naming `conversation_id`). `forbidden`
+   * means we are no longer a member: stop pulling it now rather than re-issuing the pull on
+   * every timeout (the `group_left` event follows in the inbox). Anything else is left to the
+   * pull timeout.
+   */
+  onRefused(id, code) {
+    if (code === 'forbidden') this.onLeft(id);
+    return effects();
+  }
+
   /** The answer to a pull: visible messages after the pull's `after_seq`, ascending. */
   onPulled(id, messages, now) {
     const c = this.convs.get(id);
