@@ -421,18 +421,9 @@ impl Conn {
             return self.reply_conversation_error(conversation_id, e).await;
         }
         let epoch = self.state.membership_epoch.load(Ordering::Acquire);
-        let joined = match self.joined_seq(conversation_id).await {
-            Ok(Some(j)) => j,
-            Ok(None) => {
-                return self
-                    .reply_conversation_error(conversation_id, ApiError::forbidden())
-                    .await
-            }
-            Err(e) => {
-                return self
-                    .reply_conversation_error(conversation_id, e.into())
-                    .await
-            }
+        let joined = match self.member_since(conversation_id).await {
+            Ok(j) => j,
+            Err(e) => return self.reply_conversation_error(conversation_id, e).await,
         };
         let after = Seq(after_seq.max(joined.0.saturating_sub(1)));
         let mut messages: Vec<_> = match self.state.recent.get(conversation_id, after, limit) {
@@ -457,18 +448,9 @@ impl Conn {
         // A member removed while we read may have had messages after the removal read along;
         // the epoch moves before such messages become readable, so recheck when it moved.
         if self.state.membership_epoch.load(Ordering::Acquire) != epoch {
-            match self.joined_seq(conversation_id).await {
-                Ok(Some(now)) => messages.retain(|m| m.seq >= now.0),
-                Ok(None) => {
-                    return self
-                        .reply_conversation_error(conversation_id, ApiError::forbidden())
-                        .await
-                }
-                Err(e) => {
-                    return self
-                        .reply_conversation_error(conversation_id, e.into())
-                        .await
-                }
+            match self.member_since(conversation_id).await {
+                Ok(now) => messages.retain(|m| m.seq >= now.0),
+                Err(e) => return self.reply_conversation_error(conversation_id, e).await,
             }
         }
         self.write(&ServerFrame::Messages {
@@ -481,6 +463,15 @@ impl Conn {
 
     /// The caller's `joined_seq` in a conversation (`None`: not a member), cached until any
     /// group membership changes.
+    /// The caller's `joined_seq` in `conversation_id`; `forbidden` if not a member.
+    async fn member_since(&mut self, conversation_id: ConversationId) -> Result<Seq, ApiError> {
+        match self.joined_seq(conversation_id).await {
+            Ok(Some(joined)) => Ok(joined),
+            Ok(None) => Err(ApiError::forbidden()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn joined_seq(
         &mut self,
         conversation_id: ConversationId,
