@@ -319,6 +319,14 @@ impl Ws {
     }
 
     /// The next frame for which `pred` holds, skipping others; panics on timeout.
+    /// The answer to a send: the next `sent` or `error` frame.
+    pub async fn send_answer(&mut self) -> Value {
+        self.next_where("send answer", |f| {
+            f["type"] == "sent" || f["type"] == "error"
+        })
+        .await
+    }
+
     pub async fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(FRAME_WAIT_MS);
         loop {
@@ -530,4 +538,28 @@ impl Seen {
         let extra: Vec<u64> = self.have.iter().copied().filter(|q| *q > last).collect();
         assert!(extra.is_empty(), "{who} got seqs past the end {extra:?}");
     }
+}
+
+/// Asserts that `frame` refuses the send `client_msg_id` with the error `code`.
+#[track_caller]
+pub fn assert_send_refused(frame: &Value, code: &str, client_msg_id: &str, what: &str) {
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["code"].as_str(),
+            frame["client_msg_id"].as_str()
+        ),
+        (Some("error"), Some(code), Some(client_msg_id)),
+        "{what}: {frame}"
+    );
+}
+
+/// Asserts that `frame` acknowledges a send with `seq`.
+#[track_caller]
+pub fn assert_sent(frame: &Value, seq: u64) {
+    assert_eq!(
+        (frame["type"].as_str(), frame["seq"].as_u64()),
+        (Some("sent"), Some(seq)),
+        "{frame}"
+    );
 }

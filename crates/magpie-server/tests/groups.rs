@@ -254,16 +254,8 @@ async fn group_lifecycle_roles_and_system_messages() {
     }
     // seq 7: dan speaks over the socket; seq 8: ben over HTTP.
     d_ws.send_text(&conv, "d1", "hi all").await;
-    let ack = d_ws
-        .next_where("send answer", |f| {
-            f["type"] == "sent" || f["type"] == "error"
-        })
-        .await;
-    assert_eq!(
-        (ack["type"].as_str(), ack["seq"].as_u64()),
-        (Some("sent"), Some(7)),
-        "{ack}"
-    );
+    let ack = d_ws.send_answer().await;
+    assert_sent(&ack, 7);
     let (st, v) = send_http(&base, &ben.token, &conv, "b1", "welcome").await;
     assert_eq!((st, v["seq"].as_u64()), (200, Some(8)), "{v}");
     // Dan's device got the messages since its join as events.
@@ -302,20 +294,8 @@ async fn group_lifecycle_roles_and_system_messages() {
         "HTTP send after removal: {v}"
     );
     d_ws.send_text(&conv, "d3", "let me in").await;
-    let e = d_ws
-        .next_where("send answer", |f| {
-            f["type"] == "sent" || f["type"] == "error"
-        })
-        .await;
-    assert_eq!(
-        (
-            e["type"].as_str(),
-            e["code"].as_str(),
-            e["client_msg_id"].as_str()
-        ),
-        (Some("error"), Some("forbidden"), Some("d3")),
-        "WS send after removal: {e}"
-    );
+    let e = d_ws.send_answer().await;
+    assert_send_refused(&e, "forbidden", "d3", "WS send after removal");
     let e = d_ws.pull(&conv, 0, 50).await;
     assert_eq!(
         (

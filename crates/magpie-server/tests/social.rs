@@ -342,26 +342,10 @@ async fn friend_list_removal_and_direct_gating() {
         assert_eq!((st, code(&v)), (403, "not_friends"), "{who} HTTP send: {v}");
     }
     a.send_text(&conv, "w2", "still there?").await;
-    let e = a
-        .next_where("send answer", |f| {
-            f["type"] == "sent" || f["type"] == "error"
-        })
-        .await;
-    assert_eq!(
-        (
-            e["type"].as_str(),
-            e["code"].as_str(),
-            e["client_msg_id"].as_str()
-        ),
-        (Some("error"), Some("not_friends"), Some("w2")),
-        "WS send after unfriending: {e}"
-    );
+    let e = a.send_answer().await;
+    assert_send_refused(&e, "not_friends", "w2", "WS send after unfriending");
     b.send_text(&conv, "wb", "me neither").await;
-    let e = b
-        .next_where("send answer", |f| {
-            f["type"] == "sent" || f["type"] == "error"
-        })
-        .await;
+    let e = b.send_answer().await;
     assert_eq!(e["code"], "not_friends", "{e}");
     let (st, v) = post(
         &base,
@@ -383,16 +367,8 @@ async fn friend_list_removal_and_direct_gating() {
     // Befriending again reopens the same conversation.
     assert_eq!(befriend(&base, &bob, &alice).await, conv);
     a.send_text(&conv, "w3", "back").await;
-    let ack = a
-        .next_where("send answer", |f| {
-            f["type"] == "sent" || f["type"] == "error"
-        })
-        .await;
-    assert_eq!(
-        (ack["type"].as_str(), ack["seq"].as_u64()),
-        (Some("sent"), Some(3)),
-        "{ack}"
-    );
+    let ack = a.send_answer().await;
+    assert_sent(&ack, 3);
     s.stop().await;
 }
 
