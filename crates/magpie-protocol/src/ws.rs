@@ -178,8 +178,9 @@ pub enum ServerFrame {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
-        /// The conversation a refused `pull` or `read` named, so the client can tell which
-        /// one failed (absent for sends, which carry `client_msg_id`, and for other frames).
+        /// The conversation a refused `pull`, `read` or `typing` named, so the client can tell
+        /// which one failed (absent for sends, which carry `client_msg_id`, and for other
+        /// frames).
         #[serde(
             default,
             skip_serializing_if = "Option::is_none",

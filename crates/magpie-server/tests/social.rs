@@ -606,6 +606,13 @@ async fn typing_is_relayed_to_the_peer_only() {
         frames.iter().all(|f| f["type"] != "typing"),
         "outsider's typing relayed: {frames:?}"
     );
+    // The outsider is told why, with the conversation named.
+    let e = c.next_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["conversation_id"].as_str()),
+        (Some("forbidden"), Some(conv.as_str())),
+        "{e}"
+    );
     s.stop().await;
 }
 

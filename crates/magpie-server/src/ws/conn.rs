@@ -390,7 +390,8 @@ impl Conn {
         self.flush().await
     }
 
-    /// Refuses a frame about `conversation` (a `pull` or `read`), naming it in the error.
+    /// Refuses a frame about `conversation` (a `pull`, `read` or `typing`), naming it in the
+    /// error.
     async fn reply_conversation_error(
         &mut self,
         conversation: ConversationId,
@@ -508,7 +509,7 @@ impl Conn {
         let me = self.device.user_id;
         let recipients = match typing_recipients(&self.state, me, conversation_id).await {
             Ok(r) => r,
-            Err(e) => return self.reply_api_error(e).await,
+            Err(e) => return self.reply_conversation_error(conversation_id, e).await,
         };
         let frame = ServerFrame::Typing {
             conversation_id,
