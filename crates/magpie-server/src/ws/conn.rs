@@ -385,11 +385,6 @@ impl Conn {
         Ok(())
     }
 
-    async fn reply_api_error(&mut self, e: ApiError) -> Result<(), End> {
-        self.write(&api_error_frame(e, None)).await?;
-        self.flush().await
-    }
-
     /// Refuses a frame about `conversation` (a `pull`, `read` or `typing`), naming it in the
     /// error.
     async fn reply_conversation_error(
