@@ -1974,14 +1974,27 @@ async fn unread_and_mark_read<S: Store>(t: Ctx<S>) {
     let us = users(s, &["ann", "bob", "cat"]).await;
     let (ann, bob, cat) = (us[0].id, us[1].id, us[2].id);
     let ab = s.direct_conversation(ann, bob).await.expect("direct");
+    // Every read below also checks that the single-row read agrees with the list.
     let summary = |user: UserId, conv: ConversationId| async move {
-        s.conversations_of(user)
+        let listed = s
+            .conversations_of(user)
             .await
             .expect("conversations_of")
             .into_iter()
             .find(|x| x.conversation.id == conv)
-            .expect("listed")
+            .expect("listed");
+        let single = s
+            .conversation_summary(conv, user)
+            .await
+            .expect("conversation_summary");
+        assert_eq!(single.as_ref(), Some(&listed), "one row = the list's row");
+        listed
     };
+    assert_eq!(
+        s.conversation_summary(ab.id, cat).await.expect("read"),
+        None,
+        "no row for a non-member"
+    );
     let empty = summary(bob, ab.id).await;
     assert_eq!(empty.conversation, ab);
     assert_eq!(empty.last_message, None);

@@ -923,6 +923,17 @@ impl Store for MemoryStore {
         Ok(list)
     }
 
+    async fn conversation_summary(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        let s = self.state.lock();
+        Ok(s.member(conversation, user)
+            .is_some()
+            .then(|| s.summary(user, conversation)))
+    }
+
     async fn mark_read(
         &self,
         user: UserId,

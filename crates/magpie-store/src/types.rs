@@ -292,6 +292,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's conversations, most recent activity first (last message time, else creation).
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// One row of [`Store::conversations_of`] (same unread count); `None` if `user` is not a
+    /// member of `conversation`.
+    async fn conversation_summary(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<ConversationSummary>, StoreError>;
     /// Sets `read_seq = max(old, min(seq, last_seq))`. When it moves: a `Read` event to the
     /// user's own inbox (their other devices), and in direct and write-fan-out conversations
     /// one `Receipt` event to every other member. Returns the resulting read_seq.

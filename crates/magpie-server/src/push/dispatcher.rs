@@ -5,9 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use magpie_core::limits::{PAGE_LIMIT_MAX, UNREAD_COUNT_MAX};
 use magpie_core::UserId;
-use magpie_store::{MessageRange, Store};
+use magpie_store::Store;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
@@ -157,8 +156,12 @@ async fn dispatch(
 /// Adds the sender's name and the unread count; `None` when the conversation is muted, the
 /// user left it, or the store cannot answer (push is best-effort).
 async fn enrich(store: &dyn Store, c: PushCandidate) -> Option<PushNotification> {
-    let member = store.member(c.conversation_id, c.user_id).await.ok()??;
-    if member.muted {
+    // The list's own row: membership, mute, and the same unread count the app's badge shows.
+    let summary = store
+        .conversation_summary(c.conversation_id, c.user_id)
+        .await
+        .ok()??;
+    if summary.member.muted {
         metrics::counter!("magpie_push_muted_total").increment(1);
         return None;
     }
@@ -168,24 +171,6 @@ async fn enrich(store: &dyn Store, c: PushCandidate) -> Option<PushNotification>
         .ok()?
         .map(|u| u.username)
         .unwrap_or_default();
-    let mut unread_count = 0u64;
-    let mut after = member.read_seq;
-    // Count unread messages from others, a page at a time, up to the cap.
-    while unread_count < UNREAD_COUNT_MAX {
-        let page = store
-            .messages(
-                c.conversation_id,
-                MessageRange::After(after),
-                PAGE_LIMIT_MAX,
-            )
-            .await
-            .ok()?;
-        unread_count += page.iter().filter(|m| m.sender_id != c.user_id).count() as u64;
-        match page.last() {
-            Some(last) if page.len() == PAGE_LIMIT_MAX => after = last.seq,
-            _ => break,
-        }
-    }
     Some(PushNotification {
         user_id: c.user_id,
         conversation_id: c.conversation_id,
@@ -193,7 +178,7 @@ async fn enrich(store: &dyn Store, c: PushCandidate) -> Option<PushNotification>
         sender_id: c.sender_id,
         sender_name,
         preview: c.preview,
-        unread_count: unread_count.min(UNREAD_COUNT_MAX),
+        unread_count: summary.unread_count,
     })
 }
 

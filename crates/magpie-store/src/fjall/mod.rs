@@ -552,6 +552,15 @@ impl Store for FjallStore {
         self.read(move |v| v.conversations_of(user)).await
     }
 
+    async fn conversation_summary(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        self.read(move |v| v.conversation_summary(conversation, user))
+            .await
+    }
+
     async fn mark_read(
         &self,
         user: UserId,

@@ -333,53 +333,76 @@ impl View<'_> {
         let mut out = Vec::new();
         for conv in self.ids_under(Ks::UserConvs, user_key(user))? {
             let conv = ConversationId(conv);
-            let (Some(conversation), Some(member)) =
-                (self.conversation(conv)?, self.member(conv, user)?)
-            else {
+            let Some(summary) = self.conversation_summary(conv, user)? else {
                 return Err(StoreError::Corrupt(format!(
                     "user_convs lists {user}/{conv} without its conversation or member row"
                 )));
             };
-            let last_message = self.last_message(conv)?;
-            let last_seq = last_message.as_ref().map_or(Seq(0), |m| m.seq);
-            let unread_count = if last_seq > member.read_seq {
-                let lo = Bound::Excluded(message_key(conv, member.read_seq));
-                let hi = Bound::Included(message_key(conv, last_seq));
-                let mut failed = None;
-                let senders = self
-                    .snap
-                    .range(self.ks.get(Ks::Messages), (lo, hi))
-                    .rev()
-                    .map_while(|guard| match guard.value() {
-                        Ok(v) => match decode_message_sender(&v) {
-                            Ok(sender) => Some(sender),
-                            Err(e) => {
-                                failed = Some(e);
-                                None
-                            }
-                        },
-                        Err(e) => {
-                            failed = Some(e.into());
-                            None
-                        }
-                    });
-                let count = count_unread(user, senders);
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                count
-            } else {
-                0
-            };
-            out.push(ConversationSummary {
-                conversation,
-                member,
-                last_message: last_message.map(Arc::new),
-                unread_count,
-            });
+            out.push(summary);
         }
         sort_summaries(&mut out);
         Ok(out)
+    }
+
+    /// `user`'s row for `conv` in the conversation list; `None` unless a member.
+    pub(crate) fn conversation_summary(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        let (Some(conversation), Some(member)) =
+            (self.conversation(conv)?, self.member(conv, user)?)
+        else {
+            return Ok(None);
+        };
+        let last_message = self.last_message(conv)?;
+        let last_seq = last_message.as_ref().map_or(Seq(0), |m| m.seq);
+        let unread_count = self.unread_count(conv, user, member.read_seq, last_seq)?;
+        Ok(Some(ConversationSummary {
+            conversation,
+            member,
+            last_message: last_message.map(Arc::new),
+            unread_count,
+        }))
+    }
+
+    /// Messages from others in `(read_seq, last_seq]`, newest first, up to the cap; reads only
+    /// each message's sender.
+    fn unread_count(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        read_seq: Seq,
+        last_seq: Seq,
+    ) -> Result<u64, StoreError> {
+        if last_seq <= read_seq {
+            return Ok(0);
+        }
+        let lo = Bound::Excluded(message_key(conv, read_seq));
+        let hi = Bound::Included(message_key(conv, last_seq));
+        let mut failed = None;
+        let senders = self
+            .snap
+            .range(self.ks.get(Ks::Messages), (lo, hi))
+            .rev()
+            .map_while(|guard| match guard.value() {
+                Ok(v) => match decode_message_sender(&v) {
+                    Ok(sender) => Some(sender),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                },
+                Err(e) => {
+                    failed = Some(e.into());
+                    None
+                }
+            });
+        let count = count_unread(user, senders);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
     }
 }
 
