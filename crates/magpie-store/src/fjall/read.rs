@@ -216,17 +216,7 @@ impl View<'_> {
 
     /// The newest message of `conv`, if any.
     fn last_message(&self, conv: ConversationId) -> Result<Option<Message>, StoreError> {
-        match self
-            .snap
-            .prefix(self.ks.get(Ks::Messages), conv_key(conv))
-            .next_back()
-        {
-            Some(guard) => {
-                let (k, v) = guard.into_inner()?;
-                Ok(Some(decode_message(&k, &v)?))
-            }
-            None => Ok(None),
-        }
+        last_message_of(self.snap.prefix(self.ks.get(Ks::Messages), conv_key(conv)))
     }
 
     pub(crate) fn last_seq(&self, conv: ConversationId) -> Result<Seq, StoreError> {
@@ -403,6 +393,20 @@ impl View<'_> {
             Some(e) => Err(e),
             None => Ok(count),
         }
+    }
+}
+
+/// The last message of a conversation's message-prefix iterator. Shared with the writer,
+/// which loads its tip cache the same way from the live keyspace.
+pub(crate) fn last_message_of(
+    mut iter: impl DoubleEndedIterator<Item = fjall::Guard>,
+) -> Result<Option<Message>, StoreError> {
+    match iter.next_back() {
+        Some(guard) => {
+            let (k, v) = guard.into_inner()?;
+            Ok(Some(decode_message(&k, &v)?))
+        }
+        None => Ok(None),
     }
 }
 

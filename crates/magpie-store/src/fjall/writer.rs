@@ -40,7 +40,7 @@ use crate::fjall::keys::{
     user_request_key, Ks, META_NEXT_CONVERSATION_ID, META_NEXT_DEVICE_ID, META_NEXT_REQUEST_ID,
     META_NEXT_USER_ID,
 };
-use crate::fjall::read::inbox_head_of;
+use crate::fjall::read::{inbox_head_of, last_message_of};
 use crate::fjall::{FastMap, Shared};
 use crate::memory::{new_member, removal_event, successor, system_msg_id, writes_fanout};
 use crate::{
@@ -812,26 +812,17 @@ impl Writer {
         if let Some(tip) = self.tips.get(&conv) {
             return Ok(*tip);
         }
-        let tip = match self
-            .shared
-            .ks
-            .get(Ks::Messages)
-            .prefix(conv_key(conv))
-            .next_back()
-        {
-            Some(guard) => {
-                let (k, v) = guard.into_inner()?;
-                let m = decode_message(&k, &v)?;
-                Tip {
-                    seq: m.seq,
-                    ts_ms: m.ts_ms,
-                }
-            }
-            None => Tip {
+        let last = last_message_of(self.shared.ks.get(Ks::Messages).prefix(conv_key(conv)))?;
+        let tip = last.map_or(
+            Tip {
                 seq: Seq(0),
                 ts_ms: 0,
             },
-        };
+            |m| Tip {
+                seq: m.seq,
+                ts_ms: m.ts_ms,
+            },
+        );
         self.tips.insert(conv, tip);
         Ok(tip)
     }
