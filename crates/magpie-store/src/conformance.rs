@@ -775,9 +775,9 @@ async fn concurrent_appends_gap_free<S: Store>(t: Ctx<S>) {
     );
 }
 
-/// `Store::append`'s ordering promise: batches whose futures are polled once each, in order,
-/// get their seqs in that order however they are awaited afterwards (the WebSocket gateway
-/// keeps two batches of a connection in flight this way).
+/// `Store::append`'s ordering promise: batches whose futures are polled once each, oldest
+/// first, get their seqs in that order however they are awaited afterwards (the WebSocket
+/// gateway keeps two batches of a connection in flight this way).
 async fn appends_ordered_by_first_poll<S: Store>(t: Ctx<S>) {
     const BATCHES: usize = 16;
     const PER_BATCH: usize = 3;
@@ -788,7 +788,8 @@ async fn appends_ordered_by_first_poll<S: Store>(t: Ctx<S>) {
             .map(|i| req(ab.id, us[b % 2].id, &format!("b{b}-{i}"), "ordered"))
             .collect();
         let mut flight = t.store.append(batch);
-        // Whatever this first poll returns, the batch has taken its place in line.
+        // Polled once each, oldest first: with a fresh budget and room in the queue, every
+        // batch takes its place in line right here.
         let first = flight
             .as_mut()
             .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));

@@ -169,10 +169,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a batch of messages with their inbox entries, durably, in order.
     /// The outer error fails the whole batch; inner errors refuse single messages.
     ///
-    /// Order across calls: of two `append` futures, the one polled first takes its place
-    /// first (its messages get the lower seqs), even if the other is then polled to completion
-    /// first. A caller may therefore keep several batches in flight, poll each once as it
-    /// creates it, and get seqs in the order it created them.
+    /// Order across calls: a batch takes its place in line during one of its polls, usually
+    /// the first (a full queue, or a spent cooperative budget in tokio, can defer that to a
+    /// later poll), and its messages get seqs after those of every batch that took its place
+    /// before. A caller that keeps several batches in flight and polls them only oldest-first
+    /// (never a newer one without polling every older one just before it, in the same task
+    /// poll) therefore gets seqs in the order it created them, whichever completes first.
     async fn append(
         &self,
         batch: Vec<AppendRequest>,

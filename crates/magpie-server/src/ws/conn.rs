@@ -71,7 +71,17 @@ enum Queued {
 }
 
 type BatchResult = Result<Vec<Result<Appended, AppendError>>, StoreError>;
-type InFlight = Pin<Box<dyn Future<Output = (Vec<Queued>, BatchResult, Vec<GatePermit>)> + Send>>;
+/// What an append batch comes back with: its queued items, the store's answer, and the gate
+/// permits to release.
+type BatchOutcome = (Vec<Queued>, BatchResult, Vec<GatePermit>);
+type InFlight = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
+
+/// An append batch handed to the store: still running, or finished, its outcome kept until
+/// every earlier batch has been answered.
+enum Flight {
+    Running(InFlight),
+    Done(BatchOutcome),
+}
 type AckFlight = Pin<Box<dyn Future<Output = Cursor> + Send>>;
 
 /// Why the loop ended.
@@ -99,7 +109,7 @@ struct Conn {
     queue: VecDeque<Queued>,
     /// Append batches handed to the store and not yet answered, oldest first; at most
     /// [`IN_FLIGHT_BATCHES_MAX`]. Only the oldest is polled, so answers are taken in order.
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<Flight>,
     /// The highest cursor the client acknowledged and the ack write in progress.
     ack_wanted: Cursor,
     ack_written: Cursor,
@@ -178,7 +188,7 @@ impl Conn {
             let step = tokio::select! {
                 code = kick.wait() => Err(End::Close(code, "kicked")),
                 _ = shutdown.cancelled() => Err(End::Close(CLOSE_SHUTDOWN, "server shutting down")),
-                done = poll_front(&mut self.in_flight) => self.on_batch_done(done).await,
+                done = next_done(&mut self.in_flight) => self.on_batch_done(done).await,
                 acked = poll_opt(&mut self.ack_flight) => { self.ack_written = self.ack_written.max(acked); Ok(()) }
                 event = recv_opt(&mut self.live) => self.on_live(event).await,
                 frame = self.socket.recv(), if reading => self.on_socket(frame).await,
@@ -201,12 +211,7 @@ impl Conn {
     /// Writes what is ready right now (a finished batch's acks, queued live items) so it
     /// joins the pending frames, then flushes. Bounded: one batch and one live drain.
     async fn flush_with_ready(&mut self) -> Result<(), End> {
-        let done = self
-            .in_flight
-            .front_mut()
-            .and_then(|flight| flight.as_mut().now_or_never());
-        if let Some(done) = done {
-            self.in_flight.pop_front();
+        if let Some(done) = next_done(&mut self.in_flight).now_or_never() {
             self.on_batch_done(done).await?;
         }
         let item = self.live.as_mut().and_then(|rx| rx.try_recv().ok());
@@ -220,8 +225,8 @@ impl Conn {
     async fn finish(&mut self, end: End) {
         // Sends already handed to the store complete regardless; answering them lets a client
         // that is still listening skip a retry.
-        while let Some(flight) = self.in_flight.pop_front() {
-            let done = flight.await;
+        while !self.in_flight.is_empty() {
+            let done = next_done(&mut self.in_flight).await;
             let _ = self.on_batch_done(done).await;
         }
         if self.ack_wanted > self.ack_written {
@@ -701,7 +706,7 @@ impl Conn {
             })
             .collect();
         let store = self.state.store.clone();
-        let mut flight: InFlight = Box::pin(async move {
+        let flight: InFlight = Box::pin(async move {
             let result = if requests.is_empty() {
                 Ok(Vec::new())
             } else {
@@ -712,14 +717,34 @@ impl Conn {
             };
             (items, result, permits)
         });
-        // Poll once now, so the batch reaches the store's queue before any later batch of
-        // this connection: the store orders appends by their first poll (see
-        // `Store::append`), and only the oldest batch is polled after this.
+        self.in_flight.push_back(Flight::Running(flight));
+        self.poll_in_order();
+    }
+
+    /// Polls every running batch once, oldest first, so that the new one enters the store's
+    /// queue now (`Store::append` orders batches by the poll in which they enter it).
+    ///
+    /// A batch may fail to enter at its first poll (the queue is full, or the task's
+    /// cooperative budget is spent and tokio's channel defers the push), and then enters at a
+    /// later poll. Only two places poll batches: this pass, which always polls the older ones
+    /// first in the same task poll, and [`next_done`], which polls only the oldest. So a batch
+    /// can never enter the queue ahead of an older one: in one pass an older batch either
+    /// entered, or is queued ahead for a slot (tokio's channel hands slots out in order), or
+    /// was deferred by the same spent budget that defers every later one.
+    fn poll_in_order(&mut self) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(done) = flight.as_mut().poll(&mut cx) {
-            flight = Box::pin(std::future::ready(done));
+        for flight in self.in_flight.iter_mut() {
+            let ready = match flight {
+                Flight::Running(f) => match f.as_mut().poll(&mut cx) {
+                    Poll::Ready(done) => Some(done),
+                    Poll::Pending => None,
+                },
+                Flight::Done(_) => None,
+            };
+            if let Some(done) = ready {
+                *flight = Flight::Done(done);
+            }
         }
-        self.in_flight.push_back(flight);
     }
 
     /// Records the newest acknowledged cursor, one write at a time per connection.
@@ -818,15 +843,23 @@ fn api_error_frame(e: ApiError, client_msg_id: Option<String>) -> ServerFrame {
     }
 }
 
-/// Waits for the oldest future of `queue` and removes it; pending forever when empty.
-async fn poll_front<T>(queue: &mut VecDeque<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
-    match queue.front_mut() {
-        Some(f) => {
-            let out = f.await;
-            queue.pop_front();
-            out
+/// Waits for the oldest batch of `queue` to finish and removes it; pending forever when
+/// empty. Cancel-safe: nothing is removed unless its outcome is returned.
+async fn next_done(queue: &mut VecDeque<Flight>) -> BatchOutcome {
+    loop {
+        match queue.front_mut() {
+            None => return std::future::pending().await,
+            Some(Flight::Running(f)) => {
+                let done = f.await;
+                queue.pop_front();
+                return done;
+            }
+            Some(Flight::Done(_)) => {
+                if let Some(Flight::Done(done)) = queue.pop_front() {
+                    return done;
+                }
+            }
         }
-        None => std::future::pending().await,
     }
 }
 

@@ -26,7 +26,36 @@ pub struct SuperVersion {
     pub(crate) seqno: SeqNo,
 }
 
-pub struct SuperVersions(VecDeque<SuperVersion>);
+pub struct SuperVersions(VecDeque<SuperVersion>, Retirements);
+
+/// Patched (Magpie): the threads retiring old versions (see `SuperVersions::maintenance`).
+/// Joined when the version history is dropped, i.e. with the tree, so that a tree reopened in
+/// the same process never races them: its recovery removes orphaned files itself, and a
+/// table id whose file such a thread unlinks may be handed out again after a reopen.
+#[derive(Default)]
+pub struct Retirements(Vec<std::thread::JoinHandle<()>>);
+
+/// Retiring threads alive at once per tree; beyond, the oldest is waited for first.
+const RETIRING_THREADS_MAX: usize = 4;
+
+impl Retirements {
+    fn add(&mut self, handle: std::thread::JoinHandle<()>) {
+        self.0.retain(|h| !h.is_finished());
+        if self.0.len() >= RETIRING_THREADS_MAX {
+            let oldest = self.0.remove(0);
+            let _ = oldest.join();
+        }
+        self.0.push(handle);
+    }
+}
+
+impl Drop for Retirements {
+    fn drop(&mut self) {
+        for handle in self.0.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
 
 impl SuperVersions {
     pub fn new(version: Version) -> Self {
@@ -38,6 +67,7 @@ impl SuperVersions {
                 seqno: 0,
             }]
             .into(),
+            Retirements::default(),
         )
     }
 
@@ -104,7 +134,9 @@ impl SuperVersions {
                 retired.push(head);
             }
             if !paths.is_empty() {
-                retire_in_background(paths, retired);
+                if let Some(handle) = retire_in_background(paths, retired) {
+                    self.1.add(handle);
+                }
             }
         }
 
@@ -233,6 +265,7 @@ mod tests {
                 },
             ]
             .into(),
+            Retirements::default(),
         );
 
         history.maintenance(Path::new("."), 0)?;
@@ -266,6 +299,7 @@ mod tests {
                 },
             ]
             .into(),
+            Retirements::default(),
         );
 
         history.maintenance(Path::new("."), 3)?;
@@ -305,6 +339,7 @@ mod tests {
                 },
             ]
             .into(),
+            Retirements::default(),
         );
 
         history.maintenance(Path::new("."), 3)?;
@@ -332,6 +367,7 @@ mod tests {
                 },
             ]
             .into(),
+            Retirements::default(),
         );
 
         history.maintenance(Path::new("."), 3)?;
@@ -359,6 +395,7 @@ mod tests {
                 },
             ]
             .into(),
+            Retirements::default(),
         );
 
         history.maintenance(Path::new("."), 3)?;
@@ -371,7 +408,10 @@ mod tests {
 
 /// Unlinks old version files and drops retired versions on a short-lived thread (see
 /// `SuperVersions::maintenance`).
-fn retire_in_background(paths: Vec<std::path::PathBuf>, retired: Vec<SuperVersion>) {
+fn retire_in_background(
+    paths: Vec<std::path::PathBuf>,
+    retired: Vec<SuperVersion>,
+) -> Option<std::thread::JoinHandle<()>> {
     let remove = move || {
         drop(retired);
         for path in paths {
@@ -382,10 +422,16 @@ fn retire_in_background(paths: Vec<std::path::PathBuf>, retired: Vec<SuperVersio
             }
         }
     };
-    let spawned = std::thread::Builder::new()
+    // If no thread can be started, the closure (and with it the retired versions) is dropped
+    // right here, as before the patch; the version files are left to the next recovery.
+    match std::thread::Builder::new()
         .name("lsm:version-gc".into())
-        .spawn(remove);
-    if let Err(e) = spawned {
-        log::warn!("could not start the version-file remover: {e:?}");
+        .spawn(remove)
+    {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            log::warn!("could not start the version-file remover: {e:?}");
+            None
+        }
     }
 }
