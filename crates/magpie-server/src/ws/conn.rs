@@ -145,7 +145,8 @@ pub async fn run(state: AppState, device: Device, socket: WebSocket) {
         live: None,
         last_sent: Cursor(0),
         queue: VecDeque::new(),
-        in_flight: VecDeque::with_capacity(IN_FLIGHT_BATCHES_MAX),
+        // Allocated on the first send: an idle connection pays nothing for it.
+        in_flight: VecDeque::new(),
         ack_flight: None,
         bucket,
         typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
