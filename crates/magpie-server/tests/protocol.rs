@@ -643,9 +643,10 @@ async fn metrics_report_connections_messages_latencies_and_fsync_batches() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     for name in [
-        "magpie_ws_connections",          // connections
-        "magpie_messages_sent_total",     // messages
-        "magpie_ws_append_seconds_count", // send latency as the server sees it
+        "magpie_ws_connections",            // connections
+        "magpie_messages_sent_total",       // messages
+        "magpie_ws_append_seconds_count",   // send latency as the server sees it
+        "magpie_ws_send_ack_seconds_count", // and from frame read to ack written
         "magpie_store_commit_seconds_count",
         "magpie_store_fsync_seconds_count",
         "magpie_store_batch_ops_count", // fsync batches and their size

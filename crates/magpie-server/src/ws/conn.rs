@@ -108,7 +108,8 @@ struct Conn {
     /// Sends in arrival order, waiting for room in `in_flight`.
     queue: VecDeque<Queued>,
     /// Append batches handed to the store and not yet answered, oldest first; at most
-    /// [`IN_FLIGHT_BATCHES_MAX`]. Only the oldest is polled, so answers are taken in order.
+    /// [`IN_FLIGHT_BATCHES_MAX`]. Polled only oldest-first (see [`Conn::poll_in_order`]), and
+    /// answered in that order.
     in_flight: VecDeque<Flight>,
     /// The highest cursor the client acknowledged and the ack write in progress.
     ack_wanted: Cursor,
@@ -463,8 +464,6 @@ impl Conn {
         self.flush().await
     }
 
-    /// The caller's `joined_seq` in a conversation (`None`: not a member), cached until any
-    /// group membership changes.
     /// The caller's `joined_seq` in `conversation_id`; `forbidden` if not a member.
     async fn member_since(&mut self, conversation_id: ConversationId) -> Result<Seq, ApiError> {
         match self.joined_seq(conversation_id).await {
@@ -474,6 +473,8 @@ impl Conn {
         }
     }
 
+    /// The caller's `joined_seq` in a conversation (`None`: not a member), cached until any
+    /// group membership changes.
     async fn joined_seq(
         &mut self,
         conversation_id: ConversationId,
