@@ -60,6 +60,7 @@ export class MagpieServer {
         ...process.env,
         MAGPIE_ARGON2_M_KIB: '64',
         MAGPIE_ARGON2_T: '1',
+        MAGPIE_STORE_JOURNAL_MIB: '1',
         MAGPIE_HEARTBEAT_MS: '2000',
         MAGPIE_LOG: process.env.MAGPIE_LOG || 'warn',
         ...this.env,

@@ -25,6 +25,13 @@ pub const ARGON2_T_DEFAULT: u32 = 2;
 pub const PRESENCE_GRACE_MS_DEFAULT: u64 = 30_000;
 /// Offline pushes for one user within this window become one push.
 pub const PUSH_COALESCE_MS_DEFAULT: u64 = 1_000;
+/// Store journal file size: fjall's own journal size. Each is zero-filled on a background
+/// thread before use (see `vendor/README.md`), so a new data directory writes this much twice.
+pub const STORE_JOURNAL_MIB_DEFAULT: u32 = 64;
+/// Journal size of test servers: small, so tests rotate journals and stay light on the disk.
+pub const STORE_JOURNAL_MIB_TESTS: u32 = 1;
+/// Largest journal file accepted.
+pub const STORE_JOURNAL_MIB_MAX: u32 = 1_024;
 
 /// `magpie serve` flags. Every flag can also come from `MAGPIE_<NAME>` or the config file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -77,6 +84,9 @@ pub struct ServeArgs {
     /// Push coalescing window per user, in milliseconds (`push.coalesce_ms` in the file).
     #[arg(long, env = "MAGPIE_PUSH_COALESCE_MS")]
     pub push_coalesce_ms: Option<u64>,
+    /// Size of each store journal file, in MiB (zero-filled ahead of use; tests use 1).
+    #[arg(long, env = "MAGPIE_STORE_JOURNAL_MIB")]
+    pub store_journal_mib: Option<u32>,
 }
 
 /// The `[push]` table of the config file.
@@ -104,6 +114,7 @@ struct FileConfig {
     fanout_write_max: Option<u32>,
     group_members_max: Option<u32>,
     presence_grace_ms: Option<u64>,
+    store_journal_mib: Option<u32>,
     #[serde(default)]
     push: PushFileConfig,
 }
@@ -139,6 +150,8 @@ pub struct Config {
     pub push_secret: String,
     /// Push coalescing window.
     pub push_coalesce_ms: u64,
+    /// Size of each store journal file, MiB.
+    pub store_journal_mib: u32,
 }
 
 impl Config {
@@ -197,6 +210,10 @@ impl Config {
                 .push_coalesce_ms
                 .or(file.push.coalesce_ms)
                 .unwrap_or(PUSH_COALESCE_MS_DEFAULT),
+            store_journal_mib: args
+                .store_journal_mib
+                .or(file.store_journal_mib)
+                .unwrap_or(STORE_JOURNAL_MIB_DEFAULT),
         };
         config.check()?;
         Ok(config)
@@ -219,6 +236,7 @@ impl Config {
             push_webhook_url: None,
             push_secret: String::new(),
             push_coalesce_ms: PUSH_COALESCE_MS_DEFAULT,
+            store_journal_mib: STORE_JOURNAL_MIB_TESTS,
         }
     }
 
@@ -234,6 +252,10 @@ impl Config {
         anyhow::ensure!(self.send_burst >= 1, "send_burst must be at least 1");
         anyhow::ensure!(self.argon2_m_kib >= 8, "argon2_m_kib must be at least 8");
         anyhow::ensure!(self.argon2_t >= 1, "argon2_t must be at least 1");
+        anyhow::ensure!(
+            (1..=STORE_JOURNAL_MIB_MAX).contains(&self.store_journal_mib),
+            "store_journal_mib must be between 1 and {STORE_JOURNAL_MIB_MAX}"
+        );
         anyhow::ensure!(
             self.policy.members_max >= 2,
             "group_members_max must be at least 2"

@@ -128,6 +128,7 @@ impl Server {
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let mut store_config = FjallConfig::new(config.data_dir.join("store"));
         store_config.policy = config.policy;
+        store_config.journal_bytes = u64::from(config.store_journal_mib) * 1024 * 1024;
         let sink: Arc<dyn magpie_store::CommitSink> = hub.clone();
         let store =
             Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);

@@ -17,7 +17,7 @@ mod fjall;
 mod memory;
 mod types;
 
-pub use crate::fjall::{FjallConfig, FjallStore, LAST_SEEN_PER_WRITE_MAX};
+pub use crate::fjall::{FjallConfig, FjallStore, JOURNAL_BYTES_MIN, LAST_SEEN_PER_WRITE_MAX};
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{

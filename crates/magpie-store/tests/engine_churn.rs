@@ -4,13 +4,18 @@
 //! compaction's table finishing out from under the version lock, another unlinks old version
 //! files on a background thread. With 32 KiB memtables a few thousand messages make the engine
 //! rotate, flush and compact hundreds of times while sends and reads run, which is where those
-//! changes would lose or hide data if they were wrong.
+//! changes would lose or hide data if they were wrong. A third change rotates the journal
+//! into files zero-filled ahead of time; with 1 MiB journals the same run rotates through
+//! several of them.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use magpie_core::{ClientMsgId, ConversationId, Cursor, EventPayload, Seq, UserId};
-use magpie_store::{AppendRequest, FjallConfig, FjallStore, MessageRange, NoopSink, Store};
+use magpie_store::{
+    AppendRequest, FjallConfig, FjallStore, MessageRange, NoopSink, Store, JOURNAL_BYTES_MIN,
+};
 
 /// Conversations written at the same time, one sender each.
 const CONVERSATIONS: usize = 8;
@@ -26,6 +31,7 @@ const PAGE: usize = 200;
 fn open(dir: &Path) -> FjallStore {
     let config = FjallConfig {
         memtable_bytes_max: MEMTABLE_BYTES,
+        journal_bytes: JOURNAL_BYTES_MIN,
         ..FjallConfig::new(dir)
     };
     FjallStore::open(config, Arc::new(NoopSink)).expect("open")
@@ -113,6 +119,44 @@ fn table_files(dir: &Path) -> usize {
     count
 }
 
+/// Journal files (`<id>.jnl`) under the data directory: id, length and bytes allocated.
+fn journal_files(dir: &Path) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".jnl"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let (Some(id), Ok(meta)) = (id, entry.metadata()) {
+                out.push((id, meta.len(), meta.blocks() * 512));
+            }
+        }
+    }
+    out
+}
+
+/// Checks that the journal rotated, and that every journal was zero-filled before use (no holes: every byte of its length is allocated), which is what lets the
+/// commit thread's `fdatasync` skip file-system metadata.
+fn check_journals_rotated_into_zeroed_files(dir: &Path) {
+    let journals = journal_files(dir);
+    let newest = journals.iter().map(|j| j.0).max().unwrap_or(0);
+    assert!(newest >= 2, "the journal rotated: {journals:?}");
+    for &(id, len, allocated) in &journals {
+        assert!(
+            allocated >= len && len >= JOURNAL_BYTES_MIN,
+            "journal {id} was zero-filled: {journals:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -188,6 +232,8 @@ async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
         "the memtables were flushed to tables (else this test exercises nothing)"
     );
 
+    check_journals_rotated_into_zeroed_files(dir.path());
+
     // A resend after all that churn is still recognised.
     let (sender, _, conv) = pairs[0];
     let again = store
@@ -210,6 +256,37 @@ async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
         check_conversation(&store, index, conv).await;
         check_inbox(&store, a, conv).await;
         check_inbox(&store, b, conv).await;
+    }
+
+    // Writes after the reopen go to the journal recovery made active (the all-zero spare, cut
+    // to nothing, or a partly written journal); they survive another reopen.
+    let extra = MESSAGES_PER_CONVERSATION + 1;
+    for (index, &(sender, _, conv)) in pairs.iter().enumerate() {
+        let appended = store
+            .append(vec![AppendRequest {
+                conversation_id: conv,
+                sender_id: sender,
+                client_msg_id: ClientMsgId::new(format!("c{index}-{extra}")).expect("id"),
+                text: text(index, extra),
+            }])
+            .await
+            .expect("append")
+            .into_iter()
+            .next()
+            .expect("one result")
+            .expect("accepted");
+        assert_eq!(appended.message.seq, Seq(extra));
+    }
+    drop(store);
+    let store = open(dir.path());
+    for (index, &(_, _, conv)) in pairs.iter().enumerate() {
+        let got = history(&store, conv).await;
+        assert_eq!(
+            got.len() as u64,
+            extra,
+            "conversation {index} after two reopens"
+        );
+        assert_eq!(got.last(), Some(&(Seq(extra), text(index, extra))));
     }
     store.close();
 }

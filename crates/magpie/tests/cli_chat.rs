@@ -150,6 +150,7 @@ fn start_server(data_dir: &Path) -> (Proc, SocketAddr) {
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(data_dir)
         .env("MAGPIE_ARGON2_M_KIB", "256")
+        .env("MAGPIE_STORE_JOURNAL_MIB", "1")
         .env("MAGPIE_ARGON2_T", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -31,6 +31,7 @@ impl ServerProc {
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(dir)
             .env("MAGPIE_ARGON2_M_KIB", "64")
+            .env("MAGPIE_STORE_JOURNAL_MIB", "1")
             .env("MAGPIE_ARGON2_T", "1")
             .env("MAGPIE_LOG", "warn")
             .env("MAGPIE_ALLOW_STRANGERS", "true")

@@ -105,6 +105,16 @@ impl<O: Openable> Builder<O> {
         self
     }
 
+    /// Patched (Magpie): rotate into journals of `bytes`, each created and filled with zeros
+    /// ahead of time on a background thread, so that syncing the active journal only writes
+    /// data (use `PersistMode::SyncData`). At least 1 MiB.
+    #[must_use]
+    pub fn journal_file_bytes(mut self, bytes: u64) -> Self {
+        assert!(bytes >= 1_024 * 1_024);
+        self.inner.journal_file_bytes = Some(bytes);
+        self
+    }
+
     /// Maximum size of all journals in bytes.
     ///
     /// Default = 512 MiB

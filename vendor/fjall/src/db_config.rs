@@ -27,6 +27,10 @@ pub struct Config {
     /// Descriptor table that will be shared between keyspaces
     pub(crate) descriptor_table: Option<Arc<DescriptorTable>>,
 
+    /// Patched (Magpie): size of the pre-zeroed journals to rotate into; `None` keeps the
+    /// original behaviour (sparse journals created at rotation).
+    pub(crate) journal_file_bytes: Option<u64>,
+
     /// Max size of all journals in bytes
     pub(crate) max_journaling_size_in_bytes: u64, // TODO: should be configurable during runtime: AtomicU64
 
@@ -75,6 +79,7 @@ impl Config {
             descriptor_table: Some(Arc::new(DescriptorTable::new(get_open_file_limit()))),
             max_write_buffer_size_in_bytes: None,
             max_journaling_size_in_bytes: /* 512 MiB */ 512 * 1_024 * 1_024,
+            journal_file_bytes: None,
             worker_threads,
             // journal_recovery_mode: RecoveryMode::default(),
             manual_journal_persist: false,

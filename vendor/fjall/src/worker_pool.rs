@@ -191,7 +191,8 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                 log::trace!("acquiring journal lock to maybe rotate journal");
                 let mut journal_writer = ctx.supervisor.journal.get_writer()?;
 
-                if journal_writer.pos()? > 64_000_000 {
+                // Patched (Magpie): the threshold follows `journal_file_bytes` when it is set.
+                if journal_writer.pos()? > journal_writer.rotate_at_bytes() {
                     #[expect(clippy::expect_used)]
                     let mut journal_manager = ctx
                         .supervisor
@@ -224,7 +225,12 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                     }
                 } else {
                     // https://github.com/fjall-rs/fjall/issues/329
-                    journal_writer.persist(crate::PersistMode::SyncAll)?;
+                    //
+                    // Patched (Magpie): data only. This runs under the journal lock that every
+                    // write needs; a full `fsync` of a journal that was written into also
+                    // commits its changed timestamps to the file system's journal, which can
+                    // take tens of milliseconds while other files are flushed and deleted.
+                    journal_writer.persist(crate::PersistMode::SyncData)?;
                 }
             }
 

@@ -235,7 +235,12 @@ impl Committer {
         }
         if wrote {
             let applied = Instant::now();
-            if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
+            // Data only (`fdatasync`): journals after the first are zero-filled before use, so
+            // writing into them changes no metadata a reader needs; where a journal does grow
+            // (the first one, or one reopened after a restart), its new size is data that
+            // `fdatasync` writes too. A full `fsync` would also commit the changed timestamps,
+            // which waits for the file system's journal (tens of ms while tables are written).
+            if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {
                 self.poison(group, e);
                 return;
             }

@@ -82,6 +82,11 @@ const SCHEMA_VERSION: u64 = 2;
 const CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Default largest batch, in write ops.
 const BATCH_OPS_MAX_DEFAULT: usize = 1024;
+/// Default journal file size: fjall's own 64 MiB.
+const JOURNAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest journal file fjall accepts; tests use it so that they rotate journals often and
+/// write little to the disk.
+pub const JOURNAL_BYTES_MIN: u64 = 1024 * 1024;
 /// Capacity of the queue to the writer, in write ops. When it is full, writers wait
 /// asynchronously (backpressure) instead of piling up memory.
 const WRITE_QUEUE_OPS_MAX: usize = 4096;
@@ -106,6 +111,10 @@ pub struct FjallConfig {
     /// Largest memtable of a keyspace created by this open, in bytes. Tests make it tiny so
     /// that a few thousand messages drive the engine through many flushes and compactions.
     pub memtable_bytes_max: u64,
+    /// Size of each journal file, in bytes (at least 1 MiB). fjall fills the next journal
+    /// with zeros on a background thread before rotating into it, so that the commit thread's
+    /// `fdatasync` only writes data; see `vendor/README.md`.
+    pub journal_bytes: u64,
 }
 
 impl FjallConfig {
@@ -117,6 +126,7 @@ impl FjallConfig {
             batch_ops_max: BATCH_OPS_MAX_DEFAULT,
             policy: GroupPolicy::default(),
             memtable_bytes_max: keys::MEMTABLE_BYTES_MAX,
+            journal_bytes: JOURNAL_BYTES_DEFAULT,
         }
     }
 }
@@ -147,6 +157,7 @@ impl Shared {
             .cache_size(config.cache_bytes)
             // We fsync explicitly once per batch; no need for fjall to flush on every commit.
             .manual_journal_persist(true)
+            .journal_file_bytes(config.journal_bytes.max(JOURNAL_BYTES_MIN))
             .open()?;
         let ks = Keyspaces::open(&db, config.memtable_bytes_max)?;
         let ids = init_meta(&db, &ks)?;

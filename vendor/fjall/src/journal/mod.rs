@@ -68,6 +68,15 @@ impl Journal {
         self
     }
 
+    /// Patched (Magpie): rotate into pre-zeroed journals of `bytes` (see `Writer::set_file_bytes`).
+    pub fn with_file_bytes(self, bytes: Option<u64>) -> crate::Result<Self> {
+        if let Some(bytes) = bytes {
+            let mut writer = self.get_writer()?;
+            writer.set_file_bytes(bytes)?;
+        }
+        Ok(self)
+    }
+
     fn from_file<P: AsRef<Path>>(path: P) -> crate::Result<Self> {
         Ok(Self {
             writer: Mutex::new(Writer::from_file(path)?),

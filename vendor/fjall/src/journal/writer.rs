@@ -20,11 +20,164 @@ pub const PRE_ALLOCATED_BYTES: u64 = 64 * 1_024 * 1_024;
 
 pub const JOURNAL_BUFFER_BYTES: usize = 8 * 1_024;
 
+/// Patched (Magpie): zeros are written into a spare journal in chunks of this size.
+const SPARE_CHUNK_BYTES: usize = 256 * 1_024;
+
+/// Patched (Magpie): the spare journal is made durable every this many chunks, so that its
+/// zeros reach the disk a few MiB at a time instead of in one long burst that would queue
+/// ahead of the active journal's syncs.
+const SPARE_SYNC_EVERY_CHUNKS: usize = 4;
+
+/// Patched (Magpie): pause after each chunk, which bounds the spare's write rate to about
+/// 256 KiB per 3 ms (~85 MB/s), so that it leaves the disk to the active journal; a 64 MiB
+/// spare is ready in about a second, long before the active journal fills at Magpie's rates.
+const SPARE_CHUNK_PAUSE: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// Patched (Magpie): the next journal file, being created on a background thread.
+///
+/// The original created each new journal at rotation time, under the journal lock, as a
+/// sparse file (`set_len`) followed by `fsync` of the file and of the folder. Every batch
+/// written into a sparse file allocates blocks and grows the file, so each later `fsync` of
+/// it must also commit file-system metadata; on ext4 that waits for the file system's
+/// journal, which also carries the metadata of table files being flushed, compacted and
+/// deleted at the same time (tens to over a hundred milliseconds under load). A spare is
+/// written with real zeros and made durable (file and folder) ahead of time, so batches
+/// written into it overwrite allocated blocks and `PersistMode::SyncData` only writes data.
+/// The spare carries the next journal's own name: if the process stops before the rotation,
+/// recovery takes the all-zero spare as the (empty) active journal and the real active one as
+/// sealed, exactly as after a rotation, and truncates the spare's zeros like any torn tail.
+struct Spare {
+    path: PathBuf,
+    handle: std::thread::JoinHandle<std::io::Result<File>>,
+    /// Set when the writer goes away first: the thread stops and removes its file.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Spare {
+    /// Starts creating the journal that follows `active` (`<id + 1>.jnl` in the same folder).
+    fn prepare(active: &Path, bytes: u64) -> Option<Self> {
+        let folder = active.parent()?.to_path_buf();
+        let id = active
+            .file_name()?
+            .to_str()?
+            .strip_suffix(".jnl")?
+            .parse::<JournalId>()
+            .ok()?;
+        let path = folder.join(format!("{}.jnl", id + 1));
+        let thread_path = path.clone();
+        let cancel = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+        let thread_cancel = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name("fjall:jnl-spare".into())
+            .spawn(move || Self::create(&thread_path, &folder, bytes, &thread_cancel))
+            .ok()?;
+        Some(Self {
+            path,
+            handle,
+            cancel,
+        })
+    }
+
+    fn create(
+        path: &Path,
+        folder: &Path,
+        bytes: u64,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> std::io::Result<File> {
+        // `create_new`: never touch a file this thread did not create.
+        let mut file = OpenOptions::new().create_new(true).write(true).open(path)?;
+        let filled = fill_with_zeros(&mut file, bytes, Some(cancel))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fsync_directory(folder))
+            .and_then(|()| file.rewind());
+        if let Err(e) = filled {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// Waits for the spare; `None` if it is not for `path` or could not be made.
+    fn finish(self, path: &Path) -> Option<File> {
+        let result = self.handle.join();
+        match result {
+            Ok(Ok(file)) if self.path == path => Some(file),
+            Ok(Ok(file)) => {
+                // Made, but for another name (cannot happen: rotation always takes the next
+                // id); it is this thread's own file, so it goes.
+                drop(file);
+                let _ = std::fs::remove_file(&self.path);
+                None
+            }
+            Ok(Err(e)) => {
+                // The thread removed what it had created, if anything.
+                log::warn!("Failed to prepare journal {}: {e:?}", self.path.display());
+                None
+            }
+            Err(_) => {
+                // The thread panicked; whatever it left under the next id is its own.
+                let _ = std::fs::remove_file(&self.path);
+                None
+            }
+        }
+    }
+}
+
+/// Patched (Magpie): writes `bytes` of zeros at `file`'s position. With `cancel` (a spare,
+/// written in the background), paced and synced a few chunks at a time, and stopped with an
+/// error when `cancel` is set; without it (a new database's first journal), at full speed.
+fn fill_with_zeros(
+    file: &mut File,
+    bytes: u64,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    let zeros = vec![0u8; SPARE_CHUNK_BYTES];
+    let mut written = 0u64;
+    let mut chunks = 0usize;
+    while written < bytes {
+        let chunk = (bytes - written).min(SPARE_CHUNK_BYTES as u64) as usize;
+        file.write_all(&zeros[..chunk])?;
+        written += chunk as u64;
+        chunks += 1;
+        if let Some(cancel) = cancel {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::other(
+                    "journal closed before its spare was ready",
+                ));
+            }
+            if chunks % SPARE_SYNC_EVERY_CHUNKS == 0 {
+                file.sync_data()?;
+            }
+            std::thread::sleep(SPARE_CHUNK_PAUSE);
+        }
+    }
+    Ok(())
+}
+
+/// Patched (Magpie): a spare still being written when its journal closes is stopped and
+/// removed, and waited for, so that nothing writes into the folder once the journal is gone
+/// (a reopen in the same process would otherwise find a file still growing).
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.cancel_spare();
+    }
+}
+
 pub struct Writer {
     pub(crate) path: PathBuf,
     file: BufWriter<File>,
     buf: Vec<u8>,
     is_buffer_dirty: bool,
+
+    /// Patched (Magpie): the journal that rotation switches to, prepared ahead of time.
+    spare: Option<Spare>,
+    /// Patched (Magpie): size of each spare, and the journal size at which the database
+    /// rotates to it; `None` until [`Writer::set_file_bytes`], and then no spares are made.
+    file_bytes: Option<u64>,
+    /// Patched (Magpie): this journal was created by this writer and nothing is written to it
+    /// yet, so [`Writer::set_file_bytes`] may still fill it with zeros.
+    fresh: bool,
 
     compression: CompressionType,
     compression_threshold: usize,
@@ -55,6 +208,47 @@ impl Writer {
         self.compression_threshold = threshold;
     }
 
+    /// Patched (Magpie): sets the size of the pre-zeroed journals to rotate into, and starts
+    /// preparing the next one.
+    ///
+    /// A journal this writer has just created (a new database's first) is filled with zeros
+    /// here, before any write, so that it too is written in place from the start.
+    pub fn set_file_bytes(&mut self, bytes: u64) -> std::io::Result<()> {
+        self.cancel_spare();
+        if std::mem::take(&mut self.fresh) {
+            fill_with_zeros(self.file.get_mut(), bytes, None)?;
+            // Also cut off the sparse rest of a smaller journal.
+            self.file.get_mut().set_len(bytes)?;
+            self.file.get_mut().sync_all()?;
+            self.file.rewind()?;
+        }
+        self.file_bytes = Some(bytes);
+        self.spare = Spare::prepare(&self.path, bytes);
+        Ok(())
+    }
+
+    /// Patched (Magpie): the journal size at which the database rotates to a new journal.
+    pub fn rotate_at_bytes(&self) -> u64 {
+        // The original's fixed threshold, a little under its 64 MiB preallocation; with
+        // spares, the same margin under the spare's size, so batches written between the
+        // check and the rotation usually still land in zeroed blocks.
+        self.file_bytes
+            .map_or(64_000_000, |bytes| bytes - bytes / 16)
+    }
+
+    /// Patched (Magpie): stops and removes a spare still being prepared, and waits for it.
+    fn cancel_spare(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(Ok(file)) = spare.handle.join() {
+                // Finished: it is a valid empty journal, and recovery treats it as one.
+                drop(file);
+            }
+        }
+    }
+
     pub fn pos(&mut self) -> crate::Result<u64> {
         self.file.stream_position().map_err(Into::into)
     }
@@ -64,7 +258,9 @@ impl Writer {
     }
 
     pub fn rotate(&mut self) -> crate::Result<(PathBuf, PathBuf)> {
-        self.persist(PersistMode::SyncAll)?;
+        // Patched (Magpie): data only; a spare journal's size and blocks are durable already,
+        // and a grown (sparse or appended) file's size is data `fdatasync` also writes.
+        self.persist(PersistMode::SyncData)?;
 
         log::debug!(
             "Sealing active journal at {}, len={}B",
@@ -112,11 +308,25 @@ impl Writer {
 
         let comp = self.compression;
         let compt = self.compression_threshold;
-        *self = Self::create_new(new_path.clone())?;
+        let file_bytes = self.file_bytes;
+        // Patched (Magpie): switch to the spare if it is ready for this name; otherwise create
+        // the journal here, as the original always did.
+        match self.spare.take().and_then(|spare| spare.finish(&new_path)) {
+            Some(file) => {
+                *self = Self::with_file(new_path.clone(), file);
+            }
+            None => {
+                *self = Self::create_new(new_path.clone())?;
+                // IMPORTANT: fsync folder on Unix
+                fsync_directory(&folder)?;
+                // Sparse, as the original's: filling it here would hold up every writer.
+                self.fresh = false;
+            }
+        }
         self.set_compression(comp, compt);
-
-        // IMPORTANT: fsync folder on Unix
-        fsync_directory(&folder)?;
+        if let Some(bytes) = file_bytes {
+            self.set_file_bytes(bytes)?;
+        }
 
         Ok((prev_path, new_path))
     }
@@ -139,14 +349,24 @@ impl Writer {
             log::error!("Failed to fsync journal file at {}: {e:?}", path.display());
         })?;
 
-        Ok(Self {
+        let mut writer = Self::with_file(path, file);
+        writer.fresh = true;
+        Ok(writer)
+    }
+
+    /// Patched (Magpie): a writer at `file`'s current position, without a spare.
+    fn with_file(path: PathBuf, file: File) -> Self {
+        Self {
             path,
-            file: BufWriter::new(file),
+            file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
             buf: Vec::new(),
             is_buffer_dirty: false,
+            spare: None,
+            file_bytes: None,
+            fresh: false,
             compression: CompressionType::None,
             compression_threshold: 0,
-        })
+        }
     }
 
     pub fn from_file<P: AsRef<Path>>(path: P) -> crate::Result<Self> {
@@ -172,14 +392,7 @@ impl Writer {
                 log::error!("Failed to fsync journal file at {}: {e:?}", path.display());
             })?;
 
-            return Ok(Self {
-                path: path.into(),
-                file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
-                buf: Vec::new(),
-                is_buffer_dirty: false,
-                compression: CompressionType::None,
-                compression_threshold: 0,
-            });
+            return Ok(Self::with_file(path.into(), file));
         }
 
         let file = OpenOptions::new()
@@ -189,14 +402,7 @@ impl Writer {
                 log::error!("Failed to open journal file at {}: {e:?}", path.display());
             })?;
 
-        Ok(Self {
-            path: path.into(),
-            file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
-            buf: Vec::new(),
-            is_buffer_dirty: false,
-            compression: CompressionType::None,
-            compression_threshold: 0,
-        })
+        Ok(Self::with_file(path.into(), file))
     }
 
     /// Persists the journal file.
