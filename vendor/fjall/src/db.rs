@@ -866,13 +866,10 @@ impl Database {
         std::fs::create_dir_all(&keyspaces_folder_path)?;
 
         let active_journal_path = journal_folder_path.join("0.jnl");
-        let journal = Journal::create_new(&active_journal_path)?
-            .with_compression(
-                config.journal_compression_type,
-                config.journal_compression_threshold,
-            )
-            .with_file_bytes(config.journal_file_bytes)?;
-        let journal = Arc::new(journal);
+        let journal = Journal::create_new(&active_journal_path)?.with_compression(
+            config.journal_compression_type,
+            config.journal_compression_threshold,
+        );
 
         // NOTE: Lastly, fsync version marker, which contains the version
         let mut marker = std::fs::File::create_new(config.path.join(VERSION_MARKER))?;
@@ -882,6 +879,12 @@ impl Database {
         // IMPORTANT: fsync folders on Unix
         fsync_directory(&keyspaces_folder_path)?;
         fsync_directory(&config.path)?;
+
+        // Patched (Magpie): the first journal is zero-filled only now, after the marker: a
+        // crash during the fill leaves a database that opens (the marker is there, and the
+        // journal's zeros are a torn tail that recovery truncates) instead of a folder whose
+        // `0.jnl` makes every later create fail.
+        let journal = Arc::new(journal.with_file_bytes(config.journal_file_bytes)?);
 
         let seqno = SequenceNumberCounter::default();
         let visible_seqno = SequenceNumberCounter::default();

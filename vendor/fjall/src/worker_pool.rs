@@ -228,8 +228,8 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                     //
                     // Patched (Magpie): data only. This runs under the journal lock that every
                     // write needs; a full `fsync` of a journal that was written into also
-                    // commits its changed timestamps to the file system's journal, which can
-                    // take tens of milliseconds while other files are flushed and deleted.
+                    // writes its changed timestamps (file-system metadata), which can take tens
+                    // of milliseconds while other files are flushed and deleted.
                     journal_writer.persist(crate::PersistMode::SyncData)?;
                 }
             }

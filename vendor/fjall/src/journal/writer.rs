@@ -38,9 +38,10 @@ const SPARE_CHUNK_PAUSE: std::time::Duration = std::time::Duration::from_millis(
 /// The original created each new journal at rotation time, under the journal lock, as a
 /// sparse file (`set_len`) followed by `fsync` of the file and of the folder. Every batch
 /// written into a sparse file allocates blocks and grows the file, so each later `fsync` of
-/// it must also commit file-system metadata; on ext4 that waits for the file system's
-/// journal, which also carries the metadata of table files being flushed, compacted and
-/// deleted at the same time (tens to over a hundred milliseconds under load). A spare is
+/// it must also write file-system metadata synchronously (on ext4, a journal commit, or
+/// without a journal the inode itself), which queues behind the I/O of table files being
+/// flushed, compacted and deleted at the same time (tens to over a hundred milliseconds under
+/// load). A spare is
 /// written with real zeros and made durable (file and folder) ahead of time, so batches
 /// written into it overwrite allocated blocks and `PersistMode::SyncData` only writes data.
 /// The spare carries the next journal's own name: if the process stops before the rotation,
@@ -98,8 +99,15 @@ impl Spare {
         Ok(file)
     }
 
-    /// Waits for the spare; `None` if it is not for `path` or could not be made.
+    /// The spare, if it is ready and for `path`. Never waits for the zeros (rotation holds
+    /// the journal lock that every write needs): a spare still being written is cancelled,
+    /// which stops it within one chunk, and the caller creates the journal the original way.
     fn finish(self, path: &Path) -> Option<File> {
+        if !self.handle.is_finished() {
+            log::debug!("Journal spare {} not ready at rotation", self.path.display());
+            self.cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let result = self.handle.join();
         match result {
             Ok(Ok(file)) if self.path == path => Some(file),
@@ -178,6 +186,13 @@ pub struct Writer {
     /// Patched (Magpie): this journal was created by this writer and nothing is written to it
     /// yet, so [`Writer::set_file_bytes`] may still fill it with zeros.
     fresh: bool,
+    /// Patched (Magpie): bytes this writer has written into this journal (for a reopened
+    /// journal, from [`Writer::set_file_bytes`] on, its length then too).
+    written: u64,
+    /// Patched (Magpie): this journal existed before this open; it is appended to.
+    reopened: bool,
+    /// Patched (Magpie): the spare for this journal has been started (it is started once).
+    spare_started: bool,
 
     compression: CompressionType,
     compression_threshold: usize,
@@ -208,8 +223,8 @@ impl Writer {
         self.compression_threshold = threshold;
     }
 
-    /// Patched (Magpie): sets the size of the pre-zeroed journals to rotate into, and starts
-    /// preparing the next one.
+    /// Patched (Magpie): sets the size of the pre-zeroed journals to rotate into; the next
+    /// one is prepared once this one is a quarter full ([`Writer::note_written`]).
     ///
     /// A journal this writer has just created (a new database's first) is filled with zeros
     /// here, before any write, so that it too is written in place from the start.
@@ -221,10 +236,30 @@ impl Writer {
             self.file.get_mut().set_len(bytes)?;
             self.file.get_mut().sync_all()?;
             self.file.rewind()?;
+        } else if std::mem::take(&mut self.reopened) {
+            // A journal from before this open (appended to): count what it holds already, so
+            // that its spare is ready before it fills up.
+            self.written = self.file.get_ref().metadata()?.len();
         }
         self.file_bytes = Some(bytes);
-        self.spare = Spare::prepare(&self.path, bytes);
+        self.spare_started = false;
+        self.note_written(0);
         Ok(())
+    }
+
+    /// Patched (Magpie): counts journal bytes, and starts the spare once a quarter of this
+    /// journal is used. Not at once: a server that writes little never writes a spare, and a
+    /// new one does not write two journals' worth of zeros while it starts; a quarter leaves
+    /// the spare (about a second of paced writing at 64 MiB) three quarters of a journal to
+    /// get ready in.
+    fn note_written(&mut self, bytes: usize) {
+        self.written += bytes as u64;
+        if let Some(file_bytes) = self.file_bytes {
+            if !self.spare_started && self.written >= file_bytes / 4 {
+                self.spare_started = true;
+                self.spare = Spare::prepare(&self.path, file_bytes);
+            }
+        }
     }
 
     /// Patched (Magpie): the journal size at which the database rotates to a new journal.
@@ -236,15 +271,17 @@ impl Writer {
             .map_or(64_000_000, |bytes| bytes - bytes / 16)
     }
 
-    /// Patched (Magpie): stops and removes a spare still being prepared, and waits for it.
+    /// Patched (Magpie): stops a spare still being prepared, waits for it, and removes its
+    /// file (one that was finished but never used, too: it holds only zeros, and leaving it
+    /// would make it the active journal of the next open, cut to nothing and then grown).
     fn cancel_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
             spare
                 .cancel
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Ok(Ok(file)) = spare.handle.join() {
-                // Finished: it is a valid empty journal, and recovery treats it as one.
                 drop(file);
+                let _ = std::fs::remove_file(&spare.path);
             }
         }
     }
@@ -317,9 +354,13 @@ impl Writer {
             }
             None => {
                 *self = Self::create_new(new_path.clone())?;
+                // Sparse, as the original's: filling it here would hold up every writer. Sized
+                // like the others, since the journal manager counts journals by their length.
+                if let Some(bytes) = file_bytes {
+                    self.file.get_mut().set_len(bytes)?;
+                }
                 // IMPORTANT: fsync folder on Unix
                 fsync_directory(&folder)?;
-                // Sparse, as the original's: filling it here would hold up every writer.
                 self.fresh = false;
             }
         }
@@ -364,6 +405,9 @@ impl Writer {
             spare: None,
             file_bytes: None,
             fresh: false,
+            written: 0,
+            reopened: false,
+            spare_started: false,
             compression: CompressionType::None,
             compression_threshold: 0,
         }
@@ -402,7 +446,9 @@ impl Writer {
                 log::error!("Failed to open journal file at {}: {e:?}", path.display());
             })?;
 
-        Ok(Self::with_file(path.into(), file))
+        let mut writer = Self::with_file(path.into(), file);
+        writer.reopened = true;
+        Ok(writer)
     }
 
     /// Persists the journal file.
@@ -499,6 +545,7 @@ impl Writer {
         self.buf.clear();
         let checksum = hasher.finish();
         byte_count += self.write_end(checksum)?;
+        self.note_written(byte_count);
 
         Ok(byte_count)
     }
@@ -525,6 +572,7 @@ impl Writer {
         self.buf.clear();
         let checksum = hasher.finish();
         byte_count += self.write_end(checksum)?;
+        self.note_written(byte_count);
 
         Ok(byte_count)
     }
@@ -580,6 +628,7 @@ impl Writer {
 
         let checksum = hasher.finish();
         byte_count += self.write_end(checksum)?;
+        self.note_written(byte_count);
 
         Ok(byte_count)
     }
