@@ -24,13 +24,18 @@ pub const WS_WRITE_BUFFER_BYTES_MAX: usize = 4 * FRAME_BYTES_MAX;
 
 /// `GET /v1/ws`: refuses bad or revoked tokens with 401 before upgrading.
 pub async fn upgrade(State(state): State<AppState>, auth: Auth, ws: WebSocketUpgrade) -> Response {
-    let device = auth.device;
+    // One pointer captured instead of the state and the device: axum's upgrade task keeps the
+    // closure's captures for as long as the connection lives.
+    let captured = Box::new((state, auth.device));
     ws.read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX)
         .max_message_size(FRAME_BYTES_MAX)
         .max_frame_size(FRAME_BYTES_MAX)
-        .on_upgrade(move |socket| conn::run(state, device, socket))
+        .on_upgrade(move |socket| {
+            let (state, device) = *captured;
+            conn::run(state, device, socket)
+        })
 }
 
 /// Token check shared with tests that exercise the upgrade path directly.
