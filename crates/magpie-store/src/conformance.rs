@@ -2202,5 +2202,12 @@ async fn last_seen<S: Store>(t: Ctx<S>) {
         vec![0, 1_500, 1_500],
         "answers follow the order asked"
     );
+    // One pair over the bound: refused whole, nothing recorded.
+    let over = vec![(ids[2], 9_000); crate::LAST_SEEN_PER_WRITE_MAX + 1];
+    assert!(matches!(
+        s.record_last_seen(over).await,
+        Err(StoreError::TooMany(_))
+    ));
+    assert_eq!(s.last_seen(&ids[2..]).await.expect("read"), vec![0]);
     assert!(t.sink.events().is_empty(), "presence makes no inbox events");
 }

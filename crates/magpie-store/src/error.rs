@@ -22,6 +22,9 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A call carried more items than the `Store` contract allows; nothing was written.
+    #[error("too many {0} in one call")]
+    TooMany(&'static str),
 }
 
 /// Why one message of an append batch was refused (the others are unaffected).

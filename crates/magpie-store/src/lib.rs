@@ -17,9 +17,10 @@ mod fjall;
 mod memory;
 mod types;
 
-pub use crate::fjall::{FjallConfig, FjallStore, JOURNAL_BYTES_MIN, LAST_SEEN_PER_WRITE_MAX};
+pub use crate::fjall::{FjallConfig, FjallStore, JOURNAL_BYTES_MIN};
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
+pub use types::LAST_SEEN_PER_WRITE_MAX;
 pub use types::{
     AppendRequest, Appended, CommitSink, ConversationNotice, ConversationSummary, Friend,
     GroupPolicy, MessageRange, NoopSink, Store,

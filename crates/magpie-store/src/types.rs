@@ -10,6 +10,10 @@ use magpie_core::{
 
 use crate::{AppendError, FriendError, GroupError, StoreError};
 
+/// Most last-seen times one [`Store::record_last_seen`] call may carry, so that one write
+/// stays bounded (a shutdown records every online user, in chunks of this size).
+pub const LAST_SEEN_PER_WRITE_MAX: usize = 10_000;
+
 /// One message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
@@ -321,7 +325,9 @@ pub trait Store: Send + Sync + 'static {
     // --- Presence ---
 
     /// Records when users were last connected, as `(user, unix ms)` pairs, so "last seen"
-    /// survives restarts. A recorded time never moves backwards.
+    /// survives restarts. A recorded time never moves backwards. At most
+    /// [`LAST_SEEN_PER_WRITE_MAX`] pairs per call; more is refused with
+    /// [`StoreError::TooMany`] and nothing is recorded.
     async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError>;
     /// When each of `users` was last connected, as recorded; 0 if never.
     async fn last_seen(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError>;

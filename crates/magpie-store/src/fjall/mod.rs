@@ -72,7 +72,7 @@ use crate::fjall::writer::{
 };
 use crate::{
     AppendError, AppendRequest, Appended, CommitSink, ConversationSummary, Friend, FriendError,
-    GroupError, GroupPolicy, MessageRange, Store, StoreError,
+    GroupError, GroupPolicy, MessageRange, Store, StoreError, LAST_SEEN_PER_WRITE_MAX,
 };
 
 /// The layout version written by this code; opening any other version fails. (2 added
@@ -90,9 +90,6 @@ pub const JOURNAL_BYTES_MIN: u64 = 1024 * 1024;
 /// Capacity of the queue to the writer, in write ops. When it is full, writers wait
 /// asynchronously (backpressure) instead of piling up memory.
 const WRITE_QUEUE_OPS_MAX: usize = 4096;
-/// Most last-seen times one `record_last_seen` call may carry (a shutdown records every
-/// online user, in chunks of this size).
-pub const LAST_SEEN_PER_WRITE_MAX: usize = 10_000;
 /// Name of the writer thread, as seen in `top -H`, debuggers and panics.
 const WRITER_THREAD_NAME: &str = "magpie-writer";
 
@@ -594,9 +591,7 @@ impl Store for FjallStore {
 
     async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError> {
         if seen.len() > LAST_SEEN_PER_WRITE_MAX {
-            return Err(StoreError::Engine(format!(
-                "at most {LAST_SEEN_PER_WRITE_MAX} last-seen times per write"
-            )));
+            return Err(StoreError::TooMany("last-seen times"));
         }
         self.write(seen, WriteOp::RecordLastSeen).await
     }
