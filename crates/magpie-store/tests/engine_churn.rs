@@ -167,6 +167,28 @@ async fn check_journals_rotated_into_zeroed_files(dir: &Path) {
     assert!(zeroed(&journals), "journals are zero-filled: {journals:?}");
 }
 
+/// The id of the newest journal file. After a close this is the active journal: a spare
+/// that was never used is removed when the journal closes.
+fn newest_journal(dir: &Path) -> u64 {
+    journal_files(dir)
+        .iter()
+        .map(|j| j.0)
+        .max()
+        .expect("a journal")
+}
+
+/// Checks that the journal a reopen continues (`id`, cut to its last valid batch by
+/// recovery) was filled with zeros to its full size, so that writes after a restart are made
+/// in place too.
+fn check_reopened_journal_zero_filled(dir: &Path, id: u64) {
+    let journals = journal_files(dir);
+    let reopened = journals.iter().find(|j| j.0 == id);
+    assert!(
+        reopened.is_some_and(|&(_, len, allocated)| len == JOURNAL_BYTES_MIN && allocated >= len),
+        "journal {id} was zero-filled after the reopen: {journals:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -261,7 +283,9 @@ async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
 
     // Everything is there after a reopen, too.
     drop(store);
+    let active = newest_journal(dir.path());
     let store = open(dir.path());
+    check_reopened_journal_zero_filled(dir.path(), active);
     for (index, &(a, b, conv)) in pairs.iter().enumerate() {
         check_conversation(&store, index, conv).await;
         check_inbox(&store, a, conv).await;
@@ -288,7 +312,9 @@ async fn history_and_inboxes_survive_constant_flushes_and_compactions() {
         assert_eq!(appended.message.seq, Seq(extra));
     }
     drop(store);
+    let active = newest_journal(dir.path());
     let store = open(dir.path());
+    check_reopened_journal_zero_filled(dir.path(), active);
     for (index, &(_, _, conv)) in pairs.iter().enumerate() {
         let got = history(&store, conv).await;
         assert_eq!(

@@ -766,6 +766,10 @@ impl Database {
                     }
                 }
 
+                // Patched (Magpie): the replayed journal is now cut to its last valid batch;
+                // zero-fill the rest so that it, too, is written in place from here on.
+                db.supervisor.journal.fill_tail()?;
+
                 for keyspace in keyspaces.values() {
                     let size = keyspace.tree.active_memtable().size();
 

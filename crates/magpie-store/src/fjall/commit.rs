@@ -236,9 +236,9 @@ impl Committer {
         if wrote {
             let applied = Instant::now();
             // Data only (`fdatasync`): journals are zero-filled before use, so writing into
-            // them changes no metadata a reader needs; where a journal does grow (one reopened
-            // after a restart, or one created when its zero-filled spare was late), its new
-            // size is data that `fdatasync` writes too. A full `fsync` would also write the
+            // them changes no metadata a reader needs; where a journal does grow (one created
+            // when its zero-filled spare was late), its new size is data that `fdatasync`
+            // writes too. A full `fsync` would also write the
             // changed timestamps, a synchronous metadata write that can queue for tens of
             // milliseconds behind the I/O of tables being flushed and deleted.
             if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {

@@ -77,6 +77,11 @@ impl Journal {
         Ok(self)
     }
 
+    /// Patched (Magpie): see `Writer::fill_tail`.
+    pub(crate) fn fill_tail(&self) -> crate::Result<()> {
+        self.get_writer()?.fill_tail().map_err(Into::into)
+    }
+
     fn from_file<P: AsRef<Path>>(path: P) -> crate::Result<Self> {
         Ok(Self {
             writer: Mutex::new(Writer::from_file(path)?),

@@ -236,14 +236,43 @@ impl Writer {
             self.file.get_mut().set_len(bytes)?;
             self.file.get_mut().sync_all()?;
             self.file.rewind()?;
-        } else if std::mem::take(&mut self.reopened) {
+        } else if self.reopened {
             // A journal from before this open (appended to): count what it holds already, so
-            // that its spare is ready before it fills up.
+            // that its spare is ready before it fills up. `fill_tail` finishes the job once
+            // recovery has cut the journal to its last valid batch.
             self.written = self.file.get_ref().metadata()?.len();
         }
         self.file_bytes = Some(bytes);
         self.spare_started = false;
         self.note_written(0);
+        Ok(())
+    }
+
+    /// Patched (Magpie): after recovery has replayed a journal from before this open and cut
+    /// it to its last valid batch, fills the rest of it (up to the journal size) with zeros and
+    /// writes on in place from its end, so that a restarted database syncs data only too,
+    /// instead of growing this journal until its next rotation. Does nothing for a journal
+    /// this open created, without `journal_file_bytes`, or for a journal already that large.
+    /// The zeros past the valid end are a torn tail to any later recovery.
+    pub fn fill_tail(&mut self) -> std::io::Result<()> {
+        let Some(bytes) = self.file_bytes else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut self.reopened) {
+            return Ok(());
+        }
+        self.file.flush()?;
+        let len = self.file.get_ref().metadata()?.len();
+        self.written = len;
+        if len >= bytes {
+            return Ok(());
+        }
+        let mut file = OpenOptions::new().write(true).open(&self.path)?;
+        file.seek(std::io::SeekFrom::Start(len))?;
+        fill_with_zeros(&mut file, bytes - len, None)?;
+        file.sync_all()?;
+        file.seek(std::io::SeekFrom::Start(len))?;
+        self.file = BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file);
         Ok(())
     }
 
