@@ -184,7 +184,9 @@ fn check_reopened_journal_zero_filled(dir: &Path, id: u64) {
     let journals = journal_files(dir);
     let reopened = journals.iter().find(|j| j.0 == id);
     assert!(
-        reopened.is_some_and(|&(_, len, allocated)| len == JOURNAL_BYTES_MIN && allocated >= len),
+        // At least the journal size: its valid data may already run past it (rotation waits
+        // for the next flush), and then there is nothing to fill.
+        reopened.is_some_and(|&(_, len, allocated)| len >= JOURNAL_BYTES_MIN && allocated >= len),
         "journal {id} was zero-filled after the reopen: {journals:?}"
     );
 }

@@ -93,6 +93,12 @@ impl WorkerPool {
                         // returns an error or unwinds would keep the database
                         // closing forever.
                         let _counter_guard = ActiveThreadGuard(thread_counter);
+                        // Patched (Magpie): moved into a local declared after the guard, so
+                        // that it drops first. It holds the supervisor and with it the
+                        // journal; dropped after the guard (as a captured variable), the
+                        // journal could outlive `Database::drop` and the released lock file,
+                        // and its writer remove a spare journal a reopen had already taken.
+                        let worker_state = worker_state;
 
                         loop {
                             match worker_tick(&worker_state) {

@@ -236,15 +236,14 @@ impl Writer {
             self.file.get_mut().set_len(bytes)?;
             self.file.get_mut().sync_all()?;
             self.file.rewind()?;
-        } else if self.reopened {
-            // A journal from before this open (appended to): count what it holds already, so
-            // that its spare is ready before it fills up. `fill_tail` finishes the job once
-            // recovery has cut the journal to its last valid batch.
-            self.written = self.file.get_ref().metadata()?.len();
         }
         self.file_bytes = Some(bytes);
         self.spare_started = false;
-        self.note_written(0);
+        // A journal from before this open is counted by `fill_tail`, once recovery has cut it
+        // to its last valid batch: its length now may be a spare's zeros.
+        if !self.reopened {
+            self.note_written(0);
+        }
         Ok(())
     }
 
@@ -263,16 +262,16 @@ impl Writer {
         }
         self.file.flush()?;
         let len = self.file.get_ref().metadata()?.len();
-        self.written = len;
-        if len >= bytes {
-            return Ok(());
+        if len < bytes {
+            let mut file = OpenOptions::new().write(true).open(&self.path)?;
+            file.seek(std::io::SeekFrom::Start(len))?;
+            fill_with_zeros(&mut file, bytes - len, None)?;
+            file.sync_all()?;
+            file.seek(std::io::SeekFrom::Start(len))?;
+            self.file = BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file);
         }
-        let mut file = OpenOptions::new().write(true).open(&self.path)?;
-        file.seek(std::io::SeekFrom::Start(len))?;
-        fill_with_zeros(&mut file, bytes - len, None)?;
-        file.sync_all()?;
-        file.seek(std::io::SeekFrom::Start(len))?;
-        self.file = BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file);
+        // What it holds counts towards starting its spare.
+        self.note_written(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(())
     }
 
@@ -282,7 +281,7 @@ impl Writer {
     /// the spare (about a second of paced writing at 64 MiB) three quarters of a journal to
     /// get ready in.
     fn note_written(&mut self, bytes: usize) {
-        self.written += bytes as u64;
+        self.written = self.written.saturating_add(bytes as u64);
         if let Some(file_bytes) = self.file_bytes {
             if !self.spare_started && self.written >= file_bytes / 4 {
                 self.spare_started = true;
