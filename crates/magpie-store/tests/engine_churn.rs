@@ -98,49 +98,49 @@ async fn check_inbox(store: &dyn Store, user: UserId, conv: ConversationId) {
     assert_eq!(store.inbox_head(user).await.expect("head"), after);
 }
 
-/// Table files (flushed memtables and compaction output) under the data directory.
-fn table_files(dir: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .parent()
-                .and_then(Path::file_name)
-                .is_some_and(|p| p == "tables")
-            {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
-/// Journal files (`<id>.jnl`) under the data directory: id, length and bytes allocated.
-fn journal_files(dir: &Path) -> Vec<(u64, u64, u64)> {
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::fs::DirEntry> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let id = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".jnl"))
-                .and_then(|n| n.parse::<u64>().ok());
-            if let (Some(id), Ok(meta)) = (id, entry.metadata()) {
-                out.push((id, meta.len(), meta.blocks() * 512));
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry);
             }
         }
     }
     out
+}
+
+/// Table files (flushed memtables and compaction output) under the data directory.
+fn table_files(dir: &Path) -> usize {
+    files_under(dir)
+        .iter()
+        .filter(|e| {
+            e.path()
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|p| p == "tables")
+        })
+        .count()
+}
+
+/// Journal files (`<id>.jnl`) under the data directory: id, length and bytes allocated.
+fn journal_files(dir: &Path) -> Vec<(u64, u64, u64)> {
+    files_under(dir)
+        .iter()
+        .filter_map(|entry| {
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jnl"))
+                .and_then(|n| n.parse::<u64>().ok())?;
+            let meta = entry.metadata().ok()?;
+            Some((id, meta.len(), meta.blocks() * 512))
+        })
+        .collect()
 }
 
 /// Checks that the journal rotated (the newest journal file has an id of 2 or more: the
