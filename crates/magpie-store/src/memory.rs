@@ -998,9 +998,7 @@ impl Store for MemoryStore {
     }
 
     async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError> {
-        if seen.len() > crate::LAST_SEEN_PER_WRITE_MAX {
-            return Err(StoreError::TooMany("last-seen times"));
-        }
+        crate::types::check_last_seen_len(&seen)?;
         let mut s = self.state.lock();
         for (user, ts_ms) in seen {
             let at = s.last_seen.entry(user).or_default();

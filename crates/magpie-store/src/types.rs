@@ -14,6 +14,14 @@ use crate::{AppendError, FriendError, GroupError, StoreError};
 /// stays bounded (a shutdown records every online user, in chunks of this size).
 pub const LAST_SEEN_PER_WRITE_MAX: usize = 10_000;
 
+/// The [`LAST_SEEN_PER_WRITE_MAX`] check every backend makes before recording anything.
+pub(crate) fn check_last_seen_len(seen: &[(UserId, u64)]) -> Result<(), StoreError> {
+    if seen.len() > LAST_SEEN_PER_WRITE_MAX {
+        return Err(StoreError::TooMany("last-seen times"));
+    }
+    Ok(())
+}
+
 /// One message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {

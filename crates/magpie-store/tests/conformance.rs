@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use magpie_store::{conformance, FjallConfig, FjallStore, MemoryStore, JOURNAL_BYTES_MIN};
+use magpie_store::{conformance, FjallConfig, FjallStore, MemoryStore};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_store_conforms() {
@@ -20,8 +20,7 @@ async fn fjall_store_conforms() {
             .join(n.fetch_add(1, Ordering::Relaxed).to_string());
         let config = FjallConfig {
             policy,
-            journal_bytes: JOURNAL_BYTES_MIN,
-            ..FjallConfig::new(dir)
+            ..FjallConfig::for_tests(dir)
         };
         FjallStore::open(config, sink).expect("open")
     })
@@ -40,8 +39,7 @@ async fn fjall_store_conforms_with_single_op_batches() {
         let config = FjallConfig {
             batch_ops_max: 1,
             policy,
-            journal_bytes: JOURNAL_BYTES_MIN,
-            ..FjallConfig::new(dir)
+            ..FjallConfig::for_tests(dir)
         };
         FjallStore::open(config, sink).expect("open")
     })

@@ -31,8 +31,7 @@ const PAGE: usize = 200;
 fn open(dir: &Path) -> FjallStore {
     let config = FjallConfig {
         memtable_bytes_max: MEMTABLE_BYTES,
-        journal_bytes: JOURNAL_BYTES_MIN,
-        ..FjallConfig::new(dir)
+        ..FjallConfig::for_tests(dir)
     };
     FjallStore::open(config, Arc::new(NoopSink)).expect("open")
 }

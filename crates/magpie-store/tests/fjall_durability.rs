@@ -13,20 +13,12 @@ use magpie_core::{
 use magpie_store::conformance::RecordingSink;
 use magpie_store::{
     AppendRequest, Appended, ConversationNotice, ConversationSummary, FjallConfig, FjallStore,
-    GroupPolicy, MemoryStore, MessageRange, NoopSink, Store, StoreError, JOURNAL_BYTES_MIN,
+    GroupPolicy, MemoryStore, MessageRange, NoopSink, Store, StoreError,
 };
 use proptest::prelude::*;
 
-/// Journals of the smallest size, so that these tests rotate through several.
-fn small_journal(config: FjallConfig) -> FjallConfig {
-    FjallConfig {
-        journal_bytes: JOURNAL_BYTES_MIN,
-        ..config
-    }
-}
-
 fn open(dir: &Path, sink: Arc<RecordingSink>) -> FjallStore {
-    FjallStore::open(small_journal(FjallConfig::new(dir)), sink).expect("open")
+    FjallStore::open(FjallConfig::for_tests(dir), sink).expect("open")
 }
 
 /// The policy of the model-based test: small enough that random groups cross the fan-out
@@ -43,12 +35,9 @@ fn fresh_db_dir() -> tempfile::TempDir {
     static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
     let template = TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        FjallStore::open(
-            small_journal(FjallConfig::new(dir.path())),
-            Arc::new(NoopSink),
-        )
-        .expect("open")
-        .close();
+        FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink))
+            .expect("open")
+            .close();
         dir
     });
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,8 +61,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn open_with(dir: &Path, sink: Arc<RecordingSink>, policy: GroupPolicy) -> FjallStore {
     let config = FjallConfig {
         policy,
-        journal_bytes: JOURNAL_BYTES_MIN,
-        ..FjallConfig::new(dir)
+        ..FjallConfig::for_tests(dir)
     };
     FjallStore::open(config, sink).expect("open")
 }
@@ -236,16 +224,9 @@ async fn reopen_keeps_everything_and_counters_continue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn opening_a_locked_directory_fails_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let _first = FjallStore::open(
-        small_journal(FjallConfig::new(dir.path())),
-        Arc::new(NoopSink),
-    )
-    .expect("open");
-    assert!(FjallStore::open(
-        small_journal(FjallConfig::new(dir.path())),
-        Arc::new(NoopSink)
-    )
-    .is_err());
+    let _first =
+        FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).expect("open");
+    assert!(FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

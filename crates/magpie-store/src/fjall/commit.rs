@@ -238,9 +238,9 @@ impl Committer {
             // Data only (`fdatasync`): journals are zero-filled before use, so writing into
             // them changes no metadata a reader needs; where a journal does grow (one created
             // when its zero-filled spare was late), its new size is data that `fdatasync`
-            // writes too. A full `fsync` would also write the
-            // changed timestamps, a synchronous metadata write that can queue for tens of
-            // milliseconds behind the I/O of tables being flushed and deleted.
+            // writes too. A full `fsync` would also write the changed timestamps, a
+            // synchronous metadata write that can queue for tens of milliseconds behind the
+            // I/O of tables being flushed and deleted.
             if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {
                 self.poison(group, e);
                 return;

@@ -70,9 +70,10 @@ use crate::fjall::writer::{
     Counters, FriendAnswer, GroupCmd, NewDevice, NewFriendRequest, NewGroup, NewUser, Pending,
     WriteOp, Writer,
 };
+use crate::types::check_last_seen_len;
 use crate::{
     AppendError, AppendRequest, Appended, CommitSink, ConversationSummary, Friend, FriendError,
-    GroupError, GroupPolicy, MessageRange, Store, StoreError, LAST_SEEN_PER_WRITE_MAX,
+    GroupError, GroupPolicy, MessageRange, Store, StoreError,
 };
 
 /// The layout version written by this code; opening any other version fails. (2 added
@@ -84,8 +85,7 @@ const CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 const BATCH_OPS_MAX_DEFAULT: usize = 1024;
 /// Default journal file size: fjall's own 64 MiB.
 const JOURNAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
-/// Smallest journal file fjall accepts; tests use it so that they rotate journals often and
-/// write little to the disk.
+/// Smallest journal file fjall accepts (see [`FjallConfig::for_tests`]).
 pub const JOURNAL_BYTES_MIN: u64 = 1024 * 1024;
 /// Capacity of the queue to the writer, in write ops. When it is full, writers wait
 /// asynchronously (backpressure) instead of piling up memory.
@@ -124,6 +124,15 @@ impl FjallConfig {
             policy: GroupPolicy::default(),
             memtable_bytes_max: keys::MEMTABLE_BYTES_MAX,
             journal_bytes: JOURNAL_BYTES_DEFAULT,
+        }
+    }
+
+    /// Defaults but for journals of [`JOURNAL_BYTES_MIN`]: tests rotate journals often and
+    /// write little to the disk.
+    pub fn for_tests(path: impl Into<PathBuf>) -> Self {
+        Self {
+            journal_bytes: JOURNAL_BYTES_MIN,
+            ..Self::new(path)
         }
     }
 }
@@ -590,9 +599,7 @@ impl Store for FjallStore {
     }
 
     async fn record_last_seen(&self, seen: Vec<(UserId, u64)>) -> Result<(), StoreError> {
-        if seen.len() > LAST_SEEN_PER_WRITE_MAX {
-            return Err(StoreError::TooMany("last-seen times"));
-        }
+        check_last_seen_len(&seen)?;
         self.write(seen, WriteOp::RecordLastSeen).await
     }
 

@@ -1685,11 +1685,7 @@ mod tests {
 
     fn harness_with(policy: GroupPolicy) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, ids) = Shared::open(&FjallConfig {
-            journal_bytes: crate::fjall::JOURNAL_BYTES_MIN,
-            ..FjallConfig::new(dir.path())
-        })
-        .unwrap();
+        let (shared, ids) = Shared::open(&FjallConfig::for_tests(dir.path())).unwrap();
         let sink = RecordingSink::new();
         let writer = Writer::new(shared.clone(), sink.clone(), policy, 1024, ids).unwrap();
         Harness {
@@ -2094,11 +2090,7 @@ mod tests {
     #[test]
     fn a_dead_commit_thread_poisons_the_store_and_releases_waiters() {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, ids) = Shared::open(&FjallConfig {
-            journal_bytes: crate::fjall::JOURNAL_BYTES_MIN,
-            ..FjallConfig::new(dir.path())
-        })
-        .unwrap();
+        let (shared, ids) = Shared::open(&FjallConfig::for_tests(dir.path())).unwrap();
         let mut writer = Writer::new(
             shared.clone(),
             Arc::new(PanickingSink),
