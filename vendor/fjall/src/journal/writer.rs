@@ -24,8 +24,8 @@ pub const JOURNAL_BUFFER_BYTES: usize = 8 * 1_024;
 const SPARE_CHUNK_BYTES: usize = 256 * 1_024;
 
 /// Patched (Magpie): the spare journal is made durable every this many chunks, so that its
-/// zeros reach the disk a few MiB at a time instead of in one long burst that would queue
-/// ahead of the active journal's syncs.
+/// zeros reach the disk 1 MiB at a time instead of in one long burst that would queue ahead
+/// of the active journal's syncs.
 const SPARE_SYNC_EVERY_CHUNKS: usize = 4;
 
 /// Patched (Magpie): pause after each chunk, which bounds the spare's write rate to about
@@ -99,32 +99,49 @@ impl Spare {
         Ok(file)
     }
 
-    /// The spare, if it is ready and for `path`. Never waits for the zeros (rotation holds
-    /// the journal lock that every write needs): a spare still being written is cancelled,
-    /// which stops it within one chunk, and the caller creates the journal the original way.
+    /// The spare, if it is ready and for `path`. Rotation holds the journal lock that every
+    /// write needs, so a spare still being written is cancelled rather than waited for: the
+    /// wait is then at most the chunk being written (or the spare's final syncs, if it is
+    /// already in them), and the caller creates the journal the original way.
     fn finish(self, path: &Path) -> Option<File> {
-        if !self.handle.is_finished() {
+        // Rotation always takes the next id, which is the name the spare was made for.
+        debug_assert_eq!(self.path, path);
+        if self.path != path {
+            self.discard();
+            return None;
+        }
+        let finished = self.handle.is_finished();
+        if !finished {
             log::debug!("Journal spare {} not ready at rotation", self.path.display());
+        }
+        self.stop(!finished)
+    }
+
+    /// Stops the thread and waits for it, and removes whatever it made.
+    fn discard(self) {
+        let path = self.path.clone();
+        if self.stop(true).is_some() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Stops the thread (if `cancel`) and waits for it: the spare, if it was finished. A
+    /// cancelled or failed thread removed its own file; one that panicked may have left its
+    /// file, which is removed here.
+    fn stop(self, cancel: bool) -> Option<File> {
+        if cancel {
             self.cancel
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let result = self.handle.join();
-        match result {
-            Ok(Ok(file)) if self.path == path => Some(file),
-            Ok(Ok(file)) => {
-                // Made, but for another name (cannot happen: rotation always takes the next
-                // id); it is this thread's own file, so it goes.
-                drop(file);
-                let _ = std::fs::remove_file(&self.path);
-                None
-            }
+        match self.handle.join() {
+            Ok(Ok(file)) => Some(file),
             Ok(Err(e)) => {
-                // The thread removed what it had created, if anything.
-                log::warn!("Failed to prepare journal {}: {e:?}", self.path.display());
+                if !cancel {
+                    log::warn!("Failed to prepare journal {}: {e:?}", self.path.display());
+                }
                 None
             }
             Err(_) => {
-                // The thread panicked; whatever it left under the next id is its own.
                 let _ = std::fs::remove_file(&self.path);
                 None
             }
@@ -238,7 +255,6 @@ impl Writer {
             self.file.rewind()?;
         }
         self.file_bytes = Some(bytes);
-        self.spare_started = false;
         // A journal from before this open is counted by `fill_tail`, once recovery has cut it
         // to its last valid batch: its length now may be a spare's zeros.
         if !self.reopened {
@@ -304,13 +320,7 @@ impl Writer {
     /// would make it the active journal of the next open, cut to nothing and then grown).
     fn cancel_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
-            spare
-                .cancel
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Ok(Ok(file)) = spare.handle.join() {
-                drop(file);
-                let _ = std::fs::remove_file(&spare.path);
-            }
+            spare.discard();
         }
     }
 
