@@ -17,7 +17,7 @@ mod fjall;
 mod memory;
 mod types;
 
-pub use crate::fjall::{FjallConfig, FjallStore, JOURNAL_BYTES_MIN};
+pub use crate::fjall::{FjallConfig, FjallStore, BACKGROUND_NICE_DEFAULT, JOURNAL_BYTES_MIN};
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
 pub use types::LAST_SEEN_PER_WRITE_MAX;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod chat;
+mod memory;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,7 @@ enum Command {
 const BLOCKING_THREADS_MAX: usize = 16;
 
 fn main() -> anyhow::Result<()> {
+    memory::configure();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

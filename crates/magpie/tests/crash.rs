@@ -1,7 +1,8 @@
 //! Crash test: the real `magpie` binary under concurrent sends is killed with SIGKILL and
 //! restarted, several times. Every acknowledged message must survive with its original seq,
 //! seqs must be gap-free, inbox cursors gap-free with each message exactly once, and a retry
-//! of an acknowledged message must be reported as a duplicate.
+//! of an acknowledged message must be reported as a duplicate. The same harness checks the
+//! clean SIGTERM shutdown and the process settings of the real binary (`src/memory.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -388,4 +389,19 @@ async fn sigterm_shuts_down_cleanly_and_keeps_acknowledged_data() {
         "every acknowledged message survived"
     );
     drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_process_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let server = ServerProc::start(addr, dir.path());
+    wait_healthy(&format!("http://{addr}")).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("read the server's /proc status");
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "THP_enabled in:\n{status}");
 }

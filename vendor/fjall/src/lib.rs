@@ -171,6 +171,9 @@ pub use tx::optimistic::{
 #[doc(hidden)]
 pub use lsm_tree::{AbstractTree, AnyTree, Error as LsmError, TreeType};
 
+/// Patched (Magpie): the CPU priority of flush, compaction and journal threads.
+pub use lsm_tree::background;
+
 pub use lsm_tree::{
     CompressionType, KvPair, KvSeparationOptions, SeqNo, Slice, UserKey, UserValue,
 };

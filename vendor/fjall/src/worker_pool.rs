@@ -99,6 +99,8 @@ impl WorkerPool {
                         // journal could outlive `Database::drop` and the released lock file,
                         // and its writer remove a spare journal a reopen had already taken.
                         let worker_state = worker_state;
+                        // Patched (Magpie): flushes and compactions are background work.
+                        lsm_tree::background::lower_current_thread();
 
                         loop {
                             match worker_tick(&worker_state) {

@@ -67,6 +67,9 @@ macro_rules! unwrap {
 
 mod any_tree;
 
+/// Patched (Magpie): the CPU priority of background threads.
+pub mod background;
+
 mod abstract_tree;
 
 #[doc(hidden)]

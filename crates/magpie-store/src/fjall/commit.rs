@@ -274,7 +274,10 @@ impl Committer {
 
     /// Writes one batch into the memtables and the journal buffer (no fsync).
     fn apply(&self, batch: &Sealed) -> Result<(), fjall::Error> {
-        let mut b = self.shared.db.batch().durability(None);
+        // Sized up front: grown push by push, a large batch reallocated its item list
+        // several times per commit, each time into freshly mapped memory.
+        let mut b = fjall::OwnedWriteBatch::with_capacity(self.shared.db.clone(), batch.keys())
+            .durability(None);
         for ks in Ks::ALL {
             let handle = self.shared.ks.get(ks);
             for (key, value) in batch.writes[ks as usize].iter() {

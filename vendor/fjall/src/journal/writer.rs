@@ -70,7 +70,11 @@ impl Spare {
         let thread_cancel = cancel.clone();
         let handle = std::thread::Builder::new()
             .name("fjall:jnl-spare".into())
-            .spawn(move || Self::create(&thread_path, &folder, bytes, &thread_cancel))
+            .spawn(move || {
+                // Patched (Magpie): preparing the next journal is background work.
+                lsm_tree::background::lower_current_thread();
+                Self::create(&thread_path, &folder, bytes, &thread_cancel)
+            })
             .ok()?;
         Some(Self {
             path,

@@ -1,0 +1,70 @@
+//! The engine's background threads run at a lower CPU priority than the threads messages
+//! wait for (a patch in `vendor/lsm-tree` and `vendor/fjall`, set by `FjallConfig`).
+
+#![cfg(target_os = "linux")]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use magpie_store::{FjallConfig, FjallStore, NoopSink, BACKGROUND_NICE_DEFAULT};
+
+/// Name and nice value of every thread of this process, from `/proc/self/task/*/stat`.
+fn threads() -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").expect("list threads") {
+        let Ok(stat) = std::fs::read_to_string(entry.expect("thread entry").path().join("stat"))
+        else {
+            continue; // The thread ended meanwhile.
+        };
+        // "tid (name) state ... ": the name may hold spaces, so split at the parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            panic!("unexpected stat line: {stat}");
+        };
+        let name = stat[open + 1..close].to_owned();
+        // After the name come fields 3 (state) onwards; the nice value is field 19.
+        let nice = stat[close + 1..]
+            .split_whitespace()
+            .nth(19 - 3)
+            .and_then(|n| n.parse().ok())
+            .expect("nice field");
+        out.push((name, nice));
+    }
+    out
+}
+
+#[test]
+fn flush_and_compaction_workers_run_at_the_background_nice_value_and_others_do_not() {
+    assert!(BACKGROUND_NICE_DEFAULT > 0, "a positive nice value lowers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).expect("open");
+    // A new thread runs under its parent's name until it renames itself, and a worker lowers
+    // its priority just after that: wait (bounded) until every thread checked here has done
+    // both. On timeout the assertions below say what is missing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = threads();
+        let named = |name: &str| all.iter().any(|(n, _)| n == name);
+        let settled = ["fjall:worker", "magpie-writer", "magpie-commit"]
+            .iter()
+            .all(|n| named(n))
+            && all
+                .iter()
+                .all(|(n, nice)| n != "fjall:worker" || *nice == BACKGROUND_NICE_DEFAULT);
+        if settled || Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let workers: Vec<_> = all.iter().filter(|(n, _)| n == "fjall:worker").collect();
+    assert!(!workers.is_empty(), "fjall's workers run: {all:?}");
+    for (name, nice) in &workers {
+        assert_eq!(*nice, BACKGROUND_NICE_DEFAULT, "{name}");
+    }
+    for name in ["magpie-writer", "magpie-commit"] {
+        let found: Vec<_> = all.iter().filter(|(n, _)| n == name).collect();
+        assert_eq!(found.len(), 1, "one {name} thread: {all:?}");
+        assert_eq!(found[0].1, 0, "{name} keeps the default priority");
+    }
+    drop(store);
+}
