@@ -34,7 +34,7 @@ fn threads() -> Vec<(String, i32)> {
 
 #[test]
 fn flush_and_compaction_workers_run_at_the_background_nice_value_and_others_do_not() {
-    assert!(BACKGROUND_NICE_DEFAULT > 0, "a positive nice value lowers");
+    const { assert!(BACKGROUND_NICE_DEFAULT > 0, "a positive nice value lowers") };
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).expect("open");
