@@ -32,9 +32,24 @@ fn threads() -> Vec<(String, i32)> {
     out
 }
 
+/// The nice value of the calling thread.
+fn own_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+    let close = stat.rfind(')').expect("stat line");
+    stat[close + 1..]
+        .split_whitespace()
+        .nth(19 - 3)
+        .and_then(|n| n.parse().ok())
+        .expect("nice field")
+}
+
 #[test]
 fn flush_and_compaction_workers_run_at_the_background_nice_value_and_others_do_not() {
     const { assert!(BACKGROUND_NICE_DEFAULT > 0, "a positive nice value lowers") };
+    // The test may itself run niced (a background CI job); threads inherit that, and the
+    // background value only ever lowers a thread.
+    let baseline = own_nice();
+    let expected = baseline.max(BACKGROUND_NICE_DEFAULT);
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).expect("open");
@@ -50,7 +65,7 @@ fn flush_and_compaction_workers_run_at_the_background_nice_value_and_others_do_n
             .all(|n| named(n))
             && all
                 .iter()
-                .all(|(n, nice)| n != "fjall:worker" || *nice == BACKGROUND_NICE_DEFAULT);
+                .all(|(n, nice)| n != "fjall:worker" || *nice == expected);
         if settled || Instant::now() > deadline {
             break all;
         }
@@ -59,12 +74,15 @@ fn flush_and_compaction_workers_run_at_the_background_nice_value_and_others_do_n
     let workers: Vec<_> = all.iter().filter(|(n, _)| n == "fjall:worker").collect();
     assert!(!workers.is_empty(), "fjall's workers run: {all:?}");
     for (name, nice) in &workers {
-        assert_eq!(*nice, BACKGROUND_NICE_DEFAULT, "{name}");
+        assert_eq!(*nice, expected, "{name} (test thread at {baseline})");
     }
     for name in ["magpie-writer", "magpie-commit"] {
         let found: Vec<_> = all.iter().filter(|(n, _)| n == name).collect();
         assert_eq!(found.len(), 1, "one {name} thread: {all:?}");
-        assert_eq!(found[0].1, 0, "{name} keeps the default priority");
+        assert_eq!(
+            found[0].1, baseline,
+            "{name} keeps the priority it inherited"
+        );
     }
     drop(store);
 }

@@ -5,9 +5,10 @@
 //! a write batch and the memtables grow by skiplist nodes; the allocator serves them from
 //! memory it has just mapped, or re-mapped after returning it to the kernel. With huge pages,
 //! the first touch of such memory faults in and zeroes 2 MiB at once. A profile of the commit
-//! thread at 67,000 msg/s paced found 12.7% of its time in that zeroing
-//! (`do_huge_pmd_anonymous_page` → `clear_page_erms`) and single memtable inserts of about
-//! 4.6 ms, each delaying a whole commit group. Both settings together took send→deliver p99
+//! thread at 67,000 msg/s paced found 10.7% of its time in that zeroing under write-batch
+//! growth alone (`WriteBatch::insert` → `realloc` → `do_huge_pmd_anonymous_page` →
+//! `clear_page_erms`), and timing prints found single memtable inserts of about 4.6 ms, each
+//! delaying a whole commit group. Both settings together took send→deliver p99
 //! from 18.7 and 28.9 ms to 9.6 and 8.5 ms in alternating runs (docs/benchmarks.md).
 
 /// mimalloc's option number for the purge delay (`mi_option_purge_delay`: the same in its
@@ -22,10 +23,14 @@ const FREED_MEMORY_KEEP_MS: std::os::raw::c_long = 10_000;
 
 /// Applies both settings. Call it first thing in `main`, before threads start.
 ///
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins, for experiments.
+/// `MIMALLOC_PURGE_DELAY` (or its older name `MIMALLOC_RESET_DELAY`) in the environment
+/// still wins, for experiments.
 pub fn configure() {
     disable_transparent_huge_pages();
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let from_env = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    if !from_env {
         // SAFETY: `mi_option_set` only stores an integer in mimalloc's option table.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, FREED_MEMORY_KEEP_MS) };
     }

@@ -16,7 +16,8 @@ const NICE_MAX: i32 = 19;
 static BACKGROUND_NICE: AtomicI32 = AtomicI32::new(0);
 
 /// Sets the nice value (0..=19, clamped) that background threads started from now on give
-/// themselves. Threads already running keep theirs.
+/// themselves (an absolute value, applied only where it lowers the thread). Threads already
+/// running keep theirs.
 pub fn set_background_nice(nice: i32) {
     BACKGROUND_NICE.store(nice.clamp(0, NICE_MAX), Ordering::Relaxed);
 }
@@ -28,8 +29,10 @@ pub fn background_nice() -> i32 {
 }
 
 /// Called by a background thread when it starts: lowers its own priority to the configured
-/// nice value. Lowering one's priority needs no privilege; a failure only leaves the thread
-/// at the priority it had, so it is logged and otherwise ignored.
+/// nice value, unless it already runs at that value or lower (it never raises a thread, so a
+/// process started with `nice -n 15` keeps 15 everywhere). Lowering one's priority needs no
+/// privilege; a failure only leaves the thread at the priority it had, so it is logged and
+/// otherwise ignored.
 pub fn lower_current_thread() {
     let nice = background_nice();
     if nice == 0 {
@@ -38,11 +41,19 @@ pub fn lower_current_thread() {
     #[cfg(target_os = "linux")]
     {
         // On Linux the nice value belongs to a thread, not to the process, and
-        // `PRIO_PROCESS` with a thread id sets that thread's alone.
-        // SAFETY: `gettid` and `setpriority` only read their integer arguments.
+        // `PRIO_PROCESS` with a thread id reads or sets that thread's alone.
+        // SAFETY: `gettid`, `getpriority` and `setpriority` only read their integer
+        // arguments; errno is this thread's own.
         let result = unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+            // `getpriority` may return -1 as a value, so errno tells an error apart.
+            *libc::__errno_location() = 0;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if *libc::__errno_location() != 0 || current >= nice {
+                0
+            } else {
+                libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+            }
         };
         if result != 0 {
             log::debug!(

@@ -117,10 +117,10 @@ pub struct FjallConfig {
     /// with zeros on a background thread before rotating into it, so that the commit thread's
     /// `fdatasync` only writes data; see `vendor/README.md`.
     pub journal_bytes: u64,
-    /// Nice value (0..=19) of the engine's background threads: flushes, compactions,
-    /// retiring old versions, preparing journals. They yield the CPU to the writer, the
-    /// commit thread and the connections, which messages wait for. Process-wide: the last
-    /// store opened sets it for every store of the process.
+    /// Nice value (0..=19) of the engine's background threads: flushes, compactions and
+    /// preparing journals. They yield the CPU to the writer, the commit thread and the
+    /// connections, which messages wait for. It only ever lowers a thread. Process-wide: the
+    /// last store opened sets it for every store of the process.
     pub background_nice: i32,
 }
 

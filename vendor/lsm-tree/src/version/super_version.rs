@@ -413,8 +413,6 @@ fn retire_in_background(
     retired: Vec<SuperVersion>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let remove = move || {
-        // Patched (Magpie): freeing retired versions is background work.
-        crate::background::lower_current_thread();
         drop(retired);
         for path in paths {
             if let Err(e) = crate::file::retry_transient_io(|| std::fs::remove_file(&path)) {
