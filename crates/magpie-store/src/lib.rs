@@ -20,8 +20,7 @@ mod types;
 pub use crate::fjall::{FjallConfig, FjallStore, BACKGROUND_NICE_DEFAULT, JOURNAL_BYTES_MIN};
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
-pub use types::LAST_SEEN_PER_WRITE_MAX;
 pub use types::{
     AppendRequest, Appended, CommitSink, ConversationNotice, ConversationSummary, Friend,
-    GroupPolicy, MessageRange, NoopSink, Store,
+    GroupPolicy, MessageRange, NoopSink, Store, LAST_SEEN_PER_WRITE_MAX,
 };

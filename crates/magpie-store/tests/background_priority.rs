@@ -8,6 +8,21 @@ use std::time::{Duration, Instant};
 
 use magpie_store::{FjallConfig, FjallStore, NoopSink, BACKGROUND_NICE_DEFAULT};
 
+/// Name and nice value from one `/proc/.../stat` line: "tid (name) state ...". The name may
+/// hold spaces, so the line is split at the parentheses; the nice value is field 19.
+fn name_and_nice(stat: &str) -> (String, i32) {
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        panic!("unexpected stat line: {stat}");
+    };
+    // After the name come fields 3 (state) onwards.
+    let nice = stat[close + 1..]
+        .split_whitespace()
+        .nth(19 - 3)
+        .and_then(|n| n.parse().ok())
+        .expect("nice field");
+    (stat[open + 1..close].to_owned(), nice)
+}
+
 /// Name and nice value of every thread of this process, from `/proc/self/task/*/stat`.
 fn threads() -> Vec<(String, i32)> {
     let mut out = Vec::new();
@@ -16,31 +31,14 @@ fn threads() -> Vec<(String, i32)> {
         else {
             continue; // The thread ended meanwhile.
         };
-        // "tid (name) state ... ": the name may hold spaces, so split at the parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            panic!("unexpected stat line: {stat}");
-        };
-        let name = stat[open + 1..close].to_owned();
-        // After the name come fields 3 (state) onwards; the nice value is field 19.
-        let nice = stat[close + 1..]
-            .split_whitespace()
-            .nth(19 - 3)
-            .and_then(|n| n.parse().ok())
-            .expect("nice field");
-        out.push((name, nice));
+        out.push(name_and_nice(&stat));
     }
     out
 }
 
 /// The nice value of the calling thread.
 fn own_nice() -> i32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
-    let close = stat.rfind(')').expect("stat line");
-    stat[close + 1..]
-        .split_whitespace()
-        .nth(19 - 3)
-        .and_then(|n| n.parse().ok())
-        .expect("nice field")
+    name_and_nice(&std::fs::read_to_string("/proc/thread-self/stat").expect("own stat")).1
 }
 
 #[test]
