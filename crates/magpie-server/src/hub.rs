@@ -594,4 +594,40 @@ mod tests {
             "every cached joined_seq is rechecked after a leave"
         );
     }
+
+    #[tokio::test]
+    async fn a_device_whose_queue_overflows_is_told_to_resync_and_nothing_is_queued_silently() {
+        let (tx, _rx) = mpsc::channel(4);
+        let hub = Arc::new(Hub::new(Presence::new(Duration::from_secs(1), tx)));
+        let reg = hub.connect(UserId(1), DeviceId(7));
+        let (live_tx, mut live_rx) = mpsc::channel(DEVICE_QUEUE_EVENTS_MAX);
+        reg.go_live(live_tx);
+        let conversation_id = ConversationId(3);
+        let joined = event(EventPayload::GroupJoined { conversation_id });
+        // The queue holds exactly its bound; the connection is not kicked yet.
+        for _ in 0..DEVICE_QUEUE_EVENTS_MAX {
+            hub.committed(std::slice::from_ref(&joined), &[]);
+        }
+        assert_eq!(
+            reg.kick.code.load(Ordering::Acquire),
+            0,
+            "not kicked at the bound"
+        );
+        // One more does not fit: the device is kicked with the resync code and its queue is
+        // cut off, so later events are not queued behind a gap.
+        hub.committed(std::slice::from_ref(&joined), &[]);
+        let code = tokio::time::timeout(Duration::from_secs(5), reg.kick.wait())
+            .await
+            .expect("kicked");
+        assert_eq!(code, CLOSE_RESYNC);
+        hub.committed(std::slice::from_ref(&joined), &[]);
+        let mut queued = 0;
+        while live_rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, DEVICE_QUEUE_EVENTS_MAX,
+            "nothing queued past the overflow"
+        );
+    }
 }
