@@ -217,9 +217,94 @@ pub enum ServerFrame {
     },
 }
 
+/// The JSON of a message object, exactly as it appears inside an `event` frame.
+///
+/// Write fan-out puts one message into every member's inbox, and each inbox event differs only
+/// in its cursor; serializing the message once and wrapping it per recipient with
+/// [`message_event_frame`] saves one serialization per recipient device but the first.
+pub fn message_json(message: &WireMessage) -> Result<String, serde_json::Error> {
+    serde_json::to_string(message)
+}
+
+/// The text of the `event` frame for a message event at `cursor`, given the message's JSON
+/// from [`message_json`]. Byte for byte what serializing
+/// `ServerFrame::Event(WireEvent { cursor, body: EventBody::Message { .. } })` produces.
+pub fn message_event_frame(cursor: u64, message_json: &str) -> String {
+    const HEAD: &str = r#"{"type":"event","cursor":"#;
+    const KIND: &str = r#","kind":"message","message":"#;
+    let mut digits = itoa::Buffer::new();
+    let cursor = digits.format(cursor);
+    let mut text =
+        String::with_capacity(HEAD.len() + cursor.len() + KIND.len() + message_json.len() + 1);
+    text.push_str(HEAD);
+    text.push_str(cursor);
+    text.push_str(KIND);
+    text.push_str(message_json);
+    text.push('}');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message that exercises every part of the object: escapes, non-ASCII text, a system
+    /// payload, and the largest ids.
+    fn sample_messages() -> Vec<WireMessage> {
+        let plain = WireMessage {
+            conversation_id: ConversationId(9),
+            seq: 1,
+            sender_id: UserId(2),
+            client_msg_id: "c1".into(),
+            text: "hi".into(),
+            ts_ms: 5,
+            kind: "text".into(),
+            system: None,
+        };
+        let escaped = WireMessage {
+            conversation_id: ConversationId(u64::MAX),
+            seq: u64::MAX,
+            sender_id: UserId(u64::MAX),
+            client_msg_id: "quote\"back\\slash\u{1}".into(),
+            text: "line\nbreak \u{7f} 你好 🙂 \"x\"".into(),
+            ts_ms: u64::MAX,
+            kind: "text".into(),
+            system: None,
+        };
+        let system = WireMessage {
+            conversation_id: ConversationId(3),
+            seq: 7,
+            sender_id: UserId(4),
+            client_msg_id: "sys:3:7".into(),
+            text: String::new(),
+            ts_ms: 1_700_000_000_000,
+            kind: "system".into(),
+            system: Some(WireSystem::Renamed {
+                actor_id: "4".into(),
+                name: "new \"name\"".into(),
+            }),
+        };
+        vec![plain, escaped, system]
+    }
+
+    #[test]
+    fn a_shared_message_event_frame_is_what_serde_writes() {
+        for message in sample_messages() {
+            let json = message_json(&message).unwrap();
+            for cursor in [0, 1, 42, u64::MAX] {
+                let frame = ServerFrame::Event(WireEvent {
+                    cursor,
+                    body: EventBody::Message {
+                        message: message.clone(),
+                    },
+                });
+                let expected = serde_json::to_string(&frame).unwrap();
+                assert_eq!(message_event_frame(cursor, &json), expected);
+                let back: ServerFrame = serde_json::from_str(&expected).unwrap();
+                assert_eq!(back, frame);
+            }
+        }
+    }
 
     #[test]
     fn event_frame_is_flat() {

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use magpie_core::{ConversationId, DeviceId, Event, EventPayload, Seq, UserEvent, UserId};
+use magpie_core::{ConversationId, DeviceId, Event, EventPayload, Message, Seq, UserEvent, UserId};
 use magpie_protocol::close::{CLOSE_RESYNC, CLOSE_REVOKED};
 use magpie_store::{CommitSink, ConversationNotice};
 use parking_lot::Mutex;
@@ -96,12 +96,27 @@ impl NotifyBox {
     }
 }
 
+/// A message's JSON (`magpie_protocol::ws::message_json`), written by the first connection
+/// that delivers the message and reused by every other recipient device of the same commit:
+/// write fan-out puts one message into many inboxes, and their `event` frames differ only in
+/// the cursor. `None` inside if serializing failed.
+pub type SharedMessageJson = Arc<OnceLock<Option<Box<str>>>>;
+
+/// An inbox event on its way to a user's connected devices.
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The event.
+    pub event: Event,
+    /// For a message event, the message's JSON shared by all its recipients.
+    pub message_json: Option<SharedMessageJson>,
+}
+
 /// What goes into a device's queue.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// An inbox event, delivered in cursor order. Shared by the user's devices, and boxed so
     /// that the queue's slots stay small (an idle device's queue costs one block of slots).
-    Event(Arc<Event>),
+    Event(Arc<LiveEvent>),
     /// The device's [`NotifyBox`] has something.
     NotifyWake,
     /// A serialized ephemeral frame (presence, typing).
@@ -345,12 +360,19 @@ impl Hub {
     }
 
     /// Delivers one event to a user's devices; returns whether any device is connected.
-    fn deliver(&self, ue: &UserEvent) -> bool {
+    fn deliver(&self, ue: &UserEvent, shared: &mut LastMessageJson) -> bool {
         let mut shard = self.shard(ue.user_id).lock();
         let Some(slot) = shard.get_mut(&ue.user_id) else {
             return false;
         };
-        let event = Arc::new(ue.event.clone());
+        let message_json = match &ue.event.payload {
+            EventPayload::Message(m) => Some(shared.cell_for(m)),
+            _ => None,
+        };
+        let event = Arc::new(LiveEvent {
+            event: ue.event.clone(),
+            message_json,
+        });
         for device in slot.devices.iter_mut() {
             device.push(Outbound::Event(event.clone()));
         }
@@ -458,8 +480,9 @@ impl CommitSink for Hub {
             self.membership_epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.note_commits(events, notices);
+        let mut shared = LastMessageJson::default();
         for ue in events {
-            if !self.deliver(ue) {
+            if !self.deliver(ue, &mut shared) {
                 self.offer_push(ue);
             }
         }
@@ -480,6 +503,26 @@ impl CommitSink for Hub {
         }
         drop(pending);
         self.notices_ready.notify_one();
+    }
+}
+
+/// The JSON cell of the message whose events are being delivered. The store appends a
+/// message's fan-out events one after another, so remembering the last message is enough to
+/// share one cell among all its recipients.
+#[derive(Default)]
+struct LastMessageJson(Option<(Arc<Message>, SharedMessageJson)>);
+
+impl LastMessageJson {
+    /// The cell shared by every event of `message` in this commit.
+    fn cell_for(&mut self, message: &Arc<Message>) -> SharedMessageJson {
+        if let Some((last, cell)) = &self.0 {
+            if Arc::ptr_eq(last, message) {
+                return cell.clone();
+            }
+        }
+        let cell = SharedMessageJson::default();
+        self.0 = Some((message.clone(), cell.clone()));
+        cell
     }
 }
 
@@ -561,7 +604,7 @@ pub const KICK_REVOKED: u16 = CLOSE_REVOKED;
 mod tests {
     use std::time::Duration;
 
-    use magpie_core::Cursor;
+    use magpie_core::{ClientMsgId, Cursor};
 
     use super::*;
 
@@ -629,5 +672,88 @@ mod tests {
             queued, DEVICE_QUEUE_EVENTS_MAX,
             "nothing queued past the overflow"
         );
+    }
+
+    /// A message event as the store announces it: `user`'s inbox at `cursor`.
+    fn message_event(user: u64, cursor: u64, message: &Arc<Message>) -> UserEvent {
+        UserEvent {
+            user_id: UserId(user),
+            event: Event {
+                cursor: Cursor(cursor),
+                payload: EventPayload::Message(message.clone()),
+            },
+        }
+    }
+
+    /// The next live item of a device, which must be an event.
+    fn next_live(rx: &mut mpsc::Receiver<Outbound>) -> Arc<LiveEvent> {
+        match rx.try_recv() {
+            Ok(Outbound::Event(live)) => live,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn recipients_of_one_message_share_one_json_cell_and_other_messages_get_their_own() {
+        let (tx, _rx) = mpsc::channel(4);
+        let hub = Arc::new(Hub::new(Presence::new(Duration::from_secs(1), tx)));
+        let mut queues = Vec::new();
+        let mut regs = Vec::new();
+        // User 1 with two devices, user 2 with one.
+        for (user, device) in [(1, 10), (1, 11), (2, 20)] {
+            let reg = hub.connect(UserId(user), DeviceId(device));
+            let (live_tx, live_rx) = mpsc::channel(8);
+            reg.go_live(live_tx);
+            regs.push(reg);
+            queues.push(live_rx);
+        }
+        let message = |seq| {
+            Arc::new(Message {
+                conversation_id: ConversationId(5),
+                seq: Seq(seq),
+                sender_id: UserId(1),
+                client_msg_id: ClientMsgId::new(format!("m{seq}")).expect("valid id"),
+                text: "hello".into(),
+                system: None,
+                ts_ms: 1,
+            })
+        };
+        let (first, second) = (message(1), message(2));
+        hub.committed(
+            &[
+                message_event(1, 1, &first),
+                message_event(2, 1, &first),
+                message_event(1, 2, &second),
+                message_event(2, 2, &second),
+            ],
+            &[],
+        );
+        let cell = |live: &Arc<LiveEvent>| live.message_json.clone().expect("a message event");
+        let got: Vec<Vec<SharedMessageJson>> = queues
+            .iter_mut()
+            .map(|rx| (0..2).map(|_| cell(&next_live(rx))).collect())
+            .collect();
+        for device in &got[1..] {
+            assert!(
+                Arc::ptr_eq(&got[0][0], &device[0]),
+                "first message: one cell"
+            );
+            assert!(
+                Arc::ptr_eq(&got[0][1], &device[1]),
+                "second message: one cell"
+            );
+        }
+        assert!(
+            !Arc::ptr_eq(&got[0][0], &got[0][1]),
+            "each message has a cell of its own"
+        );
+        // Non-message events carry no cell.
+        hub.committed(
+            &[event(EventPayload::GroupJoined {
+                conversation_id: ConversationId(5),
+            })],
+            &[],
+        );
+        assert!(next_live(&mut queues[0]).message_json.is_none());
     }
 }

@@ -16,9 +16,11 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt};
 use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
-use magpie_core::{ConversationId, ConversationKind, Cursor, Device, Event, Seq, UserId};
+use magpie_core::{
+    ConversationId, ConversationKind, Cursor, Device, Event, EventPayload, Seq, UserId,
+};
 use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
-use magpie_protocol::ws::{ClientFrame, ServerFrame};
+use magpie_protocol::ws::{message_event_frame, message_json, ClientFrame, ServerFrame};
 use magpie_protocol::{event_to_wire, message_to_wire, ErrorCode};
 use magpie_store::{AppendError, Appended, MessageRange, StoreError};
 use tokio::sync::mpsc;
@@ -28,7 +30,9 @@ use super::ratelimit::TokenBucket;
 use crate::error::ApiError;
 use crate::gate::GatePermit;
 use crate::http::group_error;
-use crate::hub::{Outbound, Registration, Router as _, DEVICE_QUEUE_EVENTS_MAX};
+use crate::hub::{
+    LiveEvent, Outbound, Registration, Router as _, SharedMessageJson, DEVICE_QUEUE_EVENTS_MAX,
+};
 use crate::send::{append_error, build_request, check_direct_allowed};
 use crate::state::AppState;
 
@@ -270,6 +274,11 @@ impl Conn {
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = serde_json::to_string(frame).map_err(|_| End::Gone)?;
+        self.feed(text).await
+    }
+
+    /// Queues one text frame on the socket (written at the next flush).
+    async fn feed(&mut self, text: String) -> Result<(), End> {
         self.socket
             .feed(WsMessage::Text(text.into()))
             .await
@@ -586,7 +595,7 @@ impl Conn {
             let page = self.read_events(CATCH_UP_PAGE_EVENTS).await?;
             let full = page.len() == CATCH_UP_PAGE_EVENTS;
             for event in &page {
-                self.send_event(event).await?;
+                self.send_event(event, None).await?;
             }
             self.flush().await?;
             if !full {
@@ -625,14 +634,34 @@ impl Conn {
         }
     }
 
-    async fn send_event(&mut self, event: &Event) -> Result<(), End> {
+    /// Writes one event. A live message event comes with the message's JSON cell shared by
+    /// all its recipients; the first to get here fills it.
+    async fn send_event(
+        &mut self,
+        event: &Event,
+        shared: Option<&SharedMessageJson>,
+    ) -> Result<(), End> {
         debug_assert_eq!(
             event.cursor,
             self.last_sent.next(),
             "events must be sent gap-free"
         );
-        self.write(&ServerFrame::Event(event_to_wire(event)))
-            .await?;
+        let text = match (&event.payload, shared) {
+            (EventPayload::Message(m), Some(cell)) => {
+                let json = cell.get_or_init(|| {
+                    message_json(&message_to_wire(m))
+                        .ok()
+                        .map(String::into_boxed_str)
+                });
+                let Some(json) = json else {
+                    return Err(End::Gone);
+                };
+                message_event_frame(event.cursor.0, json)
+            }
+            _ => serde_json::to_string(&ServerFrame::Event(event_to_wire(event)))
+                .map_err(|_| End::Gone)?,
+        };
+        self.feed(text).await?;
         self.last_sent = event.cursor;
         metrics::counter!("magpie_events_delivered_total").increment(1);
         Ok(())
@@ -649,7 +678,7 @@ impl Conn {
         let mut written = 0;
         while let Some(item) = next.take() {
             match item {
-                Outbound::Event(event) => self.deliver(&event).await?,
+                Outbound::Event(live) => self.deliver(&live).await?,
                 Outbound::NotifyWake => self.write_notifies().await?,
                 Outbound::Frame(text) => self
                     .socket
@@ -666,7 +695,8 @@ impl Conn {
         Ok(())
     }
 
-    async fn deliver(&mut self, event: &Event) -> Result<(), End> {
+    async fn deliver(&mut self, live: &LiveEvent) -> Result<(), End> {
+        let event = &live.event;
         if event.cursor <= self.last_sent {
             return Ok(());
         }
@@ -678,10 +708,10 @@ impl Conn {
                 return Err(End::Close(1011, "inbox gap"));
             }
             for e in page.iter().filter(|e| e.cursor < event.cursor) {
-                self.send_event(e).await?;
+                self.send_event(e, None).await?;
             }
         }
-        self.send_event(event).await
+        self.send_event(event, live.message_json.as_ref()).await
     }
 
     /// Submits everything queued as one store batch, if no batch is in flight. Each send
