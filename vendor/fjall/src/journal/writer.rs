@@ -18,7 +18,12 @@ use std::{
 // TODO: this should be a database configuration
 pub const PRE_ALLOCATED_BYTES: u64 = 64 * 1_024 * 1_024;
 
-pub const JOURNAL_BUFFER_BYTES: usize = 8 * 1_024;
+/// Patched (Magpie): 1 MiB instead of 8 KiB. `write_batch` writes each item through this
+/// buffer, so with 8 KiB a commit of a few hundred small messages took one `write` system
+/// call per 8 KiB (15.7 per commit at 79,000 msg/s, counted with `perf trace`), all on the
+/// thread that commits; with 1 MiB a commit of up to 1 MiB is one `write` at the flush
+/// before its fsync. One buffer per open database.
+pub const JOURNAL_BUFFER_BYTES: usize = 1_024 * 1_024;
 
 /// Patched (Magpie): zeros are written into a spare journal in chunks of this size.
 const SPARE_CHUNK_BYTES: usize = 256 * 1_024;
