@@ -244,6 +244,36 @@ pub fn message_event_frame(cursor: u64, message_json: &str) -> String {
     text
 }
 
+/// The text of a `sent` frame: byte for byte what serializing `ServerFrame::Sent` produces,
+/// without going through serde's tagged-enum machinery. One is written for every message a
+/// connection sends, so it sits on the hottest path of the server.
+pub fn sent_frame(
+    client_msg_id: &str,
+    conversation_id: ConversationId,
+    seq: u64,
+    ts_ms: u64,
+    duplicate: bool,
+) -> Result<String, serde_json::Error> {
+    let mut digits = itoa::Buffer::new();
+    let mut text = Vec::with_capacity(112 + client_msg_id.len());
+    text.extend_from_slice(br#"{"type":"sent","client_msg_id":"#);
+    // The id is printable ASCII, but may hold quotes or backslashes: serde_json escapes it.
+    serde_json::to_writer(&mut text, client_msg_id)?;
+    text.extend_from_slice(br#","conversation_id":""#);
+    text.extend_from_slice(digits.format(conversation_id.0).as_bytes());
+    text.extend_from_slice(br#"","seq":"#);
+    text.extend_from_slice(digits.format(seq).as_bytes());
+    text.extend_from_slice(br#","ts_ms":"#);
+    text.extend_from_slice(digits.format(ts_ms).as_bytes());
+    text.extend_from_slice(if duplicate {
+        br#","duplicate":true}"#.as_slice()
+    } else {
+        br#","duplicate":false}"#.as_slice()
+    });
+    // Every piece above is UTF-8, so this never fails; it is checked rather than assumed.
+    String::from_utf8(text).map_err(|e| <serde_json::Error as serde::ser::Error>::custom(e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +315,31 @@ mod tests {
             }),
         };
         vec![plain, escaped, system]
+    }
+
+    #[test]
+    fn a_hand_built_sent_frame_is_what_serde_writes() {
+        for id in ["c1", "quote\"and\\backslash", "x".repeat(64).as_str()] {
+            for (conversation, seq, ts_ms) in [
+                (0, 0, 0),
+                (5, 9, 1_700_000_000_000),
+                (u64::MAX, u64::MAX, u64::MAX),
+            ] {
+                for duplicate in [false, true] {
+                    let frame = ServerFrame::Sent {
+                        client_msg_id: id.to_owned(),
+                        conversation_id: ConversationId(conversation),
+                        seq,
+                        ts_ms,
+                        duplicate,
+                    };
+                    let expected = serde_json::to_string(&frame).unwrap();
+                    let built = sent_frame(id, ConversationId(conversation), seq, ts_ms, duplicate)
+                        .unwrap();
+                    assert_eq!(built, expected);
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,9 @@ use magpie_core::{
     ConversationId, ConversationKind, Cursor, Device, Event, EventPayload, Seq, UserId,
 };
 use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
-use magpie_protocol::ws::{message_event_frame, message_json, ClientFrame, ServerFrame};
+use magpie_protocol::ws::{
+    message_event_frame, message_json, sent_frame, ClientFrame, ServerFrame,
+};
 use magpie_protocol::{event_to_wire, message_to_wire, ErrorCode};
 use magpie_store::{AppendError, Appended, MessageRange, StoreError};
 use tokio::sync::mpsc;
@@ -852,13 +854,17 @@ impl Conn {
                         metrics::counter!("magpie_messages_sent_total").increment(1);
                         metrics::histogram!(METRIC_SEND_ACK_SECONDS)
                             .record(received.elapsed().as_secs_f64());
-                        ServerFrame::Sent {
-                            client_msg_id,
-                            conversation_id: a.message.conversation_id,
-                            seq: a.message.seq.0,
-                            ts_ms: a.message.ts_ms,
-                            duplicate: a.duplicate,
-                        }
+                        let m = &a.message;
+                        let text = sent_frame(
+                            &client_msg_id,
+                            m.conversation_id,
+                            m.seq.0,
+                            m.ts_ms,
+                            a.duplicate,
+                        )
+                        .map_err(|_| End::Gone)?;
+                        self.feed(text).await?;
+                        continue;
                     }
                     Some(Err(e)) => api_error_frame(append_error(e), Some(client_msg_id)),
                     None => error_frame(
