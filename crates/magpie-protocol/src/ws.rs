@@ -271,7 +271,7 @@ pub fn sent_frame(
         br#","duplicate":false}"#.as_slice()
     });
     // Every piece above is UTF-8, so this never fails; it is checked rather than assumed.
-    String::from_utf8(text).map_err(|e| <serde_json::Error as serde::ser::Error>::custom(e))
+    String::from_utf8(text).map_err(<serde_json::Error as serde::ser::Error>::custom)
 }
 
 #[cfg(test)]
