@@ -174,8 +174,14 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<Value> {
 
     let before = setup_metrics(&http).await;
     let proc_before = sys::sample_opt(args.common.server_pid)?;
-    let mut sender =
-        wsconn::connect(&target, &owner.token, None, wsconn::busy_config(), false).await?;
+    let mut sender = wsconn::connect(
+        &target,
+        &owner.token,
+        None,
+        wsconn::busy_config(wsconn::READ_BUFFER_BYTES_PIPELINED),
+        false,
+    )
+    .await?;
     let all_have = SharedHistogram::new();
     let mut all_rec = all_have.recorder();
     let mut send_ns_by_seq = HashMap::new();

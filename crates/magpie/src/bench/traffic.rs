@@ -545,11 +545,14 @@ struct Fleet {
     specs: Vec<ConnSpec>,
 }
 
+/// Accounts, conversations and `2 * pairs` open connections, each reading through a buffer
+/// of `read_buffer_bytes`.
 async fn build_fleet(
     common: &CommonArgs,
     target: &Target,
     http: &Http,
     pairs: usize,
+    read_buffer_bytes: usize,
 ) -> anyhow::Result<Fleet> {
     anyhow::ensure!(pairs >= 1, "--pairs must be at least 1");
     let prefix = setup::users_prefix(common.users_prefix.as_deref())?;
@@ -568,7 +571,10 @@ async fn build_fleet(
     let connected = setup::bounded(2 * pairs, CONNECT_CONCURRENCY, |k| {
         let token = accounts[k].token.clone();
         let target = target.clone();
-        async move { wsconn::connect(&target, &token, None, wsconn::busy_config(), true).await }
+        async move {
+            let config = wsconn::busy_config(read_buffer_bytes);
+            wsconn::connect(&target, &token, None, config, true).await
+        }
     })
     .await?;
     progress!("setup done in {:.1} s", t.elapsed().as_secs_f64());
@@ -812,7 +818,8 @@ pub async fn run_throughput(args: ThroughputArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.window >= 1, "--window must be at least 1");
     let target = Target::resolve(&args.common.server).await?;
     let http = Http::new(&target)?;
-    let fleet = build_fleet(&args.common, &target, &http, args.pairs).await?;
+    let read_buffer = wsconn::READ_BUFFER_BYTES_PIPELINED;
+    let fleet = build_fleet(&args.common, &target, &http, args.pairs, read_buffer).await?;
     let plan = Plan::new(
         args.warmup_s,
         args.duration_s,
@@ -848,7 +855,8 @@ pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     let target = Target::resolve(&args.common.server).await?;
     let http = Http::new(&target)?;
-    let mut fleet = build_fleet(&args.common, &target, &http, args.pairs).await?;
+    let read_buffer = wsconn::READ_BUFFER_BYTES_PACED;
+    let mut fleet = build_fleet(&args.common, &target, &http, args.pairs, read_buffer).await?;
     let senders = fleet.specs.len() as u64;
     let per_sender = args.rate / senders as f64;
     let interval_ns = (1e9 / per_sender).max(1.0) as u64;
