@@ -58,6 +58,11 @@ pub struct Conversation {
     /// Current number of members.
     pub member_count: u32,
     /// For direct conversations the two members, sorted; empty for groups.
+    ///
+    /// Invariant: a direct conversation's members never change (only groups add and remove
+    /// members), so this list answers "is this user a member?" on its own. The `typing` relay
+    /// relies on it; a feature that removes users from direct conversations (account
+    /// deletion, say) must revisit that check.
     pub members: Vec<UserId>,
     /// When the conversation was created.
     pub created_ms: u64,
