@@ -32,6 +32,14 @@ pub const STORE_JOURNAL_MIB_DEFAULT: u32 = 64;
 pub const STORE_JOURNAL_MIB_TESTS: u32 = 1;
 /// Largest journal file accepted.
 pub const STORE_JOURNAL_MIB_MAX: u32 = 1_024;
+/// Largest minimum commit interval accepted: every message of a busy store may wait this long
+/// for its fsync, on top of the fsync itself.
+pub const STORE_COMMIT_INTERVAL_US_MAX: u32 = 100_000;
+
+/// The store's own default minimum commit interval, in µs.
+fn store_commit_interval_us_default() -> u32 {
+    u32::try_from(magpie_store::COMMIT_INTERVAL_MIN_DEFAULT.as_micros()).unwrap_or(u32::MAX)
+}
 
 /// `magpie serve` flags. Every flag can also come from `MAGPIE_<NAME>` or the config file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -87,6 +95,10 @@ pub struct ServeArgs {
     /// Size of each store journal file, in MiB (zero-filled ahead of use; tests use 1).
     #[arg(long, env = "MAGPIE_STORE_JOURNAL_MIB")]
     pub store_journal_mib: Option<u32>,
+    /// Under load (a commit of at least 32 store operations), the least time between two
+    /// fsyncs of the store, in microseconds; 0 commits back to back (default 2000).
+    #[arg(long, env = "MAGPIE_STORE_COMMIT_INTERVAL_US")]
+    pub store_commit_interval_us: Option<u32>,
 }
 
 /// The `[push]` table of the config file.
@@ -115,6 +127,7 @@ struct FileConfig {
     group_members_max: Option<u32>,
     presence_grace_ms: Option<u64>,
     store_journal_mib: Option<u32>,
+    store_commit_interval_us: Option<u32>,
     #[serde(default)]
     push: PushFileConfig,
 }
@@ -152,6 +165,8 @@ pub struct Config {
     pub push_coalesce_ms: u64,
     /// Size of each store journal file, MiB.
     pub store_journal_mib: u32,
+    /// Least time between two fsyncs under load, µs (0: off).
+    pub store_commit_interval_us: u32,
 }
 
 impl Config {
@@ -214,6 +229,10 @@ impl Config {
                 .store_journal_mib
                 .or(file.store_journal_mib)
                 .unwrap_or(STORE_JOURNAL_MIB_DEFAULT),
+            store_commit_interval_us: args
+                .store_commit_interval_us
+                .or(file.store_commit_interval_us)
+                .unwrap_or(store_commit_interval_us_default()),
         };
         config.check()?;
         Ok(config)
@@ -237,6 +256,7 @@ impl Config {
             push_secret: String::new(),
             push_coalesce_ms: PUSH_COALESCE_MS_DEFAULT,
             store_journal_mib: STORE_JOURNAL_MIB_TESTS,
+            store_commit_interval_us: store_commit_interval_us_default(),
         }
     }
 
@@ -255,6 +275,10 @@ impl Config {
         anyhow::ensure!(
             (1..=STORE_JOURNAL_MIB_MAX).contains(&self.store_journal_mib),
             "store_journal_mib must be between 1 and {STORE_JOURNAL_MIB_MAX}"
+        );
+        anyhow::ensure!(
+            self.store_commit_interval_us <= STORE_COMMIT_INTERVAL_US_MAX,
+            "store_commit_interval_us must be at most {STORE_COMMIT_INTERVAL_US_MAX}"
         );
         anyhow::ensure!(
             self.policy.members_max >= 2,
@@ -290,7 +314,7 @@ mod tests {
         let path = dir.path().join("magpie.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
+            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\nstore_commit_interval_us = 500\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -309,6 +333,14 @@ mod tests {
             Some("http://127.0.0.1:1/hook")
         );
         assert_eq!(c.push_coalesce_ms, 50);
+        assert_eq!(c.store_commit_interval_us, 500, "from the file");
+        assert_eq!(
+            Config::resolve(ServeArgs::default())
+                .unwrap()
+                .store_commit_interval_us,
+            2_000,
+            "the store's default"
+        );
         assert_eq!(
             c.data_dir,
             std::path::PathBuf::from(DATA_DIR_DEFAULT),
@@ -344,5 +376,10 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(inverted).is_err());
+        let too_long = ServeArgs {
+            store_commit_interval_us: Some(STORE_COMMIT_INTERVAL_US_MAX + 1),
+            ..Default::default()
+        };
+        assert!(Config::resolve(too_long).is_err());
     }
 }

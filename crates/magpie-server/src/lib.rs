@@ -129,6 +129,8 @@ impl Server {
         let mut store_config = FjallConfig::new(config.data_dir.join("store"));
         store_config.policy = config.policy;
         store_config.journal_bytes = u64::from(config.store_journal_mib) * 1024 * 1024;
+        store_config.commit_interval_min =
+            std::time::Duration::from_micros(u64::from(config.store_commit_interval_us));
         let sink: Arc<dyn magpie_store::CommitSink> = hub.clone();
         let store =
             Arc::new(FjallStore::open(store_config, sink).context("opening the embedded store")?);

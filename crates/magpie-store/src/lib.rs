@@ -17,7 +17,10 @@ mod fjall;
 mod memory;
 mod types;
 
-pub use crate::fjall::{FjallConfig, FjallStore, BACKGROUND_NICE_DEFAULT, JOURNAL_BYTES_MIN};
+pub use crate::fjall::{
+    FjallConfig, FjallStore, BACKGROUND_NICE_DEFAULT, COMMIT_BUSY_OPS_MIN,
+    COMMIT_INTERVAL_MIN_DEFAULT, JOURNAL_BYTES_MIN,
+};
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{

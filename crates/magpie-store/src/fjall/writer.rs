@@ -458,6 +458,7 @@ impl Writer {
         sink: Arc<dyn CommitSink>,
         policy: GroupPolicy,
         batch_ops_max: usize,
+        commit_interval_min: std::time::Duration,
         ids: Counters,
     ) -> Result<Self, StoreError> {
         let progress = Arc::new(Progress::default());
@@ -466,6 +467,7 @@ impl Writer {
             shared: shared.clone(),
             sink,
             progress: progress.clone(),
+            commit_interval_min,
         };
         let commit_thread = std::thread::Builder::new()
             .name(COMMIT_THREAD_NAME.into())
@@ -1687,7 +1689,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (shared, ids) = Shared::open(&FjallConfig::for_tests(dir.path())).unwrap();
         let sink = RecordingSink::new();
-        let writer = Writer::new(shared.clone(), sink.clone(), policy, 1024, ids).unwrap();
+        let writer = Writer::new(
+            shared.clone(),
+            sink.clone(),
+            policy,
+            1024,
+            std::time::Duration::ZERO,
+            ids,
+        )
+        .unwrap();
         Harness {
             _dir: dir,
             shared,
@@ -2096,6 +2106,7 @@ mod tests {
             Arc::new(PanickingSink),
             GroupPolicy::default(),
             64,
+            std::time::Duration::ZERO,
             ids,
         )
         .unwrap();
