@@ -366,16 +366,7 @@ mod tests {
         let frame = ServerFrame::Event(WireEvent {
             cursor: 3,
             body: EventBody::Message {
-                message: WireMessage {
-                    conversation_id: ConversationId(9),
-                    seq: 1,
-                    sender_id: UserId(2),
-                    client_msg_id: "c1".into(),
-                    text: "hi".into(),
-                    ts_ms: 5,
-                    kind: "text".into(),
-                    system: None,
-                },
+                message: sample_messages().remove(0),
             },
         });
         let json = serde_json::to_value(&frame).unwrap();
