@@ -32,9 +32,9 @@ pub const STORE_JOURNAL_MIB_DEFAULT: u32 = 64;
 pub const STORE_JOURNAL_MIB_TESTS: u32 = 1;
 /// Largest journal file accepted.
 pub const STORE_JOURNAL_MIB_MAX: u32 = 1_024;
-/// Largest minimum commit interval accepted: every message of a busy store may wait this long
-/// for its fsync, on top of the fsync itself.
-pub const STORE_COMMIT_INTERVAL_US_MAX: u32 = 100_000;
+/// Largest minimum commit interval accepted (the store's own bound): every message of a busy
+/// store may wait this long for its fsync, on top of the fsync itself.
+pub const STORE_COMMIT_INTERVAL_US_MAX: u32 = magpie_store::COMMIT_INTERVAL_MAX.as_micros() as u32;
 
 /// The store's own default minimum commit interval, in µs.
 fn store_commit_interval_us_default() -> u32 {

@@ -55,7 +55,9 @@ pub(crate) const SEALED_BATCHES_MAX: usize = 2;
 /// Write ops a commit group must have carried for the next commit to keep the minimum
 /// interval (`FjallConfig::commit_interval_min`). An op is one call into the store: one
 /// connection's queued sends, one HTTP send, one cursor ack. A lightly loaded store (an op or
-/// two per commit) never waits; at 61,401 msg/s over 50 pairs a commit carried 40–60.
+/// two per commit) never waits; at 61,401 msg/s over 50 pairs a commit carried 40–60. A
+/// group holds at most `SEALED_BATCHES_MAX` batches of `batch_ops_max` ops, so with a
+/// `batch_ops_max` under 16 the pause never applies.
 pub const COMMIT_BUSY_OPS_MIN: usize = 32;
 /// Counter: commits that waited for the minimum interval under load.
 const METRIC_COMMIT_PAUSES_TOTAL: &str = "magpie_store_commit_pauses_total";
@@ -247,16 +249,19 @@ impl Committer {
             }
             self.progress.wait_released();
             let ops = group.iter().map(|b| b.ops.len()).sum();
-            previous = Some((Instant::now(), ops));
-            self.commit_group(&mut group);
+            let started = Instant::now();
+            // Only a commit that fsynced counts: one that wrote nothing (duplicates only) or
+            // failed must not delay the next.
+            previous = self.commit_group(&mut group).then_some((started, ops));
         }
     }
 
-    /// Applies, fsyncs, publishes and answers `group`, in order. Drains it.
-    fn commit_group(&self, group: &mut Vec<Sealed>) {
+    /// Applies, fsyncs, publishes and answers `group`, in order. Drains it. True if it
+    /// wrote and fsynced something.
+    fn commit_group(&self, group: &mut Vec<Sealed>) -> bool {
         if self.shared.poisoned.load(Ordering::Acquire) {
             self.fail(group, StoreError::Poisoned);
-            return;
+            return false;
         }
         let started = Instant::now();
         let mut wrote = false;
@@ -264,7 +269,7 @@ impl Committer {
             if !batch.is_empty() {
                 if let Err(e) = self.apply(batch) {
                     self.poison(group, e);
-                    return;
+                    return false;
                 }
                 wrote = true;
             }
@@ -280,7 +285,7 @@ impl Committer {
             // I/O of tables being flushed and deleted.
             if let Err(e) = self.shared.db.persist(PersistMode::SyncData) {
                 self.poison(group, e);
-                return;
+                return false;
             }
             let done = Instant::now();
             metrics::histogram!(METRIC_APPLY_SECONDS).record((applied - started).as_secs_f64());
@@ -307,6 +312,7 @@ impl Committer {
             batch.ops.into_iter().for_each(WriteOp::finish);
             self.progress.set_finished(n);
         }
+        wrote
     }
 
     /// Writes one batch into the memtables and the journal buffer (no fsync).
