@@ -35,11 +35,9 @@ pub const STORE_JOURNAL_MIB_MAX: u32 = 1_024;
 /// Largest minimum commit interval accepted (the store's own bound): every message of a busy
 /// store may wait this long for its fsync, on top of the fsync itself.
 pub const STORE_COMMIT_INTERVAL_US_MAX: u32 = magpie_store::COMMIT_INTERVAL_MAX.as_micros() as u32;
-
 /// The store's own default minimum commit interval, in µs.
-fn store_commit_interval_us_default() -> u32 {
-    u32::try_from(magpie_store::COMMIT_INTERVAL_MIN_DEFAULT.as_micros()).unwrap_or(u32::MAX)
-}
+pub const STORE_COMMIT_INTERVAL_US_DEFAULT: u32 =
+    magpie_store::COMMIT_INTERVAL_MIN_DEFAULT.as_micros() as u32;
 
 /// `magpie serve` flags. Every flag can also come from `MAGPIE_<NAME>` or the config file.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -232,7 +230,7 @@ impl Config {
             store_commit_interval_us: args
                 .store_commit_interval_us
                 .or(file.store_commit_interval_us)
-                .unwrap_or(store_commit_interval_us_default()),
+                .unwrap_or(STORE_COMMIT_INTERVAL_US_DEFAULT),
         };
         config.check()?;
         Ok(config)
@@ -256,7 +254,7 @@ impl Config {
             push_secret: String::new(),
             push_coalesce_ms: PUSH_COALESCE_MS_DEFAULT,
             store_journal_mib: STORE_JOURNAL_MIB_TESTS,
-            store_commit_interval_us: store_commit_interval_us_default(),
+            store_commit_interval_us: STORE_COMMIT_INTERVAL_US_DEFAULT,
         }
     }
 

@@ -275,7 +275,7 @@ impl Conn {
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let text = serde_json::to_string(frame).map_err(|_| End::Gone)?;
+        let text = frame_text(frame)?;
         self.feed(text).await
     }
 
@@ -660,8 +660,7 @@ impl Conn {
                 };
                 message_event_frame(event.cursor.0, json)
             }
-            _ => serde_json::to_string(&ServerFrame::Event(event_to_wire(event)))
-                .map_err(|_| End::Gone)?,
+            _ => frame_text(&ServerFrame::Event(event_to_wire(event)))?,
         };
         self.feed(text).await?;
         self.last_sent = event.cursor;
@@ -682,11 +681,7 @@ impl Conn {
             match item {
                 Outbound::Event(live) => self.deliver(&live).await?,
                 Outbound::NotifyWake => self.write_notifies().await?,
-                Outbound::Frame(text) => self
-                    .socket
-                    .feed(WsMessage::Text(text.as_ref().into()))
-                    .await
-                    .map_err(|_| End::Gone)?,
+                Outbound::Frame(text) => self.feed(text.as_ref().into()).await?,
             }
             written += 1;
             if written < LIVE_DRAIN_EVENTS_MAX {
@@ -843,8 +838,8 @@ impl Conn {
             }
         };
         for item in items {
-            let frame = match item {
-                Queued::Answer(f) => f,
+            let text = match item {
+                Queued::Answer(f) => frame_text(&f)?,
                 Queued::Append {
                     client_msg_id,
                     received,
@@ -855,30 +850,35 @@ impl Conn {
                         metrics::histogram!(METRIC_SEND_ACK_SECONDS)
                             .record(received.elapsed().as_secs_f64());
                         let m = &a.message;
-                        let text = sent_frame(
+                        sent_frame(
                             &client_msg_id,
                             m.conversation_id,
                             m.seq.0,
                             m.ts_ms,
                             a.duplicate,
                         )
-                        .map_err(|_| End::Gone)?;
-                        self.feed(text).await?;
-                        continue;
+                        .map_err(|_| End::Gone)?
                     }
-                    Some(Err(e)) => api_error_frame(append_error(e), Some(client_msg_id)),
-                    None => error_frame(
+                    Some(Err(e)) => {
+                        frame_text(&api_error_frame(append_error(e), Some(client_msg_id)))?
+                    }
+                    None => frame_text(&error_frame(
                         ErrorCode::Internal,
                         "missing append result",
                         Some(client_msg_id),
-                    ),
+                    ))?,
                 },
             };
-            self.write(&frame).await?;
+            self.feed(text).await?;
         }
         self.unflushed = true;
         Ok(())
     }
+}
+
+/// The JSON text of `frame`; a frame that cannot be serialized ends the connection.
+fn frame_text(frame: &ServerFrame) -> Result<String, End> {
+    serde_json::to_string(frame).map_err(|_| End::Gone)
 }
 
 fn error_frame(code: ErrorCode, message: &str, client_msg_id: Option<String>) -> ServerFrame {
