@@ -9,3 +9,6 @@ pub const CLOSE_REVOKED: u16 = 4001;
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4002;
 /// The server is shutting down; reconnect with backoff.
 pub const CLOSE_SHUTDOWN: u16 = 1001;
+/// The server could not serve the connection (its store failed or refuses writes); reconnect
+/// with backoff. Nothing acknowledged was lost.
+pub const CLOSE_SERVER_ERROR: u16 = 1011;

@@ -49,6 +49,13 @@ impl From<StoreError> for ApiError {
             StoreError::UsernameTaken => Self::new(ErrorCode::UsernameTaken, "username is taken"),
             StoreError::NotFound(what) => Self::not_found(what),
             StoreError::Closed => Self::new(ErrorCode::Unavailable, "server is shutting down"),
+            StoreError::Poisoned => {
+                tracing::error!("request refused: the store is poisoned");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "storage failed; the server refuses writes until it is restarted",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(ErrorCode::Internal, "storage failure")

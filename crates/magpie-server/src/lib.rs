@@ -200,6 +200,11 @@ impl Server {
         self.addr
     }
 
+    /// The embedded store, for programs that embed the server and for tests.
+    pub fn store(&self) -> &Arc<FjallStore> {
+        &self.store
+    }
+
     /// Stops accepting, closes sockets, waits for in-flight requests, then closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.state.shutdown.cancel();
@@ -247,6 +252,8 @@ pub fn router(state: AppState) -> axum::Router {
     http::routes()
         .merge(web::routes())
         .route(magpie_protocol::WS_PATH, get(ws::upgrade))
+        .fallback(http::no_route)
+        .method_not_allowed_fallback(http::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(
             http::HTTP_BODY_BYTES_MAX,
         ))

@@ -73,6 +73,11 @@ impl TestServer {
         format!("http://{}", self.addr())
     }
 
+    /// The server itself (its store, for failure injection).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// `ws://127.0.0.1:PORT/v1/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.addr(), magpie_protocol::WS_PATH)

@@ -408,6 +408,10 @@ impl State {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn create_user(
         &self,
         username: String,

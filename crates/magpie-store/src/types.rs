@@ -146,6 +146,11 @@ pub struct ConversationSummary {
 /// - the order of requests in one `append` call is the order of their seqs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Ok while the store takes writes. `Poisoned` after a failed durable write (the store then
+    /// refuses every write until the process restarts), `Closed` once it is closed or its
+    /// writer is gone. Cheap and synchronous, so that `/healthz` can ask it on every probe.
+    fn health(&self) -> Result<(), StoreError>;
+
     /// Creates an account; `StoreError::UsernameTaken` if the name exists.
     async fn create_user(
         &self,

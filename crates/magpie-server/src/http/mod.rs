@@ -11,12 +11,14 @@ mod presence;
 mod sync;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
+
+use magpie_protocol::ErrorCode;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -28,7 +30,7 @@ pub const HTTP_BODY_BYTES_MAX: usize = crate::ws::FRAME_BYTES_MAX;
 /// All HTTP routes (the WebSocket route is added by the caller).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/accounts", post(accounts::register))
         .route("/v1/sessions", post(accounts::login))
@@ -70,6 +72,27 @@ pub fn routes() -> Router<AppState> {
             get(conversations::history).post(conversations::send),
         )
         .route("/v1/sync", get(sync::sync))
+}
+
+/// `GET /healthz`: 200 while the store takes writes; 503 `unavailable` once it refuses them
+/// (after a failed durable write, which needs a restart, or while shutting down), so that a
+/// supervisor or load balancer takes the node out.
+async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.health()?;
+    Ok("ok")
+}
+
+/// Any path no route serves: 404 with the v1 error body.
+pub async fn no_route() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+/// A known path with a method it does not serve: 405 with the v1 error body.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take that method",
+    )
 }
 
 async fn metrics() -> impl IntoResponse {

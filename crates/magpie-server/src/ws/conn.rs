@@ -19,7 +19,7 @@ use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::{
     ConversationId, ConversationKind, Cursor, Device, Event, EventPayload, Seq, UserId,
 };
-use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SHUTDOWN};
+use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SERVER_ERROR, CLOSE_SHUTDOWN};
 use magpie_protocol::ws::{
     message_event_frame, message_json, sent_frame, ClientFrame, ServerFrame,
 };
@@ -88,7 +88,8 @@ enum Flight {
     Running(InFlight),
     Done(BatchOutcome),
 }
-type AckFlight = Pin<Box<dyn Future<Output = Cursor> + Send>>;
+/// A cursor ack being written: the cursor, or the store's refusal.
+type AckFlight = Pin<Box<dyn Future<Output = Result<Cursor, StoreError>> + Send>>;
 
 /// Why the loop ended.
 enum End {
@@ -191,7 +192,7 @@ impl Conn {
             Ok(head) => head,
             Err(e) => {
                 tracing::error!(error = %e, "reading inbox head failed");
-                return End::Close(1011, "storage failure");
+                return End::Close(CLOSE_SERVER_ERROR, "storage failure");
             }
         };
         let ready = ServerFrame::Ready {
@@ -215,7 +216,7 @@ impl Conn {
                 code = kick.wait() => Err(End::Close(code, "kicked")),
                 _ = shutdown.cancelled() => Err(End::Close(CLOSE_SHUTDOWN, "server shutting down")),
                 done = next_done(&mut self.in_flight) => Box::pin(self.on_batch_done(done)).await,
-                acked = poll_opt(&mut self.ack_flight) => { self.ack_written = self.ack_written.max(acked); Ok(()) }
+                acked = poll_opt(&mut self.ack_flight) => self.on_ack_written(acked),
                 event = recv_opt(&mut self.live) => Box::pin(self.on_live(event)).await,
                 frame = self.socket.recv(), if reading => Box::pin(self.on_socket(frame)).await,
                 _ = tokio::time::sleep_until(self.deadline) => Err(End::Close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")),
@@ -262,7 +263,7 @@ impl Conn {
                 .ack_cursor(self.device.id, self.ack_wanted)
                 .await;
         } else if let Some(flight) = self.ack_flight.take() {
-            flight.await;
+            let _ = flight.await;
         }
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
@@ -577,7 +578,7 @@ impl Conn {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "reading inbox head failed");
-                return Err(End::Close(1011, "storage failure"));
+                return Err(End::Close(CLOSE_SERVER_ERROR, "storage failure"));
             }
         };
         if cursor > head {
@@ -631,7 +632,7 @@ impl Conn {
             Ok(events) => Ok(events),
             Err(e) => {
                 tracing::error!(error = %e, "reading inbox failed");
-                Err(End::Close(1011, "storage failure"))
+                Err(End::Close(CLOSE_SERVER_ERROR, "storage failure"))
             }
         }
     }
@@ -702,7 +703,7 @@ impl Conn {
             let page = self.read_events(missing.min(CATCH_UP_PAGE_EVENTS)).await?;
             if page.is_empty() {
                 tracing::error!(cursor = %event.cursor, last = %self.last_sent, "inbox gap not readable");
-                return Err(End::Close(1011, "inbox gap"));
+                return Err(End::Close(CLOSE_SERVER_ERROR, "inbox gap"));
             }
             for e in page.iter().filter(|e| e.cursor < event.cursor) {
                 self.send_event(e, None).await?;
@@ -801,14 +802,24 @@ impl Conn {
         }
         let (store, device, cursor) = (self.state.store.clone(), self.device.id, self.ack_wanted);
         self.ack_flight = Some(Box::pin(async move {
-            match store.ack_cursor(device, cursor).await {
-                Ok(()) => cursor,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording ack failed");
-                    Cursor(0)
-                }
-            }
+            store.ack_cursor(device, cursor).await.map(|()| cursor)
         }));
+    }
+
+    /// An ack write finished. A refused one ends the connection: retrying at once would spin
+    /// (a store that refuses writes answers without waiting), and the client resends its
+    /// ack after reconnecting with backoff, so nothing is lost.
+    fn on_ack_written(&mut self, acked: Result<Cursor, StoreError>) -> Result<(), End> {
+        match acked {
+            Ok(cursor) => {
+                self.ack_written = self.ack_written.max(cursor);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording ack failed; closing the connection");
+                Err(End::Close(CLOSE_SERVER_ERROR, "storage failure"))
+            }
+        }
     }
 
     /// Answers a finished batch in the order of the client's sends.

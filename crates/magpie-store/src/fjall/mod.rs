@@ -320,6 +320,15 @@ impl FjallStore {
     }
 }
 
+#[cfg(feature = "fault-injection")]
+impl FjallStore {
+    /// Puts the store in the state a failed commit or fsync leaves it in: every later write is
+    /// refused with `StoreError::Poisoned`. Only for tests of how the layers above react.
+    pub fn inject_poison(&self) {
+        self.shared.poisoned.store(true, Ordering::Release);
+    }
+}
+
 impl Drop for FjallStore {
     fn drop(&mut self) {
         self.close();
@@ -369,6 +378,21 @@ fn init_meta(db: &Database, ks: &Keyspaces) -> Result<Counters, StoreError> {
 
 #[async_trait]
 impl Store for FjallStore {
+    fn health(&self) -> Result<(), StoreError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        let writer_alive = self
+            .writer
+            .lock()
+            .as_ref()
+            .is_some_and(|handle| !handle.is_finished());
+        if self.tx.read().is_none() || !writer_alive {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
     async fn create_user(
         &self,
         username: String,

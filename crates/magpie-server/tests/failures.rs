@@ -1,0 +1,96 @@
+//! How the server behaves once its store refuses writes: the state a failed commit or fsync
+//! leaves the embedded store in (injected here, since a real disk failure cannot be arranged
+//! in a test).
+
+mod common;
+
+use common::*;
+use magpie_server::testing::TestServer;
+use serde_json::json;
+
+async fn health(base: &str) -> (u16, String) {
+    let r = http()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("healthz body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_makes_the_node_unhealthy_and_refuses_writes_without_spinning() {
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    assert_eq!(health(&base).await, (200, "ok".to_owned()));
+
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    a.sync(0).await;
+    a.send_text(&conv, "before", "stored before the failure")
+        .await;
+    assert_sent(&a.send_answer().await, 1);
+    let echo = a.next_event("message").await;
+    let cursor = echo["cursor"].as_u64().expect("cursor");
+
+    s.server().store().inject_poison();
+
+    // A load balancer or supervisor sees the node as down.
+    let (status, body) = health(&base).await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("error body");
+    assert_eq!(code(&body), "unavailable", "{body}");
+
+    // Writes are refused with a code that says "try elsewhere or later", not a generic 500.
+    let (status, body) = send_http(&base, &bob.token, &conv, "http-after", "refused").await;
+    assert_eq!((status, code(&body)), (503, "unavailable"), "{body}");
+    a.send_text(&conv, "ws-after", "refused").await;
+    assert_send_refused(
+        &a.send_answer().await,
+        "unavailable",
+        "ws-after",
+        "socket send",
+    );
+
+    // What was acknowledged stays readable.
+    let (status, page) = get(
+        &base,
+        &alice.token,
+        &format!("/v1/conversations/{conv}/messages"),
+    )
+    .await;
+    assert_eq!((status, seqs(&page)), (200, vec![1]), "{page}");
+
+    // A cursor ack cannot be recorded: the socket closes with 1011 (the client reconnects with
+    // backoff and acks again) instead of retrying the refused write in a busy loop, which
+    // would hold a worker thread forever.
+    a.send(json!({"type":"ack","cursor":cursor})).await;
+    assert_eq!(a.closed_with().await, 1011);
+    assert_eq!(health(&base).await.0, 503, "the server still answers");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_get_the_v1_error_body() {
+    let s = TestServer::start().await;
+    let base = s.base_url();
+    let r = http()
+        .get(format!("{base}/v1/nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(code(&body), "not_found", "{body}");
+    let r = http()
+        .get(format!("{base}/v1/accounts"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 405);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(code(&body), "method_not_allowed", "{body}");
+    s.stop().await;
+}
