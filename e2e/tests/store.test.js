@@ -144,6 +144,20 @@ describe('tracker', () => {
     assert.deepEqual(h.got(B), [7, 8, 9]);
   });
 
+  test('a page cut at the byte budget is followed by another pull; a short plain page is the end', () => {
+    for (const truncated of [true, false]) {
+      const h = harness();
+      h.apply(h.t.onJoined(B, 0));
+      const [p] = h.takePulls();
+      assert.equal(p.after_seq, 0);
+      h.apply(h.t.onPulled(B, [msg(B, 1), msg(B, 2)], 0, truncated));
+      assert.deepEqual(h.got(B), [1, 2]);
+      const next = h.takePulls();
+      if (truncated) assert.deepEqual(next.map((q) => q.after_seq), [2], 'short but truncated: ask again');
+      else assert.deepEqual(next, [], 'short and not truncated: caught up');
+    }
+  });
+
   test('catch-up after a reconnect pulls what the list shows beyond what was delivered', () => {
     const h = harness();
     h.t.restore(A, 4);

@@ -53,6 +53,10 @@ pub struct ConversationInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessagesPage {
     pub messages: Vec<WireMessage>,
+    /// The page stopped at [`crate::page::PAGE_BYTES_MAX`] before `limit`: more messages
+    /// follow in the direction read. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// `POST /v1/conversations/{id}/messages` request.

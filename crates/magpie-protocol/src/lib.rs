@@ -7,6 +7,7 @@
 pub mod close;
 pub mod error;
 pub mod http;
+pub mod page;
 pub mod social;
 pub mod ws;
 

@@ -200,6 +200,10 @@ pub enum ServerFrame {
         #[serde(with = "crate::id_string")]
         conversation_id: ConversationId,
         messages: Vec<WireMessage>,
+        /// The page stopped at [`crate::page::PAGE_BYTES_MAX`] before `limit`: more messages
+        /// follow. Absent (false) otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// A friend came online or went offline.
     Presence {

@@ -421,10 +421,13 @@ impl ConversationTracker {
 
     /// The answer to a pull (`messages` frame or `GET …/messages?after_seq=`): every visible
     /// message after the pull's `after_seq`, ascending, at most the pull's `limit`.
+    /// `truncated`: the server cut the page at its byte budget, so more messages follow even
+    /// though the page is short.
     pub fn on_pulled(
         &mut self,
         conversation: ConversationId,
         messages: Vec<WireMessage>,
+        truncated: bool,
         now: Instant,
     ) -> Effects {
         let cap = self.limits.pending_per_conversation;
@@ -435,7 +438,7 @@ impl ConversationTracker {
         c.timeouts = 0;
         // An unsolicited answer is read as "everything after what was delivered".
         let after = flight.map_or(c.delivered.unwrap_or(0), |f| f.after);
-        let full = flight.is_some_and(|f| messages.len() >= f.limit);
+        let full = truncated || flight.is_some_and(|f| messages.len() >= f.limit);
         let before = c.delivered;
         let mut fresh: Vec<WireMessage> = messages
             .into_iter()
@@ -704,9 +707,12 @@ mod tests {
                 .filter(|&s| s > p.after_seq)
                 .take(p.limit)
                 .collect();
-            let fx = self
-                .t
-                .on_pulled(p.conversation_id, msgs(p.conversation_id, page), self.now);
+            let fx = self.t.on_pulled(
+                p.conversation_id,
+                msgs(p.conversation_id, page),
+                false,
+                self.now,
+            );
             self.apply(fx)
         }
 
@@ -1003,8 +1009,30 @@ mod tests {
         h.answer(p[0], &[1, 2, 3, 4]);
         assert_eq!(h.got(A), [1, 2, 3, 4]);
         // A duplicate, unsolicited answer changes nothing.
-        let fx = h.t.on_pulled(A, msgs(A, 1..=4), h.now);
+        let fx = h.t.on_pulled(A, msgs(A, 1..=4), false, h.now);
         assert!(h.apply(fx).messages.is_empty());
+    }
+
+    #[test]
+    fn a_page_cut_at_the_byte_budget_is_followed_by_another_pull() {
+        for truncated in [true, false] {
+            let mut h = harness();
+            let fx = h.t.on_joined(A, h.now);
+            h.apply(fx);
+            let p = h.take_pulls();
+            assert_eq!((p.len(), p[0].after_seq), (1, 0));
+            let fx = h.t.on_pulled(A, msgs(A, 1..=2), truncated, h.now);
+            h.apply(fx);
+            assert_eq!(h.got(A), [1, 2]);
+            let next = h.take_pulls();
+            if truncated {
+                assert_eq!(next.len(), 1, "a short but truncated page is not the end");
+                assert_eq!(next[0].after_seq, 2);
+            } else {
+                assert!(next.is_empty(), "a short page is the end: {next:?}");
+                assert!(h.t.is_settled(A, 2));
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub const PUSH_COALESCE_MS_DEFAULT: u64 = 1_000;
 pub const STORE_JOURNAL_MIB_DEFAULT: u32 = 64;
 /// Journal size of test servers: small, so tests rotate journals and stay light on the disk.
 pub const STORE_JOURNAL_MIB_TESTS: u32 = 1;
+/// Longest heartbeat interval accepted: one hour. Connections are closed after three silent
+/// intervals, and deadlines computed from much larger values would overflow the clock.
+pub const HEARTBEAT_MS_MAX: u64 = 3_600_000;
+/// Longest presence grace period accepted: one day.
+pub const PRESENCE_GRACE_MS_MAX: u64 = 86_400_000;
+/// Longest push coalescing window accepted: one minute (a push later than that is useless).
+pub const PUSH_COALESCE_MS_MAX: u64 = 60_000;
 /// Largest journal file accepted.
 pub const STORE_JOURNAL_MIB_MAX: u32 = 1_024;
 /// Largest minimum commit interval accepted (the store's own bound): every message of a busy
@@ -260,8 +267,16 @@ impl Config {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.heartbeat_ms >= 100,
-            "heartbeat_ms must be at least 100"
+            (100..=HEARTBEAT_MS_MAX).contains(&self.heartbeat_ms),
+            "heartbeat_ms must be between 100 and {HEARTBEAT_MS_MAX}"
+        );
+        anyhow::ensure!(
+            self.presence_grace_ms <= PRESENCE_GRACE_MS_MAX,
+            "presence_grace_ms must be at most {PRESENCE_GRACE_MS_MAX}"
+        );
+        anyhow::ensure!(
+            self.push_coalesce_ms <= PUSH_COALESCE_MS_MAX,
+            "push.coalesce_ms must be at most {PUSH_COALESCE_MS_MAX}"
         );
         anyhow::ensure!(
             self.send_rate_per_sec >= 1,
@@ -379,5 +394,30 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(too_long).is_err());
+        for (heartbeat, grace, coalesce) in [
+            (HEARTBEAT_MS_MAX + 1, 0, 0),
+            (u64::MAX, 0, 0),
+            (99, 0, 0),
+            (1_000, PRESENCE_GRACE_MS_MAX + 1, 0),
+            (1_000, 0, PUSH_COALESCE_MS_MAX + 1),
+        ] {
+            let args = ServeArgs {
+                heartbeat_ms: Some(heartbeat),
+                presence_grace_ms: Some(grace),
+                push_coalesce_ms: Some(coalesce),
+                ..Default::default()
+            };
+            assert!(
+                Config::resolve(args).is_err(),
+                "{heartbeat} {grace} {coalesce}"
+            );
+        }
+        let at_bounds = ServeArgs {
+            heartbeat_ms: Some(HEARTBEAT_MS_MAX),
+            presence_grace_ms: Some(PRESENCE_GRACE_MS_MAX),
+            push_coalesce_ms: Some(PUSH_COALESCE_MS_MAX),
+            ..Default::default()
+        };
+        assert!(Config::resolve(at_bounds).is_ok());
     }
 }

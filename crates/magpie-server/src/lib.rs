@@ -200,6 +200,11 @@ impl Server {
         self.addr
     }
 
+    /// Users with at least one socket open on this server.
+    pub fn online_users(&self) -> usize {
+        self.state.hub.online_users()
+    }
+
     /// The embedded store, for programs that embed the server and for tests.
     pub fn store(&self) -> &Arc<FjallStore> {
         &self.store
@@ -208,7 +213,18 @@ impl Server {
     /// Stops accepting, closes sockets, waits for in-flight requests, then closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.state.shutdown.cancel();
-        let served = self.task.await;
+        // Graceful shutdown waits for every HTTP connection to finish its request, and a client
+        // may never finish one (half a request, then silence): after the bound, drop them.
+        let mut task = self.task;
+        let wait = std::time::Duration::from_millis(SHUTDOWN_HTTP_WAIT_MS);
+        let served = match tokio::time::timeout(wait, &mut task).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!("HTTP connections still open at shutdown; closing them");
+                task.abort();
+                Ok(Ok(()))
+            }
+        };
         // Connection tasks answer their in-flight batches before closing; give them a moment.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.state.hub.online_users() > 0 && tokio::time::Instant::now() < deadline {
@@ -230,6 +246,9 @@ impl Server {
         Ok(())
     }
 }
+
+/// Longest wait at shutdown for HTTP requests in progress (long-polls end at once).
+const SHUTDOWN_HTTP_WAIT_MS: u64 = 5_000;
 
 /// Pending connections the kernel queues before `accept`; large enough that a reconnect storm
 /// after a restart does not drop handshakes (tokio's default is 128).

@@ -41,10 +41,10 @@ struct UserPresence {
     generation: u64,
 }
 
-/// Presence state of every user seen since start.
+/// Presence state of the users connected to this node.
 pub struct Presence {
-    /// Per-user state. Users who are offline and announced stay as a small record
-    /// (last_seen); bounded by the number of accounts that connected since start.
+    /// Per-user state of users online or in their grace period (and, rarely, offline users
+    /// whose announcement found the queue full): bounded by the connected users.
     users: Mutex<HashMap<UserId, UserPresence>>,
     /// Delay before announcing offline.
     grace: Duration,
@@ -125,8 +125,15 @@ impl Presence {
             online: false,
             last_seen_ms: p.last_seen_ms,
         };
-        drop(users);
-        self.emit(a);
+        // The announcer task records the last-seen time in the store, which answers for users
+        // this map does not know; so the entry can go, and the map holds only users online or
+        // in their grace period, not everyone who connected since start. If the queue is full
+        // the entry stays, as the only record of the time.
+        if self.announce.try_send(a).is_ok() {
+            users.remove(&user);
+        } else {
+            metrics::counter!("magpie_presence_dropped_total").increment(1);
+        }
     }
 
     /// `(online, last_seen_ms)` if this node has seen `user` connect since it started; `None`
@@ -196,5 +203,10 @@ mod tests {
         let a = rx.try_recv().expect("offline announced after grace");
         assert!(!a.online);
         assert!(!p.status(u).0);
+        assert_eq!(
+            p.users.lock().len(),
+            0,
+            "an announced offline user is forgotten"
+        );
     }
 }

@@ -132,7 +132,8 @@ impl RecentMessages {
         let tail = guard.0.get(&conversation)?;
         let first = tail.messages.front()?.seq;
         let last = tail.last_seq()?;
-        if after.0 + 1 < first.0 || after >= last || last < tail.committed {
+        // `after < last` first, so `after + 1` cannot overflow (a client may ask for u64::MAX).
+        if after >= last || after.0 + 1 < first.0 || last < tail.committed {
             return None;
         }
         let skip = (after.0 + 1 - first.0) as usize;

@@ -31,9 +31,22 @@ async fn a_failed_store_makes_the_node_unhealthy_and_refuses_writes_without_spin
     a.sync(0).await;
     a.send_text(&conv, "before", "stored before the failure")
         .await;
-    assert_sent(&a.send_answer().await, 1);
-    let echo = a.next_event("message").await;
-    let cursor = echo["cursor"].as_u64().expect("cursor");
+    // The ack and the echo event may arrive in either order.
+    let (mut sent, mut cursor) = (None, None);
+    while sent.is_none() || cursor.is_none() {
+        let f = a
+            .next_where("sent or echo", |f| {
+                f["type"] == "sent" || (f["type"] == "event" && f["kind"] == "message")
+            })
+            .await;
+        if f["type"] == "sent" {
+            sent = Some(f);
+        } else {
+            cursor = f["cursor"].as_u64();
+        }
+    }
+    assert_sent(&sent.expect("sent"), 1);
+    let cursor = cursor.expect("cursor");
 
     s.server().store().inject_poison();
 
@@ -93,4 +106,60 @@ async fn unknown_paths_and_methods_get_the_v1_error_body() {
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(code(&body), "method_not_allowed", "{body}");
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_the_silence_limit() {
+    let s = TestServer::start_with(|c| {
+        c.allow_strangers = true;
+        c.heartbeat_ms = 200;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(0).await;
+    assert_eq!(s.server().online_users(), 1);
+    // Bob never reads again. About 18 MB of events (30 messages of ~600 KB of JSON) fill his
+    // socket's buffers, so the server's writes to him stop completing.
+    let huge = "\u{1}".repeat(100_000);
+    for i in 0..30 {
+        let (status, v) = send_http(&base, &alice.token, &conv, &format!("m{i}"), &huge).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // A write stuck longer than the silence limit (3 × 200 ms) ends the connection; before,
+    // the task waited on the write forever, deaf to its heartbeat deadline.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.server().online_users() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck connection was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(b);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_forever_for_a_silent_http_client() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    // Half a request, then silence: graceful shutdown waits for such a connection to finish.
+    let mut silent = tokio::net::TcpStream::connect(s.addr())
+        .await
+        .expect("connect");
+    silent
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.stop())
+        .await
+        .expect("stop finishes although a client never completes its request");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    drop(silent);
 }

@@ -659,3 +659,79 @@ async fn metrics_report_connections_messages_latencies_and_fsync_batches() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_huge_messages_stop_at_the_byte_budget_and_say_so() {
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    // 100,000 control characters: about 600 KB of JSON each, so two never share a page, and
+    // five in one frame would pass the socket's write buffer bound.
+    let huge = "\u{1}".repeat(100_000);
+    for i in 1..=5u64 {
+        let (status, v) = send_http(&base, &alice.token, &conv, &format!("h{i}"), &huge).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let path = |q: &str| format!("/v1/conversations/{conv}/messages?limit=200{q}");
+
+    // Forward pages keep the oldest, backward and latest pages the newest; each says it was cut.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = get(&base, &bob.token, &path(&format!("&after_seq={after}"))).await;
+        assert_eq!(status, 200);
+        let got = seqs(&page);
+        if got.is_empty() {
+            assert_eq!(
+                page["truncated"],
+                serde_json::Value::Null,
+                "an empty page is not cut"
+            );
+            break;
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            page["messages"][0]["text"].as_str().map(str::len),
+            Some(100_000)
+        );
+        let truncated = page["truncated"].as_bool().unwrap_or(false);
+        assert_eq!(truncated, got[0] < 5, "page after {after}");
+        seen.extend(&got);
+        after = got[0];
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
+    let (_, latest) = get(&base, &bob.token, &path("")).await;
+    assert_eq!(
+        (seqs(&latest), latest["truncated"].as_bool()),
+        (vec![5], Some(true))
+    );
+    let (_, older) = get(&base, &bob.token, &path("&before_seq=5")).await;
+    assert_eq!(
+        (seqs(&older), older["truncated"].as_bool()),
+        (vec![4], Some(true))
+    );
+
+    // The socket's pull answers one message and stays open (the whole page would be ~3 MB).
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    let answer = b.pull(&conv, 0, 200).await;
+    assert_eq!(
+        (seqs(&answer), answer["truncated"].as_bool()),
+        (vec![1], Some(true)),
+        "{}",
+        answer["type"]
+    );
+    let answer = b.pull(&conv, 4, 200).await;
+    assert_eq!((seqs(&answer), answer.get("truncated")), (vec![5], None));
+    b.send(json!({"type":"ping"})).await;
+    assert_eq!(b.next_type("pong").await["type"], "pong");
+
+    // HTTP sync pages are simply shorter; next_cursor continues where they stopped.
+    let (status, page) = get(&base, &bob.token, "/v1/sync?cursor=0&limit=200").await;
+    assert_eq!(status, 200);
+    let events = page["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(page["next_cursor"], events[0]["cursor"]);
+    s.stop().await;
+}

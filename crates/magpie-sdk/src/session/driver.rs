@@ -516,11 +516,14 @@ impl Driver {
             ServerFrame::Messages {
                 conversation_id,
                 messages,
+                truncated,
             } => {
-                let fx = self
-                    .delivery
-                    .tracker
-                    .on_pulled(conversation_id, messages, Instant::now());
+                let fx = self.delivery.tracker.on_pulled(
+                    conversation_id,
+                    messages,
+                    truncated,
+                    Instant::now(),
+                );
                 self.delivery.apply(fx).await.map_err(Ending::from)
             }
             ServerFrame::Presence {

@@ -446,6 +446,7 @@ async fn answer_pull(ws: &mut ServerWs, conversation: u64, seqs: std::ops::Range
     let frame = ServerFrame::Messages {
         conversation_id: ConversationId(conversation),
         messages: seqs.map(|s| message(conversation, s)).collect(),
+        truncated: false,
     };
     push(ws, frame).await;
 }

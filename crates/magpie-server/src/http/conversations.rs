@@ -8,11 +8,11 @@ use magpie_core::{Conversation, ConversationId, ConversationKind, Member, Seq, U
 use magpie_protocol::http::{
     ConversationInfo, DirectRequest, MessagesPage, SendRequest, SendResult,
 };
-use magpie_protocol::message_to_wire;
 use magpie_protocol::social::{
     ConversationList, ConversationRow, ConversationSettings, ReadRequest, ReadState, Receipts,
 };
 use magpie_protocol::ErrorCode;
+use magpie_protocol::{message_to_wire, page};
 use magpie_store::MessageRange;
 use serde::Deserialize;
 
@@ -115,10 +115,20 @@ pub async fn history(
         (None, Some(b)) => MessageRange::Before(Seq(b)),
         (None, None) => MessageRange::Latest,
     };
+    let forward = matches!(range, MessageRange::After(_));
     let mut messages = state.store.messages(conv_id, range, limit).await?;
     messages.retain(|m| m.seq.0 >= first_visible);
+    let mut messages: Vec<_> = messages.iter().map(message_to_wire).collect();
+    // Cut at the byte budget from the far end of the direction read, so the page stays
+    // contiguous with where the client asked it to start.
+    let truncated = if forward {
+        page::keep_first(&mut messages, page::message_bytes)
+    } else {
+        page::keep_last(&mut messages, page::message_bytes)
+    };
     Ok(Json(MessagesPage {
-        messages: messages.iter().map(message_to_wire).collect(),
+        messages,
+        truncated,
     }))
 }
 

@@ -19,6 +19,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use magpie_protocol::ErrorCode;
+use magpie_store::StoreError;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -78,6 +79,9 @@ pub fn routes() -> Router<AppState> {
 /// (after a failed durable write, which needs a restart, or while shutting down), so that a
 /// supervisor or load balancer takes the node out.
 async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.shutdown_requested() {
+        return Err(StoreError::Closed.into());
+    }
     state.store.health()?;
     Ok("ok")
 }

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::Json;
 use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::Cursor;
-use magpie_protocol::event_to_wire;
 use magpie_protocol::http::SyncPage;
+use magpie_protocol::{event_to_wire, page};
 use serde::Deserialize;
 
 use super::ApiQuery;
@@ -56,8 +56,11 @@ pub async fn sync(
         notified.as_mut().enable();
         let events = state.store.events(user, after, limit).await?;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            let next_cursor = events.last().map_or(after.0, |e| e.cursor.0);
-            let events = events.iter().map(event_to_wire).collect();
+            let mut events: Vec<_> = events.iter().map(event_to_wire).collect();
+            // A page cut at the byte budget is simply shorter: the client asks again from
+            // `next_cursor` and gets the rest at once.
+            page::keep_first(&mut events, page::event_bytes);
+            let next_cursor = events.last().map_or(after.0, |e| e.cursor);
             return Ok(Json(SyncPage {
                 events,
                 next_cursor,

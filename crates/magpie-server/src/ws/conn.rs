@@ -19,11 +19,13 @@ use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::{
     ConversationId, ConversationKind, Cursor, Device, Event, EventPayload, Seq, UserId,
 };
-use magpie_protocol::close::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SERVER_ERROR, CLOSE_SHUTDOWN};
+use magpie_protocol::close::{
+    CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REVOKED, CLOSE_SERVER_ERROR, CLOSE_SHUTDOWN,
+};
 use magpie_protocol::ws::{
     message_event_frame, message_json, sent_frame, ClientFrame, ServerFrame,
 };
-use magpie_protocol::{event_to_wire, message_to_wire, ErrorCode};
+use magpie_protocol::{event_to_wire, message_to_wire, page, ErrorCode};
 use magpie_store::{AppendError, Appended, MessageRange, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -188,6 +190,18 @@ impl Conn {
     }
 
     async fn serve(&mut self) -> End {
+        // The token was checked before the upgrade, but a logout may have revoked it since,
+        // and kicked only the sockets registered at that moment. Ours is registered now, and
+        // a logout makes the revocation durable before it kicks, so reading the device here
+        // catches every logout the kick missed.
+        match self.state.store.device(self.device.id).await {
+            Ok(Some(device)) if !device.revoked => {}
+            Ok(_) => return End::Close(CLOSE_REVOKED, "logged out"),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the device failed");
+                return End::Close(CLOSE_SERVER_ERROR, "storage failure");
+            }
+        }
         let inbox_head = match self.state.store.inbox_head(self.device.user_id).await {
             Ok(head) => head,
             Err(e) => {
@@ -202,7 +216,7 @@ impl Conn {
             heartbeat_ms: self.state.config.heartbeat_ms,
             inbox_head: inbox_head.0,
         };
-        if self.write(&ready).await.is_err() || self.socket.flush().await.is_err() {
+        if self.write(&ready).await.is_err() || self.flush().await.is_err() {
             return End::Gone;
         }
         let kick = self.reg.kick.clone();
@@ -270,9 +284,10 @@ impl Conn {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+            let limit = silence_limit(&self.state);
+            let _ = within(limit, self.socket.send(WsMessage::Close(Some(frame)))).await;
         }
-        let _ = self.socket.flush().await;
+        let _ = within(silence_limit(&self.state), self.socket.flush()).await;
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
@@ -280,17 +295,22 @@ impl Conn {
         self.feed(text).await
     }
 
-    /// Queues one text frame on the socket (written at the next flush).
+    /// Queues one text frame on the socket (written at the next flush, or now if the write
+    /// buffer is full).
     async fn feed(&mut self, text: String) -> Result<(), End> {
-        self.socket
-            .feed(WsMessage::Text(text.into()))
-            .await
-            .map_err(|_| End::Gone)
+        let limit = silence_limit(&self.state);
+        match within(limit, self.socket.feed(WsMessage::Text(text.into()))).await {
+            Some(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
         self.unflushed = false;
-        self.socket.flush().await.map_err(|_| End::Gone)
+        match within(silence_limit(&self.state), self.socket.flush()).await {
+            Some(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
     }
 
     async fn on_socket(
@@ -486,9 +506,11 @@ impl Conn {
                 Err(e) => return self.reply_conversation_error(conversation_id, e).await,
             }
         }
+        let truncated = page::keep_first(&mut messages, page::message_bytes);
         self.write(&ServerFrame::Messages {
             conversation_id,
             messages,
+            truncated,
         })
         .await?;
         self.flush().await
@@ -928,6 +950,18 @@ async fn next_done(queue: &mut VecDeque<Flight>) -> BatchOutcome {
             }
         }
     }
+}
+
+/// Runs a socket write, giving up after `limit`: a peer that stops reading fills the socket's
+/// buffers, and a write waiting on it forever would hold the connection (and its buffers)
+/// with nothing watching its heartbeat, kicks or shutdown. The usual write completes at its
+/// first poll and arms no timer.
+async fn within<F: Future>(limit: Duration, write: F) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    if let Some(out) = (&mut write).now_or_never() {
+        return Some(out);
+    }
+    tokio::time::timeout(limit, write).await.ok()
 }
 
 /// Polls an optional future; pending forever when absent (a disabled `select!` branch).

@@ -224,7 +224,7 @@ export class Client {
         this.applyEffects(this.tracker.onNotify(f.conversation_id, f.last_seq, now()));
         break;
       case 'messages':
-        this.applyEffects(this.tracker.onPulled(f.conversation_id, f.messages || [], now()));
+        this.applyEffects(this.tracker.onPulled(f.conversation_id, f.messages || [], now(), !!f.truncated));
         break;
       case 'presence':
         this.onPresence(f);
@@ -326,11 +326,13 @@ export class Client {
     try {
       let cursor = after;
       while (cursor < upTo - 1) {
-        const page = (await this.api.history(id, { after_seq: cursor, limit: 200 })).messages || [];
+        const resp = await this.api.history(id, { after_seq: cursor, limit: 200 });
+        const page = resp.messages || [];
         const tl = this.timeline(id);
         for (const m of page) tl.addLive(m);
         this.events.changed(`timeline:${id}`);
-        if (page.length < 200) break;
+        // A page cut at the server's byte budget is short but not the end.
+        if (!page.length || (page.length < 200 && !resp.truncated)) break;
         cursor = page[page.length - 1].seq;
       }
     } catch (e) {
@@ -447,8 +449,9 @@ export class Client {
     tl.loading = true;
     try {
       const limit = config.historyPage;
-      const page = (await this.api.history(id, { limit })).messages || [];
-      tl.loadLatest(page, page.length >= limit);
+      const resp = await this.api.history(id, { limit });
+      const page = resp.messages || [];
+      tl.loadLatest(page, page.length >= limit || !!resp.truncated);
       if (page.length) this.noteMessage(page[page.length - 1]);
     } catch (e) {
       this.notify(`Could not load messages: ${describeError(e)}`, 'error');
@@ -465,8 +468,9 @@ export class Client {
     tl.loading = true;
     try {
       const limit = config.historyPage;
-      const page = (await this.api.history(id, { before_seq: tl.oldestSeq(), limit })).messages || [];
-      tl.addOlder(page, page.length >= limit);
+      const resp = await this.api.history(id, { before_seq: tl.oldestSeq(), limit });
+      const page = resp.messages || [];
+      tl.addOlder(page, page.length >= limit || !!resp.truncated);
       return page.length > 0;
     } catch (e) {
       this.notify(`Could not load older messages: ${describeError(e)}`, 'error');

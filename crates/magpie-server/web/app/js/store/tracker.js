@@ -143,14 +143,17 @@ export class Tracker {
     return effects();
   }
 
-  /** The answer to a pull: visible messages after the pull's `after_seq`, ascending. */
-  onPulled(id, messages, now) {
+  /**
+   * The answer to a pull: visible messages after the pull's `after_seq`, ascending.
+   * `truncated`: the server cut the page at its byte budget, so more follow although it is short.
+   */
+  onPulled(id, messages, now, truncated = false) {
     const c = this.convs.get(id);
     if (!c) return effects(); // left or forgotten meanwhile
     const flight = c.pull;
     c.pull = null;
     const after = flight ? flight.after : (c.delivered ?? 0);
-    const full = !!flight && messages.length >= flight.limit;
+    const full = truncated || (!!flight && messages.length >= flight.limit);
     const before = c.delivered;
     const seen = new Set();
     const fresh = messages
