@@ -792,7 +792,10 @@ impl Keyspace {
     }
 
     fn check_write_halt(&self) {
-        while self.tree.l0_run_count() >= 30 {
+        // Patched (Magpie): stop waiting once the database is poisoned. A worker whose flush or
+        // compaction failed has poisoned it and exited, so the tables will never shrink, and
+        // the writer would wait here forever instead of reaching its poison check.
+        while self.tree.l0_run_count() >= 30 && !self.is_poisoned.is_poisoned() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -808,7 +811,8 @@ impl Keyspace {
             throttled = true;
         }
 
-        while self.tree.sealed_memtable_count() >= 4 {
+        // Patched (Magpie): as in `check_write_halt`, a poisoned database will never flush.
+        while self.tree.sealed_memtable_count() >= 4 && !self.is_poisoned.is_poisoned() {
             log::debug!(
                 "Halting writes because we have 4+ sealed memtables in {:?} queued up",
                 self.name,
