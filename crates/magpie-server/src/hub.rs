@@ -199,9 +199,10 @@ pub struct Hub {
     recent: std::sync::OnceLock<Arc<RecentMessages>>,
     /// Bumped whenever a member leaves or is removed from a group. Connections cache their
     /// `joined_seq` for pulls with the epoch they saw; a bump makes every cached answer be
-    /// checked against the store again. Bumped from the commit hook, so it happens after the
-    /// removal is readable and before any later batch (a message the member must not see)
-    /// is.
+    /// checked against the store again. Bumped from the store's `members_removed` hook, which
+    /// runs before the removal's commit becomes readable, while readers are held off: a read
+    /// that can see the removal or any later message (one the member must not see) starts
+    /// after the bump, and a pull that rechecks the epoch after its read catches it.
     membership_epoch: Arc<AtomicU64>,
 }
 
@@ -472,13 +473,11 @@ impl Hub {
 }
 
 impl CommitSink for Hub {
+    fn members_removed(&self) {
+        self.membership_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
-        if events
-            .iter()
-            .any(|ue| matches!(ue.event.payload, EventPayload::GroupLeft { .. }))
-        {
-            self.membership_epoch.fetch_add(1, Ordering::AcqRel);
-        }
         self.note_commits(events, notices);
         let mut shared = LastMessageJson::default();
         for ue in events {
@@ -619,18 +618,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_commit_hook_bumps_the_membership_epoch_when_a_member_leaves() {
+    async fn the_removal_hook_bumps_the_membership_epoch_and_delivery_does_not() {
         let (tx, _rx) = mpsc::channel(4);
         let hub = Hub::new(Presence::new(Duration::from_secs(1), tx));
         let epoch = || hub.membership_epoch().load(Ordering::Acquire);
         let conversation_id = ConversationId(3);
         hub.committed(&[event(EventPayload::GroupJoined { conversation_id })], &[]);
+        hub.committed(&[event(EventPayload::GroupLeft { conversation_id })], &[]);
         assert_eq!(
             epoch(),
             0,
-            "joining needs no recheck: non-members are never cached"
+            "the store's hook bumps it, before the commit is readable; delivery does not"
         );
-        hub.committed(&[event(EventPayload::GroupLeft { conversation_id })], &[]);
+        hub.members_removed();
         assert_eq!(
             epoch(),
             1,

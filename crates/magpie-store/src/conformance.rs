@@ -39,6 +39,8 @@ pub struct RecordingSink {
     events: Mutex<Vec<UserEvent>>,
     /// Every notice so far, in the order the store announced them.
     notices: Mutex<Vec<ConversationNotice>>,
+    /// Calls of `members_removed`.
+    removals: std::sync::atomic::AtomicU64,
 }
 
 impl RecordingSink {
@@ -57,6 +59,11 @@ impl RecordingSink {
         std::mem::take(&mut *self.events.lock())
     }
 
+    /// How often the store said a commit removed members.
+    pub fn removals(&self) -> u64 {
+        self.removals.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A copy of every notice recorded so far.
     pub fn notices(&self) -> Vec<ConversationNotice> {
         self.notices.lock().clone()
@@ -72,6 +79,11 @@ impl CommitSink for RecordingSink {
     fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]) {
         self.events.lock().extend_from_slice(events);
         self.notices.lock().extend_from_slice(notices);
+    }
+
+    fn members_removed(&self) {
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -24,6 +24,6 @@ pub use crate::fjall::{
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{
-    AppendRequest, Appended, CommitSink, ConversationNotice, ConversationSummary, Friend,
-    GroupPolicy, MessageRange, NoopSink, Store, LAST_SEEN_PER_WRITE_MAX,
+    removes_members, AppendRequest, Appended, CommitSink, ConversationNotice, ConversationSummary,
+    Friend, GroupPolicy, MessageRange, NoopSink, Store, LAST_SEEN_PER_WRITE_MAX,
 };

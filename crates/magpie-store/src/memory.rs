@@ -181,6 +181,10 @@ impl MemoryStore {
         let mut s = self.state.lock();
         let mut out = Out::default();
         let r = f(&mut s, &self.policy, &mut out);
+        // Still under the lock, so no reader sees the removal before the hook ran.
+        if crate::removes_members(&out.events) {
+            self.sink.members_removed();
+        }
         if !out.events.is_empty() || !out.notices.is_empty() {
             self.sink.committed(&out.events, &out.notices);
         }

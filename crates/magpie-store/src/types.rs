@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use magpie_core::{
-    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, FriendRequest,
-    Member, Message, RequestId, Role, Seq, User, UserEvent, UserId,
+    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, EventPayload,
+    FriendRequest, Member, Message, RequestId, Role, Seq, User, UserEvent, UserId,
 };
 
 use crate::{AppendError, FriendError, GroupError, StoreError};
@@ -102,6 +102,19 @@ pub struct ConversationNotice {
 pub trait CommitSink: Send + Sync + 'static {
     /// New events and notices, durable and readable, in commit order.
     fn committed(&self, events: &[UserEvent], notices: &[ConversationNotice]);
+
+    /// A commit removed members from groups (it carries `GroupLeft` events). Called after the
+    /// commit is durable and *before* it becomes readable, while readers are held off, so a
+    /// reader that sees the removal (or any later message) also sees what this call did. Must
+    /// be quick and must not call the store.
+    fn members_removed(&self) {}
+}
+
+/// True if `events` remove someone from a group.
+pub fn removes_members(events: &[UserEvent]) -> bool {
+    events
+        .iter()
+        .any(|ue| matches!(ue.event.payload, EventPayload::GroupLeft { .. }))
 }
 
 /// A sink that ignores events, for tools and tests that only read.

@@ -295,7 +295,16 @@ impl Committer {
             // Readers switch to the new state before anyone hears about it, so a reply or an
             // event is always followed by reads that include it. Only this thread commits, so
             // the snapshot holds exactly the batches of this group and those before.
-            *self.shared.durable.write() = self.shared.db.snapshot();
+            let snapshot = self.shared.db.snapshot();
+            let removes = group.iter().any(|b| crate::removes_members(&b.events));
+            let mut durable = self.shared.durable.write();
+            if removes {
+                // Under the write lock: every read that gets the new snapshot (which may hold
+                // messages a removed member must not see) starts after the hook's effect.
+                self.sink.members_removed();
+            }
+            *durable = snapshot;
+            drop(durable);
         }
         for batch in group.drain(..) {
             metrics::histogram!(METRIC_BATCH_OPS).record(batch.ops.len() as f64);

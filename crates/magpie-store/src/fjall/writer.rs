@@ -1906,6 +1906,75 @@ mod tests {
         h.run(ops);
     }
 
+    /// A sink that checks, when told of a removal, that readers are held off at that moment.
+    #[derive(Default)]
+    struct LockProbe {
+        shared: std::sync::OnceLock<Arc<Shared>>,
+        /// (removals seen, removals seen while the durable snapshot was write-locked)
+        calls: parking_lot::Mutex<(u32, u32)>,
+    }
+
+    impl CommitSink for LockProbe {
+        fn committed(&self, _: &[UserEvent], _: &[ConversationNotice]) {}
+
+        fn members_removed(&self) {
+            let locked = self
+                .shared
+                .get()
+                .is_some_and(|s| s.durable.try_read().is_none());
+            let mut calls = self.calls.lock();
+            calls.0 += 1;
+            calls.1 += u32::from(locked);
+        }
+    }
+
+    #[test]
+    fn a_removal_is_announced_before_it_is_readable_and_only_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, ids) = Shared::open(&FjallConfig::for_tests(dir.path())).unwrap();
+        let probe = Arc::new(LockProbe::default());
+        assert!(probe.shared.set(shared.clone()).is_ok());
+        let policy = GroupPolicy::default();
+        let mut writer = Writer::new(
+            shared,
+            probe.clone(),
+            policy,
+            1024,
+            std::time::Duration::ZERO,
+            ids,
+        )
+        .unwrap();
+        let mut run = |ops: Vec<WriteOp>| {
+            let mut ops = ops;
+            writer.process(&mut ops);
+            writer.settle();
+        };
+        for i in 0..3 {
+            let (u, r) = user(&format!("user{i}"));
+            run(vec![u]);
+            got(r).unwrap();
+        }
+        let (g, rg) = group(1, &[2, 3]);
+        run(vec![g]);
+        let conv = got(rg).unwrap().unwrap().id;
+        let (a, ra) = append(conv.0, 2, "hello");
+        run(vec![a]);
+        got(ra).unwrap();
+        assert_eq!(
+            *probe.calls.lock(),
+            (0, 0),
+            "creating and sending remove no one"
+        );
+        let (rm, rrm) = op(group_cmd(1, conv.0, UserId(3)), WriteOp::RemoveMember);
+        run(vec![rm]);
+        got(rrm).unwrap().unwrap();
+        assert_eq!(
+            *probe.calls.lock(),
+            (1, 1),
+            "one removal, announced while readers were held off"
+        );
+    }
+
     #[test]
     fn membership_changes_are_seen_by_later_ops_of_the_same_batch() {
         let policy = GroupPolicy {
