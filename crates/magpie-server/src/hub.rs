@@ -57,6 +57,14 @@ impl Kick {
         }
     }
 
+    /// The close code if kicked, without waiting.
+    pub fn code(&self) -> Option<u16> {
+        match self.code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
     /// Waits until kicked and returns the close code.
     pub async fn wait(&self) -> u16 {
         loop {

@@ -163,3 +163,56 @@ async fn shutdown_does_not_wait_forever_for_a_silent_http_client() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_during_a_long_catch_up_closes_the_socket_between_pages() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const MESSAGES: usize = 3_000;
+    let s = TestServer::start_with(|c| {
+        c.allow_strangers = true;
+        c.send_rate_per_sec = 1_000_000;
+        c.send_burst = 1_000_000;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    // A backlog of ~30 MB for bob: 15 catch-up pages of ~2 MB, far more than socket buffers.
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    let text = "a".repeat(10_000);
+    for i in 0..MESSAGES {
+        a.send(json!({"type":"send","client_msg_id":format!("m{i}"),"conversation_id":conv,"text":text}))
+            .await;
+    }
+    for _ in 0..MESSAGES {
+        assert_eq!(a.send_answer().await["type"], "sent");
+    }
+    // Bob starts catching up but does not read yet, so the server is partway through.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = delete(&base, &bob.token, "/v1/sessions/current").await;
+    assert_eq!(status, 204);
+    // Now bob reads: the socket closes with 4001 after the page in progress, not after the
+    // whole backlog.
+    let mut events = 0;
+    let code = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(20), b.inner.next())
+            .await
+            .expect("frames keep coming until the close");
+        match frame {
+            Some(Ok(Message::Text(_))) => events += 1,
+            Some(Ok(Message::Close(c))) => break c.map_or(0, |c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, magpie_protocol::close::CLOSE_REVOKED);
+    assert!(
+        events < MESSAGES,
+        "{events} events streamed after the logout: the whole backlog"
+    );
+    s.stop().await;
+}

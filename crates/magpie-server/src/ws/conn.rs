@@ -623,6 +623,11 @@ impl Conn {
                 self.send_event(event, None).await?;
             }
             self.flush().await?;
+            // Catch-up runs inside one turn of the select loop, which cannot watch for kicks
+            // (a logout) or shutdown meanwhile: look for them between pages. The client's
+            // frames wait unread meanwhile, so its silence does not count against it.
+            self.interrupted()?;
+            self.deadline = Instant::now() + silence_limit(&self.state);
             if !full {
                 break;
             }
@@ -630,6 +635,18 @@ impl Conn {
         self.live = Some(rx);
         self.write_notifies().await?;
         self.flush().await
+    }
+
+    /// A kick or a shutdown that arrived while the connection was busy outside its select
+    /// loop.
+    fn interrupted(&self) -> Result<(), End> {
+        if let Some(code) = self.reg.kick.code() {
+            return Err(End::Close(code, "kicked"));
+        }
+        if self.state.shutdown.is_cancelled() {
+            return Err(End::Close(CLOSE_SHUTDOWN, "server shutting down"));
+        }
+        Ok(())
     }
 
     /// Writes one `notify` frame per conversation waiting in the notify box.
