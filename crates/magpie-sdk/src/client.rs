@@ -13,7 +13,6 @@ use magpie_protocol::social::{
     MemberPage, MembersAdd, PresenceList, ReadRequest, ReadState, Receipts, RoleSet, WireFriend,
     WireMember, WirePresence,
 };
-use magpie_protocol::ws::WireMessage;
 use magpie_protocol::ErrorBody;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -215,13 +214,15 @@ impl Client {
     }
 
     /// `GET /v1/conversations/{id}/messages`: a page of history in ascending `seq` order.
-    /// `limit` defaults to the server's page size (50, at most 200).
+    /// `limit` defaults to the server's page size (50, at most 200). A page of huge messages
+    /// may stop short at the server's byte budget; `truncated` then says that more follow in
+    /// the direction read.
     pub async fn messages(
         &self,
         conversation: ConversationId,
         range: HistoryRange,
         limit: Option<u32>,
-    ) -> Result<Vec<WireMessage>> {
+    ) -> Result<MessagesPage> {
         let mut query: Vec<(&str, u64)> = Vec::with_capacity(2);
         match range {
             HistoryRange::Latest => {}
@@ -232,10 +233,8 @@ impl Client {
             query.push(("limit", u64::from(limit)));
         }
         let path = format!("/v1/conversations/{conversation}/messages");
-        let page: MessagesPage = self
-            .json(self.request(Method::GET, &path).query(&query))
-            .await?;
-        Ok(page.messages)
+        self.json(self.request(Method::GET, &path).query(&query))
+            .await
     }
 
     /// `POST /v1/conversations/{id}/messages`: sends one message over HTTP. Idempotent per

@@ -64,7 +64,9 @@ pub use tracker::{
 
 /// Re-exported wire types the SDK's API is made of.
 pub use magpie_core::{ConversationId, DeviceId, RequestId, UserId};
-pub use magpie_protocol::http::{ConversationInfo, SendResult, SessionCreated, SyncPage, UserInfo};
+pub use magpie_protocol::http::{
+    ConversationInfo, MessagesPage, SendResult, SessionCreated, SyncPage, UserInfo,
+};
 pub use magpie_protocol::social::{
     ConversationRow, FriendRequests, GroupInfo, MemberPage, Receipts, WireFriend,
     WireFriendRequest, WireMember, WirePresence,

@@ -146,7 +146,8 @@ async fn group_growing_past_the_threshold_delivers_every_message_once_in_order()
         .client
         .messages(group, magpie_sdk::HistoryRange::After(0), Some(1))
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(history[0].kind, "system");
     assert!(matches!(
         &history[0].system,

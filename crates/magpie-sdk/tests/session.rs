@@ -285,7 +285,8 @@ async fn resending_an_id_whose_ack_was_lost_is_reported_duplicate() {
         .client
         .messages(conv, magpie_sdk::HistoryRange::Latest, None)
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     let texts: Vec<_> = history.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["only once", "hello"], "no duplicates stored");
     a.close().await;

@@ -298,16 +298,16 @@ impl Driver {
                 match stream.next().await {
                     Some(Ok(Message::Text(text))) => {
                         match serde_json::from_str::<ServerFrame>(&text) {
+                            // The SDK resumes from its own cursor store; a new device replays
+                            // the inbox (the CLI shows recent history that way).
                             Ok(ServerFrame::Ready {
                                 user_id,
                                 device_id,
                                 cursor,
                                 heartbeat_ms,
-                                // The SDK resumes from its own cursor store; a new device
-                                // replays the inbox (the CLI shows recent history that way).
-                                ..
+                                inbox_head,
                             }) => {
-                                return Ok((user_id, device_id, cursor, heartbeat_ms));
+                                return Ok((user_id, device_id, cursor, heartbeat_ms, inbox_head));
                             }
                             Ok(other) => debug!(?other, "frame before ready ignored"),
                             Err(e) => {
@@ -326,10 +326,23 @@ impl Driver {
         })
         .await
         .map_err(|_| Ending::Lost("no ready frame from the server".into()))??;
-        let (user_id, device_id, server_cursor, heartbeat_ms) = ready;
+        let (user_id, device_id, server_cursor, heartbeat_ms, inbox_head) = ready;
         if !self.cursor_known {
             // Nothing persisted locally: trust the server's record for this device.
             self.resume_at(server_cursor);
+        }
+        if self.seq.last_delivered() > inbox_head {
+            // The saved cursor is past everything this user's inbox holds: it was saved for
+            // another account, or the server was restored from an older backup. The server
+            // would refuse to sync from it and the session would wait forever; nothing beyond
+            // the head exists to be missed, so start from there.
+            warn!(
+                label = %self.config.label,
+                saved = self.seq.last_delivered(),
+                inbox_head,
+                "the saved cursor is ahead of the server's inbox; resuming from its head"
+            );
+            self.resume_at(inbox_head);
         }
         let resumed_from = self.seq.last_delivered();
         let heartbeat_ms = match heartbeat_ms {

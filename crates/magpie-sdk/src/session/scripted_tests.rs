@@ -165,7 +165,8 @@ async fn ready(ws: &mut ServerWs, cursor: u64, heartbeat_ms: u64) {
         device_id: DeviceId(1),
         cursor,
         heartbeat_ms,
-        inbox_head: cursor,
+        // The scripts push events beyond any cursor they name; no real inbox is behind them.
+        inbox_head: u64::MAX,
     };
     push(ws, frame).await;
 }
@@ -593,4 +594,29 @@ async fn pulls_lost_with_the_connection_are_repeated_after_reconnecting() {
     );
     answer_pull(&mut ws, 7, 2..=3).await;
     assert_eq!(texts(&mut rx, 2).await, ["7/2", "7/3"]);
+}
+
+#[tokio::test]
+async fn a_saved_cursor_ahead_of_the_inbox_resumes_from_the_inbox_head() {
+    let mut server = FakeServer::start().await;
+    let store = Arc::new(MemoryCursorStore::with_cursor(50));
+    let client = Client::new(&server.base_url).unwrap().with_token("tok");
+    let (_session, mut rx) = Session::start(client, store, SessionConfig::default()).unwrap();
+    let mut ws = server.accept().await;
+    // The server's inbox ends at 7 (a restored backup, or another account's cursor file).
+    let frame = ServerFrame::Ready {
+        user_id: UserId(1),
+        device_id: DeviceId(1),
+        cursor: 3,
+        heartbeat_ms: 30_000,
+        inbox_head: 7,
+    };
+    push(&mut ws, frame).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        ClientFrame::Sync { cursor: 7 },
+        "a sync from 50 would be refused"
+    );
+    push(&mut ws, ServerFrame::Event(event(8))).await;
+    assert_eq!(cursors(&mut rx, 1).await, [8], "new events arrive");
 }

@@ -149,10 +149,10 @@ pub async fn timeline(client: &Client, conversation: ConversationId) -> Vec<u64>
             .messages(conversation, HistoryRange::After(after), Some(200))
             .await
             .unwrap();
-        if page.is_empty() {
+        if page.messages.is_empty() {
             return out;
         }
-        out.extend(page.iter().map(|m| m.seq));
+        out.extend(page.messages.iter().map(|m| m.seq));
     }
 }
 

@@ -50,8 +50,10 @@ const CONVERSATIONS_SHOWN_MAX: usize = 50;
 /// Prints one line to stdout, ignoring a closed pipe (the reader left; nothing to tell).
 macro_rules! say {
     ($($arg:tt)*) => {{
+        let text = format!($($arg)*);
+        let line = crate::chat::view::printable(&text);
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }};
 }
@@ -337,8 +339,20 @@ impl Chat {
                 }
             }
         }
+        // Closing persists the cursor past every event the session handed over, printed or
+        // not (`AckMode::Auto`): show the ones still queued first. (One that arrives between
+        // the last look and the close is still lost to this terminal; a window of
+        // microseconds instead of everything queued.)
+        self.show_queued(&mut events).await;
         self.session.close().await;
         Ok(())
+    }
+
+    /// Prints the events already waiting in `events`, without waiting for more.
+    async fn show_queued(&mut self, events: &mut mpsc::Receiver<SessionEvent>) {
+        while let Ok(event) = events.try_recv() {
+            self.on_event(event).await;
+        }
     }
 
     async fn on_event(&mut self, event: SessionEvent) {
@@ -919,6 +933,7 @@ impl Chat {
             .client
             .messages(conversation_id, HistoryRange::Latest, Some(count))
             .await
+            .map(|page| page.messages)
         {
             Ok(messages) if messages.is_empty() => say!("* no messages {with} {label} yet"),
             Ok(messages) => {

@@ -148,6 +148,26 @@ impl OwnSends {
     }
 }
 
+/// `line` made safe for a terminal. Messages, names and group names come from other users,
+/// and control characters in them would be obeyed by the terminal (escape sequences can clear
+/// the screen, retitle the window or forge lines): each becomes U+FFFD, except tabs, and
+/// newlines, after which the text is indented so it cannot pass for a line of its own.
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !line.contains(unsafe_char) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            '\n' => out.push_str("\n    "),
+            c if unsafe_char(c) => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// One message line: `[HH:MM:SS] name: text`, with ` (you)` after one's own name and the
 /// group's name in brackets when the message is from a group other than the current one.
 pub fn message_line(m: &WireMessage, sender: &str, own: bool, group: Option<&str>) -> String {
@@ -222,6 +242,23 @@ pub fn system_text(s: &WireSystem, name: impl Fn(&str) -> String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert!(matches!(
+            printable("plain\ttext é 你好"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            printable("a\u{1b}]0;pwned\u{7}b\u{1b}[2Jc\rd\u{9b}e"),
+            "a\u{FFFD}]0;pwned\u{FFFD}b\u{FFFD}[2Jc\u{FFFD}d\u{FFFD}e"
+        );
+        assert_eq!(
+            printable("[12:00:00] eve: hi\n* bob left the group"),
+            "[12:00:00] eve: hi\n    * bob left the group",
+            "a newline cannot start a line that looks like the client's own"
+        );
+    }
 
     #[test]
     fn clock_is_utc_time_of_day() {
