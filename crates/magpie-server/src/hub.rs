@@ -360,6 +360,14 @@ impl Hub {
         }
     }
 
+    /// Whether `user` has a socket registered on this node.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.shard(user)
+            .lock()
+            .get(&user)
+            .is_some_and(|slot| !slot.devices.is_empty())
+    }
+
     /// Number of users with at least one connected device on this node.
     pub fn online_users(&self) -> usize {
         self.shards

@@ -142,9 +142,14 @@ impl Server {
                 coalesce_ms: config.push_coalesce_ms,
                 ..Default::default()
             };
+            // Weak: the hub holds the queue, and the queue must not keep the hub alive.
+            let hub_ref = Arc::downgrade(&hub);
+            let online: push::IsOnline =
+                Arc::new(move |user| hub_ref.upgrade().is_some_and(|h| h.is_online(user)));
             hub.set_push(push::PushQueue::start(
                 Arc::new(provider),
                 dyn_store.clone(),
+                online,
                 push_config,
             ));
         }

@@ -463,3 +463,88 @@ async fn groups_push_texts_but_not_system_messages_or_read_fanout() {
     assert_eq!(rx.hits().len(), 2, "read fan-out is not pushed");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
+    let (rx, url) = Receiver::start(vec![]).await;
+    let s = TestServer::start_with(move |c| {
+        c.push_webhook_url = Some(url);
+        c.push_secret = SECRET.into();
+        // Long enough that both sends below fall into bob's one window.
+        c.push_coalesce_ms = 1_000;
+        c.allow_strangers = true;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let dm = direct(&base, &alice, &bob).await;
+    let (st, v) = post(
+        &base,
+        &alice.token,
+        "/v1/groups",
+        json!({"name": "noisy", "member_ids": [bob.user_id]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let group = v["conversation_id"].as_str().unwrap().to_owned();
+    let (st, _) = put(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{group}/settings"),
+        json!({"muted": true}),
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    // Bob is offline. A direct message, then (last in the window) a muted group's message.
+    let (st, _) = send_http(&base, &alice.token, &dm, "d1", "for you").await;
+    assert_eq!(st, 200);
+    let (st, _) = send_http(&base, &alice.token, &group, "g1", "muted chatter").await;
+    assert_eq!(st, 200);
+    let hits = rx.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(rx.hits().len(), 1, "one push for the window");
+    let body = hits[0].json();
+    assert_eq!(
+        (body["conversation_id"].as_str(), body["preview"].as_str()),
+        (Some(dm.as_str()), Some("for you")),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_comes_online_within_the_window_gets_no_push() {
+    let (rx, url) = Receiver::start(vec![]).await;
+    let s = TestServer::start_with(move |c| {
+        c.push_webhook_url = Some(url);
+        c.push_secret = SECRET.into();
+        c.push_coalesce_ms = 1_000;
+        c.allow_strangers = true;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let dm = direct(&base, &alice, &bob).await;
+    let (st, _) = send_http(&base, &alice.token, &dm, "d1", "while you were away").await;
+    assert_eq!(st, 200);
+    // Bob connects before the window ends and reads the message on his socket.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(0).await;
+    assert_eq!(
+        b.next_event("message").await["message"]["text"],
+        "while you were away"
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(rx.hits().len(), 0, "pushed to a user who is online");
+    // Offline again: the next message is pushed (so the silence above was real).
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _) = send_http(&base, &alice.token, &dm, "d2", "now you are away").await;
+    assert_eq!(st, 200);
+    let hits = rx.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(hits[0].json()["preview"], "now you are away");
+    s.stop().await;
+}

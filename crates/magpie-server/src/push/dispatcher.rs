@@ -1,5 +1,10 @@
 //! The push queue and its dispatcher task: bounded intake, per-user coalescing, bounded
 //! concurrent delivery, retries with exponential backoff.
+//!
+//! A user's window keeps the newest candidate of each of its last few conversations, newest
+//! first tried: a muted (or left) conversation that posted last must not hide the message from
+//! another conversation that should be pushed. When the window ends, the user is checked
+//! again: one who came online meanwhile got the message on a socket and needs no push.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,6 +16,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::{PushCandidate, PushError, PushNotification, PushProvider};
+
+/// Conversations a user's window remembers (the newest candidate of each). A push goes out
+/// for the newest one that is not muted; past this many, the oldest is forgotten.
+const CONVERSATIONS_PER_WINDOW_MAX: usize = 8;
+
+/// Whether a user has a connected device right now.
+pub type IsOnline = Arc<dyn Fn(UserId) -> bool + Send + Sync>;
 
 /// Tunables of the push pipeline.
 #[derive(Debug, Clone)]
@@ -51,10 +63,11 @@ impl PushQueue {
     pub fn start(
         provider: Arc<dyn PushProvider>,
         store: Arc<dyn Store>,
+        online: IsOnline,
         config: PushConfig,
     ) -> PushQueue {
         let (tx, rx) = mpsc::channel(config.queue_max);
-        tokio::spawn(dispatch(rx, provider, store, config));
+        tokio::spawn(dispatch(rx, provider, store, online, config));
         PushQueue { tx }
     }
 
@@ -67,10 +80,12 @@ impl PushQueue {
     }
 }
 
-/// Pending pushes: the latest notification per user and when its window closes.
+/// Pending pushes: per user, the newest candidate of each recent conversation, and when the
+/// user's window closes.
 struct Coalescer {
-    /// user → latest candidate.
-    pending: HashMap<UserId, PushCandidate>,
+    /// user → the newest candidate per conversation, oldest first, at most
+    /// [`CONVERSATIONS_PER_WINDOW_MAX`].
+    pending: HashMap<UserId, Vec<PushCandidate>>,
     /// Users in the order their window opened, with its end. Every window has the same length,
     /// so this order is also the order they fall due: the front is always the next one, and
     /// no scan of `pending` is ever needed.
@@ -92,13 +107,17 @@ impl Coalescer {
     }
 
     fn add(&mut self, n: PushCandidate) {
-        if let Some(latest) = self.pending.get_mut(&n.user_id) {
-            *latest = n;
+        if let Some(list) = self.pending.get_mut(&n.user_id) {
+            list.retain(|c| c.conversation_id != n.conversation_id);
+            if list.len() == CONVERSATIONS_PER_WINDOW_MAX {
+                list.remove(0);
+            }
+            list.push(n);
             metrics::counter!("magpie_push_coalesced_total").increment(1);
         } else if self.pending.len() < self.users_max {
             self.due
                 .push_back((Instant::now() + self.window, n.user_id));
-            self.pending.insert(n.user_id, n);
+            self.pending.insert(n.user_id, vec![n]);
         } else {
             metrics::counter!("magpie_push_dropped_total").increment(1);
         }
@@ -108,7 +127,8 @@ impl Coalescer {
         self.due.front().map(|(at, _)| *at)
     }
 
-    fn take_due(&mut self) -> Vec<PushCandidate> {
+    /// The users whose window ended, each with its candidates, newest first.
+    fn take_due(&mut self) -> Vec<Vec<PushCandidate>> {
         let now = Instant::now();
         let mut out = Vec::new();
         while let Some(&(at, user)) = self.due.front() {
@@ -116,7 +136,10 @@ impl Coalescer {
                 break;
             }
             self.due.pop_front();
-            out.extend(self.pending.remove(&user));
+            out.extend(self.pending.remove(&user).map(|mut list| {
+                list.reverse();
+                list
+            }));
         }
         out
     }
@@ -126,10 +149,14 @@ async fn dispatch(
     mut rx: mpsc::Receiver<PushCandidate>,
     provider: Arc<dyn PushProvider>,
     store: Arc<dyn Store>,
+    online: IsOnline,
     config: PushConfig,
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency_max));
     let mut coalescer = Coalescer::new(Duration::from_millis(config.coalesce_ms), config.queue_max);
+    // Users whose window ended, waiting for a delivery slot. The intake keeps being read
+    // (and coalesced) while all slots are busy; this queue has the coalescer's bound.
+    let mut ready: VecDeque<Vec<PushCandidate>> = VecDeque::new();
     loop {
         let due = coalescer.next_due();
         tokio::select! {
@@ -138,19 +165,47 @@ async fn dispatch(
                 None => break,
             },
             _ = sleep_until_opt(due) => {
-                for candidate in coalescer.take_due() {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                    let (provider, store, config) = (provider.clone(), store.clone(), config.clone());
-                    tokio::spawn(async move {
-                        if let Some(n) = enrich(store.as_ref(), candidate).await {
-                            deliver_with_retries(provider.as_ref(), &n, &config).await;
-                        }
-                        drop(permit);
-                    });
+                for user in coalescer.take_due() {
+                    if ready.len() < config.queue_max {
+                        ready.push_back(user);
+                    } else {
+                        metrics::counter!("magpie_push_dropped_total").increment(1);
+                    }
                 }
+            }
+            permit = permits.clone().acquire_owned(), if !ready.is_empty() => {
+                let (Ok(permit), Some(candidates)) = (permit, ready.pop_front()) else { return };
+                let (provider, store, online, config) =
+                    (provider.clone(), store.clone(), online.clone(), config.clone());
+                tokio::spawn(async move {
+                    if let Some(n) = choose(store.as_ref(), online.as_ref(), candidates).await {
+                        deliver_with_retries(provider.as_ref(), &n, &config).await;
+                    }
+                    drop(permit);
+                });
             }
         }
     }
+}
+
+/// The push for one user's window: the newest candidate whose conversation is neither muted
+/// nor left, unless the user came online meanwhile. `candidates` are newest first.
+async fn choose(
+    store: &dyn Store,
+    online: &(dyn Fn(UserId) -> bool + Send + Sync),
+    candidates: Vec<PushCandidate>,
+) -> Option<PushNotification> {
+    let user = candidates.first()?.user_id;
+    if online(user) {
+        metrics::counter!("magpie_push_online_total").increment(1);
+        return None;
+    }
+    for candidate in candidates {
+        if let Some(n) = enrich(store, candidate).await {
+            return Some(n);
+        }
+    }
+    None
 }
 
 /// Adds the sender's name and the unread count; `None` when the conversation is muted, the
@@ -246,11 +301,34 @@ mod tests {
         let first = c.take_due();
         assert_eq!(
             first,
-            vec![candidate(1, 2)],
+            vec![vec![candidate(1, 2)]],
             "user 1's window ended, carrying its latest"
         );
         tokio::time::advance(Duration::from_millis(10)).await;
-        assert_eq!(c.take_due(), vec![candidate(2, 1)]);
+        assert_eq!(c.take_due(), vec![vec![candidate(2, 1)]]);
         assert!(c.next_due().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_keeps_the_newest_of_each_recent_conversation_newest_first() {
+        let in_conv = |conv: u64, seq: u64| PushCandidate {
+            conversation_id: ConversationId(conv),
+            ..candidate(1, seq)
+        };
+        let mut c = Coalescer::new(Duration::from_millis(100), 10);
+        c.add(in_conv(1, 1));
+        c.add(in_conv(2, 1));
+        c.add(in_conv(1, 2)); // replaces conversation 1's older candidate
+        let newest = 1 + CONVERSATIONS_PER_WINDOW_MAX as u64;
+        for conv in 3..=newest {
+            c.add(in_conv(conv, 1)); // one too many: the oldest conversation falls out
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let due = c.take_due();
+        assert_eq!(due.len(), 1, "one push per user per window");
+        let convs: Vec<u64> = due[0].iter().map(|n| n.conversation_id.0).collect();
+        let expected: Vec<u64> = (3..=newest).rev().chain([1]).collect();
+        assert_eq!(convs, expected, "newest first; conversation 2 fell out");
+        assert_eq!(due[0].last().map(|n| n.seq), Some(Seq(2)));
     }
 }
