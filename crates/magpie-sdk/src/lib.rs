@@ -54,7 +54,8 @@ pub use progress::{InboxItem, InboxProgress, UNSETTLED_EVENTS_MAX_DEFAULT};
 pub use sequencer::{Sequencer, Verdict};
 pub use session::{
     new_client_msg_id, AckMode, Session, SessionConfig, SessionEvent, CONTROL_QUEUE_MAX,
-    EVENT_BUFFER_DEFAULT, WS_CONNECT_TIMEOUT_MS_DEFAULT,
+    EVENT_BUFFER_DEFAULT, SEND_REFUSALS_MAX_DEFAULT, SEND_RETRY_BASE_MS_DEFAULT,
+    WS_CONNECT_TIMEOUT_MS_DEFAULT,
 };
 pub use tracker::{
     CatchUpRow, ConversationTracker, Effects, Fanout, PullRequest, SkippedRange, TrackerLimits,

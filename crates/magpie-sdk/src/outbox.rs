@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use magpie_core::ConversationId;
 use magpie_protocol::ws::ClientFrame;
+use tokio::time::Instant;
 
 use crate::error::{Result, SdkError};
 
@@ -25,6 +26,10 @@ pub struct PendingSend {
     pub text: String,
     /// Whether it was written on the current connection (reset on every reconnect).
     written: bool,
+    /// Transient refusals (`rate_limited`, `unavailable`, `internal`) so far.
+    refusals: u32,
+    /// After a refusal: not written again before this instant.
+    not_before: Option<Instant>,
 }
 
 impl PendingSend {
@@ -35,6 +40,8 @@ impl PendingSend {
             conversation_id,
             text,
             written: false,
+            refusals: 0,
+            not_before: None,
         }
     }
 
@@ -78,14 +85,15 @@ impl Outbox {
         Ok(true)
     }
 
-    /// The frames of every entry not yet written on this connection, in order, marking them
-    /// written.
-    pub fn take_unwritten(&mut self) -> Vec<ClientFrame> {
+    /// The frames of every entry not yet written on this connection and not held back after
+    /// a refusal until later than `now`, in order, marking them written.
+    pub fn take_unwritten(&mut self, now: Instant) -> Vec<ClientFrame> {
         self.entries
             .iter_mut()
-            .filter(|e| !e.written)
+            .filter(|e| !e.written && e.not_before.is_none_or(|t| t <= now))
             .map(|e| {
                 e.written = true;
+                e.not_before = None;
                 e.frame()
             })
             .collect()
@@ -101,19 +109,35 @@ impl Outbox {
         self.entries.remove(i)
     }
 
-    /// Marks one entry for rewriting (after a transient error such as `rate_limited`).
-    pub fn retry(&mut self, client_msg_id: &str) -> bool {
-        match self
+    /// Marks one entry for rewriting no sooner than `at` (after a transient error such as
+    /// `rate_limited`). Returns how often it has been refused so far, this time included, or
+    /// `None` if it is not pending.
+    pub fn retry(&mut self, client_msg_id: &str, at: Instant) -> Option<u32> {
+        let e = self
             .entries
             .iter_mut()
+            .find(|e| e.client_msg_id == client_msg_id)?;
+        e.written = false;
+        e.refusals += 1;
+        e.not_before = Some(at);
+        Some(e.refusals)
+    }
+
+    /// How often `client_msg_id` has been refused so far (0 if never, or if not pending).
+    pub fn refusals_of(&self, client_msg_id: &str) -> u32 {
+        self.entries
+            .iter()
             .find(|e| e.client_msg_id == client_msg_id)
-        {
-            Some(e) => {
-                e.written = false;
-                true
-            }
-            None => false,
-        }
+            .map_or(0, |e| e.refusals)
+    }
+
+    /// The earliest instant an entry held back after a refusal may be written again.
+    pub fn next_hold(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter(|e| !e.written)
+            .filter_map(|e| e.not_before)
+            .min()
     }
 
     /// Marks everything unwritten: the connection they were written on is gone, and with it
@@ -175,16 +199,23 @@ mod tests {
         for id in ["a", "b", "c"] {
             o.push(p(id)).unwrap();
         }
-        assert_eq!(ids(&o.take_unwritten()), ["a", "b", "c"]);
-        assert!(o.take_unwritten().is_empty(), "written once per connection");
+        let now = Instant::now();
+        assert_eq!(ids(&o.take_unwritten(now)), ["a", "b", "c"]);
+        assert!(
+            o.take_unwritten(now).is_empty(),
+            "written once per connection"
+        );
         assert_eq!(o.complete("a").map(|e| e.text), Some("text a".into()));
         o.push(p("d")).unwrap();
-        assert_eq!(ids(&o.take_unwritten()), ["d"]);
+        assert_eq!(ids(&o.take_unwritten(now)), ["d"]);
         o.reset_written();
-        assert_eq!(ids(&o.take_unwritten()), ["b", "c", "d"]);
-        assert!(o.retry("c"));
-        assert!(!o.retry("zz"));
-        assert_eq!(ids(&o.take_unwritten()), ["c"]);
+        assert_eq!(ids(&o.take_unwritten(now)), ["b", "c", "d"]);
+        let later = now + std::time::Duration::from_secs(1);
+        assert_eq!(o.retry("c", later), Some(1));
+        assert_eq!(o.retry("zz", later), None);
+        assert!(o.take_unwritten(now).is_empty(), "held back until `later`");
+        assert_eq!(ids(&o.take_unwritten(later)), ["c"]);
+        assert_eq!(o.retry("c", later), Some(2), "refusals add up");
         assert!(o.complete("zz").is_none());
         assert_eq!(o.len(), 3);
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use magpie_core::ConversationId;
 use magpie_protocol::ws::WireMessage;
+use magpie_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -394,6 +395,16 @@ impl ConversationTracker {
     /// The user left or was removed (`group_left`): the conversation is forgotten.
     pub fn on_left(&mut self, conversation: ConversationId) {
         self.convs.remove(&conversation);
+    }
+
+    /// The server refused a frame about `conversation` (an `error` naming it). `forbidden`
+    /// means the user is no longer a member: stop pulling it now instead of re-issuing the
+    /// pull on every timeout until the range is given up (the `group_left` event follows in
+    /// the inbox). Other refusals are left to the pull timeout.
+    pub fn on_refused(&mut self, conversation: ConversationId, code: ErrorCode) {
+        if code == ErrorCode::Forbidden {
+            self.on_left(conversation);
+        }
     }
 
     /// The application asked to bring `conversation` up to date now.
@@ -1033,6 +1044,22 @@ mod tests {
                 assert!(h.t.is_settled(A, 2));
             }
         }
+    }
+
+    #[test]
+    fn a_pull_refused_as_forbidden_stops_pulling_and_other_refusals_wait() {
+        let mut h = harness();
+        h.event(A, 1);
+        h.notify(A, 3);
+        assert_eq!(h.take_pulls().len(), 1);
+        h.t.on_refused(A, ErrorCode::Internal);
+        assert!(
+            !h.t.is_settled(A, 3),
+            "an internal error is left to the timeout"
+        );
+        h.t.on_refused(A, ErrorCode::Forbidden);
+        assert_eq!(h.t.len(), 0, "forbidden: the conversation is forgotten");
+        assert!(h.t.is_settled(A, 99));
     }
 
     #[test]

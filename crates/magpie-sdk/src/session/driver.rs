@@ -49,8 +49,8 @@ const HEARTBEAT_MS_MAX: u64 = 600_000;
 const DEAD_AFTER_HEARTBEATS: u32 = 3;
 /// Events fetched per HTTP request when filling a gap (the server's page maximum).
 const GAP_FILL_PAGE_EVENTS: u32 = 200;
-/// Delay before re-sending after a transient refusal (`rate_limited`, `unavailable`).
-const TRANSIENT_RETRY_MS: u64 = 1_000;
+/// Longest wait before retrying a refused send.
+const TRANSIENT_RETRY_MS_MAX: u64 = 30_000;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type WsSink = SplitSink<Ws, Message>;
@@ -405,8 +405,10 @@ impl Driver {
             let pull_at = self.delivery.tracker.next_deadline();
             // Biased, in this order: close requests; the cheap timers and wake-ups (so a flood
             // of inbound frames cannot starve pings or sends); inbound frames; and only then
-            // the dead-connection timer, so frames that queued up while we were blocked on a
-            // slow application still count as signs of life.
+            // the pull and dead-connection timers, so frames that queued up while we were
+            // blocked on a slow application still count: as signs of life, and as answers to
+            // pulls (a pull answer waiting unread must not count as unanswered, since three
+            // unanswered pulls make the tracker skip the range).
             let step: Result<(), Ending> = tokio::select! {
                 biased;
                 req = self.delivery.close_rx.recv() => {
@@ -429,10 +431,6 @@ impl Driver {
                     self.retry_at = None;
                     self.write_outbox(sink).await
                 }
-                _ = maybe_sleep_until(pull_at) => {
-                    let fx = self.delivery.tracker.poll_timeouts(Instant::now());
-                    self.delivery.apply(fx).await.map_err(Ending::from)
-                }
                 rows = maybe_join(&mut self.catch_up) => {
                     self.catch_up = None;
                     self.on_catch_up(rows).await
@@ -446,6 +444,10 @@ impl Driver {
                         Some(Err(e)) => Err(Ending::Lost(format!("websocket: {e}"))),
                         None => Err(Ending::Lost("connection closed".into())),
                     }
+                }
+                _ = maybe_sleep_until(pull_at) => {
+                    let fx = self.delivery.tracker.poll_timeouts(Instant::now());
+                    self.delivery.apply(fx).await.map_err(Ending::from)
                 }
                 _ = sleep_until(last_inbound + dead_after) => {
                     Err(Ending::Lost(format!("no frame from the server for {dead_after:?}")))
@@ -588,11 +590,17 @@ impl Driver {
                 ..
             } => {
                 if is_transient(code) {
-                    if self.shared.outbox().retry(&id) {
-                        let at = Instant::now() + Duration::from_millis(TRANSIENT_RETRY_MS);
-                        self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+                    let refusals = self.shared.outbox().refusals_of(&id);
+                    let base = self.config.send_retry_base_ms;
+                    let at = Instant::now() + refusal_delay(base, refusals + 1, &mut rand::rng());
+                    match self.shared.outbox().retry(&id, at) {
+                        Some(n) if n <= self.config.send_refusals_max => {
+                            self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+                            return Ok(());
+                        }
+                        Some(_) => {} // Refused too often: give up on it below.
+                        None => return Ok(()),
                     }
-                    return Ok(());
                 }
                 if self.shared.outbox().complete(&id).is_none() {
                     return Ok(());
@@ -611,6 +619,9 @@ impl Driver {
                 conversation_id,
             } => {
                 warn!(code = code.as_str(), %message, ?conversation_id, "server reported an error");
+                if let Some(conversation) = conversation_id {
+                    self.delivery.tracker.on_refused(conversation, code);
+                }
                 Ok(())
             }
             ServerFrame::Pong => Ok(()),
@@ -639,7 +650,12 @@ impl Driver {
     }
 
     async fn write_outbox(&mut self, sink: &mut WsSink) -> Result<(), Ending> {
-        let frames = self.shared.outbox().take_unwritten();
+        let (frames, hold) = {
+            let mut outbox = self.shared.outbox();
+            (outbox.take_unwritten(Instant::now()), outbox.next_hold())
+        };
+        // Sends held back after a refusal are written when their time comes.
+        self.retry_at = hold;
         for frame in &frames {
             sink.feed(Message::text(to_json(frame)?))
                 .await
@@ -793,6 +809,15 @@ impl EventSource for HttpSource<'_> {
 }
 
 /// Refusals worth retrying on the same connection.
+/// How long to hold a send back after its `n`th transient refusal: exponential from `base_ms`,
+/// capped at `TRANSIENT_RETRY_MS_MAX`, with jitter (half to all of it), so that many clients
+/// refused together do not come back together.
+fn refusal_delay(base_ms: u64, n: u32, rng: &mut impl rand::Rng) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << n.saturating_sub(1).min(16));
+    let full = exp.min(TRANSIENT_RETRY_MS_MAX);
+    Duration::from_millis(rng.random_range(full / 2..=full))
+}
+
 fn is_transient(code: ErrorCode) -> bool {
     matches!(
         code,
@@ -847,6 +872,20 @@ async fn maybe_sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_sends_back_off_exponentially_with_jitter_up_to_a_cap() {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let first = refusal_delay(1_000, 1, &mut rng).as_millis();
+            assert!((500..=1_000).contains(&first), "{first}");
+            let fourth = refusal_delay(1_000, 4, &mut rng).as_millis();
+            assert!((4_000..=8_000).contains(&fourth), "{fourth}");
+            let late = refusal_delay(1_000, u32::MAX, &mut rng).as_millis();
+            assert!(late <= u128::from(TRANSIENT_RETRY_MS_MAX), "{late}");
+            assert!(late >= u128::from(TRANSIENT_RETRY_MS_MAX / 2), "{late}");
+        }
+    }
 
     #[test]
     fn close_codes_map_to_endings() {

@@ -54,6 +54,13 @@ pub enum AckMode {
     Manual,
 }
 
+/// First delay before re-sending a refused send, in milliseconds.
+pub const SEND_RETRY_BASE_MS_DEFAULT: u64 = 1_000;
+/// Transient refusals of one send before the session gives up on it (two to three minutes of
+/// retrying at the default delays: a server full or failed for longer needs the application,
+/// or the user, to decide).
+pub const SEND_REFUSALS_MAX_DEFAULT: u32 = 10;
+
 /// Tuning knobs of a session; `Default` suits an interactive client.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -80,6 +87,11 @@ pub struct SessionConfig {
     /// Inbox events whose processing is pending (held messages, unacked events in manual
     /// mode) before the oldest is counted as processed anyway.
     pub unsettled_events_max: usize,
+    /// First delay before re-sending a send the server refused for now (`rate_limited`,
+    /// `unavailable`, `internal`), in milliseconds; doubles per refusal up to 30 s, jittered.
+    pub send_retry_base_ms: u64,
+    /// Refusals of one send before it fails with [`SessionEvent::SendFailed`].
+    pub send_refusals_max: u32,
 }
 
 impl Default for SessionConfig {
@@ -96,6 +108,8 @@ impl Default for SessionConfig {
             label: String::new(),
             tracker: TrackerLimits::default(),
             unsettled_events_max: UNSETTLED_EVENTS_MAX_DEFAULT,
+            send_retry_base_ms: SEND_RETRY_BASE_MS_DEFAULT,
+            send_refusals_max: SEND_REFUSALS_MAX_DEFAULT,
         }
     }
 }

@@ -620,3 +620,42 @@ async fn a_saved_cursor_ahead_of_the_inbox_resumes_from_the_inbox_head() {
     push(&mut ws, ServerFrame::Event(event(8))).await;
     assert_eq!(cursors(&mut rx, 1).await, [8], "new events arrive");
 }
+
+#[tokio::test]
+async fn a_send_refused_too_often_fails_instead_of_retrying_forever() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig {
+        send_retry_base_ms: 1,
+        send_refusals_max: 3,
+        ..SessionConfig::default()
+    };
+    let (session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let id = session.send(ConversationId(1), "hi").unwrap();
+    let refuse = || ServerFrame::Error {
+        code: ErrorCode::Unavailable,
+        message: "store failed".into(),
+        client_msg_id: Some(id.clone()),
+        conversation_id: None,
+    };
+    // Written once, then again after each of three refusals; the fourth refusal ends it.
+    for attempt in 1..=4 {
+        let frame = recv(&mut ws).await;
+        assert!(
+            matches!(&frame, ClientFrame::Send { client_msg_id, .. } if *client_msg_id == id),
+            "attempt {attempt}: {frame:?}"
+        );
+        push(&mut ws, refuse()).await;
+    }
+    let e = next_where(&mut rx, |e| matches!(e, SessionEvent::SendFailed { .. })).await;
+    assert!(matches!(
+        e,
+        SessionEvent::SendFailed {
+            code: ErrorCode::Unavailable,
+            ..
+        }
+    ));
+    assert_eq!(session.pending_sends(), 0);
+}
