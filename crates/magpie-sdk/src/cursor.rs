@@ -139,6 +139,17 @@ impl FileCursorStore {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path)?;
+        // The rename is an entry of the directory: sync it too, or a power cut may bring the
+        // old file back (a replayed event, never a lost one, but the newest save is the point).
+        #[cfg(unix)]
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         Ok(())
     }
 }

@@ -123,6 +123,11 @@ impl Outbox {
         Some(e.refusals)
     }
 
+    /// Removes and returns every entry, oldest first.
+    pub fn drain(&mut self) -> Vec<PendingSend> {
+        self.entries.drain(..).collect()
+    }
+
     /// How often `client_msg_id` has been refused so far (0 if never, or if not pending).
     pub fn refusals_of(&self, client_msg_id: &str) -> u32 {
         self.entries

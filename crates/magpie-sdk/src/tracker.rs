@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use magpie_core::limits::PAGE_LIMIT_MAX;
 use magpie_core::ConversationId;
 use magpie_protocol::ws::WireMessage;
 use magpie_protocol::ErrorCode;
@@ -281,6 +282,11 @@ impl Default for ConversationTracker {
 impl ConversationTracker {
     /// An empty tracker.
     pub fn new(limits: TrackerLimits) -> Self {
+        let limits = TrackerLimits {
+            // The server refuses pulls outside 1..=200, and a refused pull only times out.
+            pull_page: limits.pull_page.clamp(1, PAGE_LIMIT_MAX),
+            ..limits
+        };
         Self {
             convs: HashMap::new(),
             limits,

@@ -160,6 +160,18 @@ impl Driver {
                 Ending::Closed => break,
                 Ending::Revoked => {
                     info!(label = %self.config.label, "session revoked");
+                    // The token is gone, so these can never be answered: say so for each.
+                    let unanswered = self.shared.outbox().drain();
+                    for send in unanswered {
+                        let failed = SessionEvent::SendFailed {
+                            client_msg_id: send.client_msg_id,
+                            code: ErrorCode::Unauthorized,
+                            message: "the session was revoked before the send was answered".into(),
+                        };
+                        if self.emit(failed).await.is_err() {
+                            break;
+                        }
+                    }
                     let _ = self.emit(SessionEvent::Revoked).await;
                     break;
                 }

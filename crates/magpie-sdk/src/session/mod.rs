@@ -386,12 +386,15 @@ impl Session {
     }
 
     /// Flushes the processed cursor (ack frame + cursor store), closes the socket and waits
-    /// for the background task to end. Unanswered sends are dropped.
-    pub async fn close(self) {
+    /// for the background task to end. Returns the sends still unanswered, oldest first: the
+    /// server may or may not have stored them, so a later session can send them again with
+    /// the same `client_msg_id` (`send_with_id`) and be told which.
+    pub async fn close(self) -> Vec<crate::PendingSend> {
         let (tx, rx) = oneshot::channel();
         if self.close_tx.send(tx).await.is_ok() {
             let _ = rx.await;
         }
+        self.shared.outbox().drain()
     }
 }
 

@@ -659,3 +659,50 @@ async fn a_send_refused_too_often_fails_instead_of_retrying_forever() {
     ));
     assert_eq!(session.pending_sends(), 0);
 }
+
+#[tokio::test]
+async fn unanswered_sends_are_returned_by_close_and_failed_on_revocation() {
+    // close(): the application gets them back to send again later with the same ids.
+    let mut server = FakeServer::start().await;
+    let (session, _rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let id = session.send(ConversationId(1), "never answered").unwrap();
+    recv(&mut ws).await; // the send
+    let back = tokio::time::timeout(WAIT, session.close())
+        .await
+        .expect("close");
+    assert_eq!(
+        back.iter()
+            .map(|p| p.client_msg_id.as_str())
+            .collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+
+    // A revoked session fails each unanswered send before saying it was revoked.
+    let mut server = FakeServer::start().await;
+    let (session, mut rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let id = session
+        .send(ConversationId(1), "in flight at logout")
+        .unwrap();
+    recv(&mut ws).await; // the send
+    let close = CloseFrame {
+        code: CloseCode::from(magpie_protocol::close::CLOSE_REVOKED),
+        reason: "logged out".into(),
+    };
+    ws.close(Some(close)).await.unwrap();
+    let e = next_where(&mut rx, |e| {
+        matches!(e, SessionEvent::SendFailed { .. } | SessionEvent::Revoked)
+    })
+    .await;
+    assert!(
+        matches!(&e, SessionEvent::SendFailed { client_msg_id, code: ErrorCode::Unauthorized, .. } if *client_msg_id == id),
+        "{e:?}"
+    );
+    let e = next_where(&mut rx, |e| matches!(e, SessionEvent::Revoked)).await;
+    assert_eq!(e, SessionEvent::Revoked);
+}

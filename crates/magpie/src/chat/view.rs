@@ -20,10 +20,18 @@ pub fn clock(ts_ms: u64) -> String {
     )
 }
 
+/// Names one system message lists before "and N others": a group of 10,000 would otherwise
+/// print 10,000 names and look each up on the server, one request at a time.
+pub const SYSTEM_NAMES_LISTED_MAX: usize = 10;
+/// Usernames cached; past this the cache starts over (a long session in huge groups).
+const NAMES_CACHED_MAX: usize = 10_000;
+
 /// Username lookups, cached: every message carries only the sender's id.
 pub struct Names {
-    /// Known id → name pairs; grows with the people one talks to.
+    /// Known id → name pairs; at most [`NAMES_CACHED_MAX`].
     known: HashMap<UserId, String>,
+    /// The local user, never forgotten.
+    me: (UserId, String),
 }
 
 impl Names {
@@ -31,11 +39,16 @@ impl Names {
     pub fn new(me: UserId, my_name: &str) -> Self {
         Self {
             known: HashMap::from([(me, my_name.to_owned())]),
+            me: (me, my_name.to_owned()),
         }
     }
 
     /// Records a name learnt elsewhere (e.g. from `/to`).
     pub fn remember(&mut self, id: UserId, name: &str) {
+        if self.known.len() >= NAMES_CACHED_MAX {
+            self.known.clear();
+            self.known.insert(self.me.0, self.me.1.clone());
+        }
         self.known.insert(id, name.to_owned());
     }
 
@@ -46,7 +59,7 @@ impl Names {
         }
         match client.user(id).await {
             Ok(info) => {
-                self.known.insert(id, info.username.clone());
+                self.remember(id, &info.username);
                 info.username
             }
             // Not cached, so a transient failure is retried at the next message.
@@ -183,7 +196,13 @@ pub fn system_user_ids(s: &WireSystem) -> Vec<&str> {
             actor_id, user_ids, ..
         }
         | WireSystem::MembersAdded { actor_id, user_ids } => std::iter::once(actor_id.as_str())
-            .chain(user_ids.iter().map(String::as_str))
+            // Only the names `system_text` prints (the actor may be listed too).
+            .chain(
+                user_ids
+                    .iter()
+                    .take(SYSTEM_NAMES_LISTED_MAX + 1)
+                    .map(String::as_str),
+            )
             .collect(),
         WireSystem::MemberRemoved { actor_id, user_id }
         | WireSystem::RoleChanged {
@@ -199,11 +218,18 @@ pub fn system_user_ids(s: &WireSystem) -> Vec<&str> {
 /// A system message in words: `alice added bob, carol`. `name` maps a wire user id to a name.
 pub fn system_text(s: &WireSystem, name: impl Fn(&str) -> String) -> String {
     let list = |ids: &[String], skip: &str| {
-        let names: Vec<String> = ids
+        let listed: Vec<&String> = ids.iter().filter(|id| id.as_str() != skip).collect();
+        let mut names: Vec<String> = listed
             .iter()
-            .filter(|id| id.as_str() != skip)
+            .take(SYSTEM_NAMES_LISTED_MAX)
             .map(|id| name(id))
             .collect();
+        if listed.len() > SYSTEM_NAMES_LISTED_MAX {
+            names.push(format!(
+                "and {} others",
+                listed.len() - SYSTEM_NAMES_LISTED_MAX
+            ));
+        }
         names.join(", ")
     };
     match s {
@@ -310,6 +336,22 @@ mod tests {
             user_ids: vec!["1".into(), "2".into()],
         };
         assert_eq!(system_text(&created, names), "alice created team with bob");
+        let big = WireSystem::GroupCreated {
+            actor_id: "1".into(),
+            name: "all".into(),
+            user_ids: (1..=10_000).map(|i| i.to_string()).collect(),
+        };
+        let text = system_text(&big, names);
+        assert!(
+            text.starts_with("alice created all with bob, carol, user#4"),
+            "{text}"
+        );
+        assert!(text.ends_with(", user#11, and 9989 others"), "{text}");
+        assert_eq!(
+            system_user_ids(&big).len(),
+            SYSTEM_NAMES_LISTED_MAX + 2,
+            "only the names printed are looked up"
+        );
         let cases = [
             (
                 WireSystem::MemberRemoved {
