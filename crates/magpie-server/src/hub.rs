@@ -583,8 +583,12 @@ async fn fill_recent(
     let mut after = match recent.last_seq(conv) {
         Some(last) if last >= notice.last_seq => return,
         Some(last) => last,
-        // Cold start: a short window is enough for the pulls this notice triggers.
-        None => Seq(notice.last_seq.0.saturating_sub(RECENT_FILL_PAGE as u64)),
+        // Cold start: a short window is enough for the pulls this notice triggers. Reserve
+        // the entry first, so that commits during the read are recorded against it.
+        None => {
+            recent.reserve(conv);
+            Seq(notice.last_seq.0.saturating_sub(RECENT_FILL_PAGE as u64))
+        }
     };
     for _ in 0..RECENT_FILL_PAGES_MAX {
         let page = match store

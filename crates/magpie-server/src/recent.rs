@@ -91,6 +91,13 @@ impl RecentMessages {
             .and_then(Tail::last_seq)
     }
 
+    /// Makes room for a conversation about to be loaded, before the store read: commits
+    /// reported while the read runs (`note_committed`) are then recorded, and the tail never
+    /// answers with a page that stops short of one. An empty tail answers nothing.
+    pub fn reserve(&self, conversation: ConversationId) {
+        self.extend(conversation, Vec::new());
+    }
+
     /// Appends durable messages (ascending) to a conversation's tail.
     pub fn extend(&self, conversation: ConversationId, messages: Vec<Message>) {
         let mut guard = self.inner.lock();
@@ -189,6 +196,33 @@ mod tests {
         );
         r.extend(c, vec![msg(11)]);
         assert_eq!(seqs(r.get(c, Seq(9), 10).unwrap()), vec![10, 11]);
+    }
+
+    #[test]
+    fn a_commit_during_the_first_load_is_not_missed() {
+        let r = RecentMessages::default();
+        let c = ConversationId(1);
+        // The notifier reserves the entry, then reads 9 and 10 from the store; seq 11 commits
+        // while it reads.
+        r.reserve(c);
+        assert!(
+            r.get(c, Seq(0), 10).is_none(),
+            "an empty tail answers nothing"
+        );
+        r.note_committed(&[(c, Seq(11))]);
+        r.extend(c, vec![msg(9), msg(10)]);
+        assert!(
+            r.get(c, Seq(8), 10).is_none(),
+            "the page [9, 10] would stop short of 11"
+        );
+        r.extend(c, vec![msg(11)]);
+        let seqs: Vec<u64> = r
+            .get(c, Seq(8), 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq.0)
+            .collect();
+        assert_eq!(seqs, vec![9, 10, 11]);
     }
 
     #[test]
