@@ -144,6 +144,28 @@ describe('tracker', () => {
     assert.deepEqual(h.got(B), [7, 8, 9]);
   });
 
+  test('a late answer to a timed-out pull does not stop the catch-up', () => {
+    const h = harness({ pullPage: 200, pullTimeoutMs: 5000 });
+    const timeline = range(1, 1000);
+    h.event(A, 1);
+    h.notify(A, 1000);
+    const [p1] = h.takePulls();
+    assert.equal(p1.after_seq, 1);
+    h.apply(h.t.pollTimeouts(5000)); // P1 unanswered: issued again as P2
+    const [p2] = h.takePulls();
+    assert.equal(p2.after_seq, 1);
+    h.answer(p1, timeline); // P1's answer after all: 2..201; P3 goes out after 201
+    let next = h.takePulls();
+    assert.deepEqual(next.map((p) => p.after_seq), [201]);
+    h.answer(p2, timeline); // P2's late answer must not pass for P3's
+    assert.deepEqual(h.takePulls(), [], 'P3 is still in flight');
+    while (next.length) {
+      h.answer(next.pop(), timeline);
+      next = h.takePulls();
+    }
+    assert.deepEqual(h.got(A), timeline, 'every message once, in order');
+  });
+
   test('a page cut at the byte budget is followed by another pull; a short plain page is the end', () => {
     for (const truncated of [true, false]) {
       const h = harness();

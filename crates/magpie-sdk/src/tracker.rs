@@ -448,14 +448,36 @@ impl ConversationTracker {
         now: Instant,
     ) -> Effects {
         let cap = self.limits.pending_per_conversation;
+        let page = self.limits.pull_page;
         let Some(c) = self.convs.get_mut(&conversation) else {
             return Effects::default(); // Left or forgotten meanwhile.
         };
         let flight = c.pull.take();
+        if let Some(f) = flight {
+            // Answers cannot be matched to their pulls, and a pull that timed out is issued
+            // again, so the answer to an earlier pull can arrive while a later one is in
+            // flight. Every answer lists only messages after its own pull's `after_seq`, so one
+            // starting at or below the pull in flight is an earlier pull's. Taken for the
+            // answer in flight, it would end that pull, and the real answer would then look
+            // unsolicited and stop the catch-up. Keep what it adds; keep waiting.
+            if messages.first().is_some_and(|m| m.seq <= f.after) {
+                c.pull = Some(f);
+                let mut fx = Effects::default();
+                let delivered = c.delivered.unwrap_or(0);
+                for m in messages
+                    .into_iter()
+                    .filter(|m| m.conversation_id == conversation && m.seq > delivered)
+                {
+                    c.buffer(m, cap);
+                    c.drain(&mut fx.messages);
+                }
+                return fx;
+            }
+        }
         c.timeouts = 0;
         // An unsolicited answer is read as "everything after what was delivered".
         let after = flight.map_or(c.delivered.unwrap_or(0), |f| f.after);
-        let full = truncated || flight.is_some_and(|f| messages.len() >= f.limit);
+        let full = truncated || messages.len() >= flight.map_or(page, |f| f.limit);
         let before = c.delivered;
         let mut fresh: Vec<WireMessage> = messages
             .into_iter()
@@ -1028,6 +1050,40 @@ mod tests {
         // A duplicate, unsolicited answer changes nothing.
         let fx = h.t.on_pulled(A, msgs(A, 1..=4), false, h.now);
         assert!(h.apply(fx).messages.is_empty());
+    }
+
+    #[test]
+    fn a_late_answer_to_a_timed_out_pull_does_not_stop_the_catch_up() {
+        let limits = TrackerLimits {
+            pull_timeout: Duration::from_secs(5),
+            ..TrackerLimits::default()
+        };
+        let mut h = Harness::new(limits);
+        let timeline: Vec<u64> = (1..=1_000).collect();
+        h.event(A, 1);
+        h.notify(A, 1_000);
+        let p1 = h.take_pulls();
+        assert_eq!(p1, [pull(A, 1)]);
+        // P1 goes unanswered for too long and is issued again as P2 (same range).
+        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(5));
+        let p2 = h.apply(fx).pulls;
+        h.take_pulls();
+        assert_eq!(p2, [pull(A, 1)]);
+        // P1's answer comes after all: 2..=201, and P3 goes out after 201.
+        h.answer(p1[0], &timeline);
+        let p3 = h.take_pulls();
+        assert_eq!(p3.iter().map(|p| p.after_seq).collect::<Vec<_>>(), [201]);
+        // P2's answer arrives late, while P3 is in flight: it must not pass for P3's.
+        h.answer(p2[0], &timeline);
+        assert!(h.take_pulls().is_empty(), "P3 is still in flight");
+        // P3's real answer keeps the catch-up going, page after page, to the end.
+        let mut next = p3;
+        while let Some(p) = next.pop() {
+            h.answer(p, &timeline);
+            next = h.take_pulls();
+        }
+        assert_eq!(h.got(A), timeline, "every message once, in order");
+        assert!(h.t.is_settled(A, 1_000));
     }
 
     #[test]

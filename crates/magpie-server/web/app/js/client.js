@@ -282,6 +282,7 @@ export class Client {
   /** A message of the live stream (or our own `sent`), in seq order per conversation. */
   deliver(m) {
     const id = m.conversation_id;
+    this.settleOwn([m]);
     const tl = this.timeline(id);
     const gapAfter = tl.loaded && tl.atLatest && tl.msgs.length && m.seq > tl.newestSeq() + 1 ? tl.newestSeq() : null;
     if (tl.addLive(m)) this.events.changed(`timeline:${id}`);
@@ -330,6 +331,7 @@ export class Client {
         const page = resp.messages || [];
         const tl = this.timeline(id);
         for (const m of page) tl.addLive(m);
+        this.settleOwn(page);
         this.events.changed(`timeline:${id}`);
         // A page cut at the server's byte budget is short but not the end.
         if (!page.length || (page.length < 200 && !resp.truncated)) break;
@@ -386,6 +388,20 @@ export class Client {
       });
       if (!ok) break;
       this.outbox.markWritten(e.client_msg_id);
+    }
+  }
+
+  /**
+   * Own messages seen stored (live, pulled or in history) settle their outbox entries: a send
+   * whose `sent` answer was lost with a connection, and that timed out as failed meanwhile,
+   * was stored after all. Left in the outbox it would come back as "Not sent" after a reload,
+   * and a user who typed it again would send it twice.
+   */
+  settleOwn(messages) {
+    for (const m of messages) {
+      if (m.sender_id !== this.me || !this.outbox.get(m.client_msg_id)) continue;
+      this.outbox.complete(m.client_msg_id);
+      this.events.changed(`timeline:${m.conversation_id}`);
     }
   }
 
@@ -452,6 +468,7 @@ export class Client {
       const resp = await this.api.history(id, { limit });
       const page = resp.messages || [];
       tl.loadLatest(page, page.length >= limit || !!resp.truncated);
+      this.settleOwn(page);
       if (page.length) this.noteMessage(page[page.length - 1]);
     } catch (e) {
       this.notify(`Could not load messages: ${describeError(e)}`, 'error');
@@ -471,6 +488,7 @@ export class Client {
       const resp = await this.api.history(id, { before_seq: tl.oldestSeq(), limit });
       const page = resp.messages || [];
       tl.addOlder(page, page.length >= limit || !!resp.truncated);
+      this.settleOwn(page);
       return page.length > 0;
     } catch (e) {
       this.notify(`Could not load older messages: ${describeError(e)}`, 'error');

@@ -151,9 +151,25 @@ export class Tracker {
     const c = this.convs.get(id);
     if (!c) return effects(); // left or forgotten meanwhile
     const flight = c.pull;
+    const lowest = messages.reduce((lo, m) => Math.min(lo, m.seq), Infinity);
+    if (flight && lowest <= flight.after) {
+      // The answer to an earlier pull (one that timed out and was issued again) arriving while
+      // a later one is in flight: every answer lists only messages after its own pull's
+      // after_seq. Taken for the answer in flight it would end that pull, its real answer
+      // would look unsolicited, and the catch-up would stop. Keep what it adds; keep waiting.
+      const fx = effects();
+      const delivered = c.delivered ?? 0;
+      for (const m of messages) {
+        if (m.conversation_id !== id || m.seq <= delivered) continue;
+        c.buffer(m, this.limits.pendingMax);
+        c.drain(fx.messages);
+      }
+      return fx;
+    }
     c.pull = null;
     const after = flight ? flight.after : (c.delivered ?? 0);
-    const full = truncated || (!!flight && messages.length >= flight.limit);
+    const limit = flight ? flight.limit : this.limits.pullPage;
+    const full = truncated || messages.length >= limit;
     const before = c.delivered;
     const seen = new Set();
     const fresh = messages
