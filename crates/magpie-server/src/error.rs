@@ -49,6 +49,13 @@ impl From<StoreError> for ApiError {
             StoreError::UsernameTaken => Self::new(ErrorCode::UsernameTaken, "username is taken"),
             StoreError::NotFound(what) => Self::not_found(what),
             StoreError::Closed => Self::new(ErrorCode::Unavailable, "server is shutting down"),
+            StoreError::Stalled(ms) => {
+                tracing::error!(ms, "request refused: a commit is stuck on the disk");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "storage is not answering; try again later",
+                )
+            }
             StoreError::Poisoned => {
                 tracing::error!("request refused: the store is poisoned");
                 Self::new(

@@ -1533,9 +1533,19 @@ async fn group_lifecycle<S: Store>(t: Ctx<S>) {
         Some("crew".into())
     );
     announced(&t).await;
+    assert_eq!(
+        t.sink.removals(),
+        0,
+        "creating, adding, renaming and sending remove no one"
+    );
+    assert!(s.health().is_ok(), "a working store is healthy");
 
     // An admin removes a plain member: the rest see it, the removed one gets GroupLeft only.
     let removed = ok(s.remove_member(bob, c, cat).await);
+    assert!(
+        t.sink.removals() >= 1,
+        "the removal hook ran (before the removal became readable)"
+    );
     assert_eq!(removed.len(), 1);
     assert_eq!(
         (removed[0].seq, system(&removed[0])),

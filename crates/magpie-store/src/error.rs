@@ -13,6 +13,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A commit has been waiting on the disk for this many milliseconds (a hung disk): every
+    /// write waits behind it. Reported by `Store::health`.
+    #[error("a commit has been waiting on the disk for {0} ms")]
+    Stalled(u64),
     /// The username already exists.
     #[error("username is taken")]
     UsernameTaken,

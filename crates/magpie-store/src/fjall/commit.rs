@@ -259,6 +259,15 @@ impl Committer {
     /// Applies, fsyncs, publishes and answers `group`, in order. Drains it. True if it
     /// wrote and fsynced something.
     fn commit_group(&self, group: &mut Vec<Sealed>) -> bool {
+        self.shared
+            .commit_started_ms
+            .store(magpie_core::now_ms().max(1), Ordering::Release);
+        let wrote = self.commit_group_inner(group);
+        self.shared.commit_started_ms.store(0, Ordering::Release);
+        wrote
+    }
+
+    fn commit_group_inner(&self, group: &mut Vec<Sealed>) -> bool {
         if self.shared.poisoned.load(Ordering::Acquire) {
             self.fail(group, StoreError::Poisoned);
             return false;

@@ -48,7 +48,7 @@ mod read;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -106,6 +106,11 @@ pub const COMMIT_INTERVAL_MIN_DEFAULT: Duration = Duration::from_millis(2);
 /// message may wait up to the interval for its fsync: values near it suit only tests and
 /// experiments.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_millis(100);
+/// A commit running longer than this makes the store unhealthy (`Store::health`): every
+/// write waits behind it, so a node whose disk stopped answering should be taken out.
+/// Commits take milliseconds; the slowest fsync seen on a busy virtual disk took 140 ms.
+pub const COMMIT_STALL_MS: u64 = 10_000;
+
 /// Smallest journal file fjall accepts (see [`FjallConfig::for_tests`]).
 pub const JOURNAL_BYTES_MIN: u64 = 1024 * 1024;
 /// Capacity of the queue to the writer, in write ops. When it is full, writers wait
@@ -190,6 +195,9 @@ pub(crate) struct Shared {
     pub(crate) durable: RwLock<Snapshot>,
     /// Set after a failed commit or fsync: the on-disk state is unknown, writes are refused.
     pub(crate) poisoned: AtomicBool,
+    /// When the commit in progress started (Unix ms), 0 while none is: lets `health` tell a
+    /// disk that stopped answering from an idle store.
+    pub(crate) commit_started_ms: AtomicU64,
 }
 
 impl Shared {
@@ -212,6 +220,7 @@ impl Shared {
                 ks,
                 durable,
                 poisoned: AtomicBool::new(false),
+                commit_started_ms: AtomicU64::new(0),
             }),
             ids,
         ))
@@ -381,6 +390,11 @@ impl Store for FjallStore {
     fn health(&self) -> Result<(), StoreError> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
+        }
+        let started = self.shared.commit_started_ms.load(Ordering::Acquire);
+        let running_ms = magpie_core::now_ms().saturating_sub(started);
+        if started != 0 && running_ms > COMMIT_STALL_MS {
+            return Err(StoreError::Stalled(running_ms));
         }
         let writer_alive = self
             .writer
@@ -677,5 +691,42 @@ fn group_cmd<A>(actor: UserId, conversation: ConversationId, args: A) -> GroupCm
         actor,
         conversation,
         args,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoopSink;
+
+    #[test]
+    fn a_commit_stuck_on_the_disk_makes_the_store_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).unwrap();
+        assert!(store.health().is_ok());
+        let started = &store.shared.commit_started_ms;
+        started.store(
+            magpie_core::now_ms() - COMMIT_STALL_MS / 2,
+            Ordering::Release,
+        );
+        assert!(
+            store.health().is_ok(),
+            "a slow commit is not yet a stalled one"
+        );
+        started.store(
+            magpie_core::now_ms() - 2 * COMMIT_STALL_MS,
+            Ordering::Release,
+        );
+        assert!(
+            matches!(store.health(), Err(StoreError::Stalled(ms)) if ms >= 2 * COMMIT_STALL_MS)
+        );
+        started.store(0, Ordering::Release);
+        assert!(
+            store.health().is_ok(),
+            "healthy again once the commit finishes"
+        );
+        store.close();
+        assert!(matches!(store.health(), Err(StoreError::Closed)));
     }
 }

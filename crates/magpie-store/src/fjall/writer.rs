@@ -63,6 +63,14 @@ const CACHED_MEMBER_IDS_MAX: usize = 1 << 22;
 /// large messages cannot make one batch (held twice in memory while staged) arbitrarily big.
 const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Keys plus events one batch stages before the remaining ops wait for the next batch. The
+/// payload estimate that gathers ops (`BATCH_BYTES_MAX`) cannot see fan-out: one op of 512
+/// sends to a 500-member group stages 256,000 inbox rows and as many events while its
+/// estimate counts only the texts. Bounding what was actually staged keeps many such ops from
+/// piling into one batch (which is held twice in memory, up to five batches at a time). A
+/// single op is never split, so one batch holds at most this plus one op.
+const BATCH_STAGED_MAX: usize = 1 << 16;
+
 /// Name of the commit thread, as seen in `top -H`, debuggers and panics.
 const COMMIT_THREAD_NAME: &str = "magpie-commit";
 
@@ -542,19 +550,32 @@ impl Writer {
         }
     }
 
-    /// Stages one batch and hands it to the commit thread, which answers it once it is
-    /// durable. Drains `ops`.
+    /// Stages `ops` as one batch, or several in order when they stage too much for one, and
+    /// hands them to the commit thread, which answers them once they are durable. Drains `ops`.
     pub(crate) fn process(&mut self, ops: &mut Vec<WriteOp>) {
+        loop {
+            let rest = self.process_batch(ops);
+            debug_assert!(ops.is_empty());
+            if rest.is_empty() {
+                return;
+            }
+            *ops = rest;
+        }
+    }
+
+    /// Stages the longest prefix of `ops` that fits one batch (at least one op) and hands it
+    /// to the commit thread. Drains `ops`; returns the ops left for the next batch.
+    fn process_batch(&mut self, ops: &mut Vec<WriteOp>) -> Vec<WriteOp> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             ops.drain(..).for_each(|op| op.fail(StoreError::Poisoned));
-            return;
+            return Vec::new();
         }
         self.drop_applied_overlays();
         self.bound_caches();
 
         // A read error while staging marks that op failed; the caches may hold its half-done
         // effects, so drop them and restage the remaining ops against the unchanged disk.
-        let staged = loop {
+        let (staged, n) = loop {
             match self.stage_all(ops) {
                 Ok(staged) => break staged,
                 Err(e) => {
@@ -563,6 +584,8 @@ impl Writer {
                 }
             }
         };
+        // What did not fit waits for the next batch, behind this one.
+        let rest = ops.split_off(n);
 
         if staged.is_empty() && self.progress.finished() == self.sealed {
             // Nothing changed (reads through the writer, no-op acks, failures) and nothing
@@ -575,7 +598,7 @@ impl Writer {
             } else {
                 ops.drain(..).for_each(WriteOp::finish);
             }
-            return;
+            return rest;
         }
         // Even an empty batch goes through the commit thread when earlier batches are in
         // flight: a duplicate send must not be acknowledged before its original is durable,
@@ -591,7 +614,7 @@ impl Writer {
                 .ops
                 .into_iter()
                 .for_each(|op| op.fail(StoreError::Closed));
-            return;
+            return rest;
         };
         if let Err(e) = to_commit.send(sealed) {
             // The commit thread is gone (it panicked): nothing can be made durable any more.
@@ -601,6 +624,7 @@ impl Writer {
                 .into_iter()
                 .for_each(|op| op.fail(StoreError::Poisoned));
         }
+        rest
     }
 
     /// Forgets the overlays of batches the commit thread has applied: the keyspaces answer
@@ -620,10 +644,15 @@ impl Writer {
         self.inflight.clear();
     }
 
-    fn stage_all(&mut self, ops: &mut [WriteOp]) -> Result<Staged, StoreError> {
+    /// Stages ops in order until they are all staged or the batch reaches
+    /// [`BATCH_STAGED_MAX`]; returns the batch and how many ops (at least one) it holds.
+    fn stage_all(&mut self, ops: &mut [WriteOp]) -> Result<(Staged, usize), StoreError> {
         self.ids = self.committed_ids;
         let mut st = Staged::new();
-        for op in ops.iter_mut() {
+        for (i, op) in ops.iter_mut().enumerate() {
+            if i > 0 && st.len() + st.events.len() >= BATCH_STAGED_MAX {
+                return Ok((st, i));
+            }
             let st = &mut st;
             match op {
                 WriteOp::CreateUser(p) => p.stage(|c| self.create_user(st, c))?,
@@ -649,7 +678,8 @@ impl Writer {
             st.len() >= st.events.len(),
             "every event has its inbox write"
         );
-        Ok(st)
+        let n = ops.len();
+        Ok((st, n))
     }
 
     fn bound_caches(&mut self) {
@@ -1881,7 +1911,7 @@ mod tests {
 
         let (a, _ra) = append(conv.id.0, 2, "x");
         let mut ops = vec![a];
-        let st = h.writer.stage_all(&mut ops).unwrap();
+        let (st, _) = h.writer.stage_all(&mut ops).unwrap();
         assert_eq!(st.len(), 2, "the message and its dedup key, nothing else");
         assert!(st.events.is_empty());
         let (_, notice) = &st.notices[&conv.id];
@@ -1897,13 +1927,54 @@ mod tests {
             WriteOp::RenameGroup,
         );
         let mut ops = vec![r];
-        let st = h.writer.stage_all(&mut ops).unwrap();
+        let (st, _) = h.writer.stage_all(&mut ops).unwrap();
         assert_eq!(st.len(), 2, "the message and the conversation record");
         assert!(
             st.writes[Ks::Dedup as usize].is_empty(),
             "no idempotency key"
         );
         h.run(ops);
+    }
+
+    #[test]
+    fn ops_that_fan_out_past_the_staging_bound_are_split_into_batches_in_order() {
+        let mut h = harness();
+        let members = 400u64;
+        for i in 0..members {
+            let (u, r) = user(&format!("u{i}"));
+            h.run(vec![u]);
+            got(r).unwrap();
+        }
+        let (g, rg) = group(1, &(2..=members).collect::<Vec<_>>());
+        h.run(vec![g]);
+        let conv = got(rg).unwrap().unwrap().id;
+        // Each op: 100 messages × (message + dedup key + 400 inbox rows + 400 events), about
+        // 80,000 staged, more than `BATCH_STAGED_MAX`: three ops need three batches.
+        let sends = 100;
+        let appends: Vec<_> = (0..3)
+            .map(|o| {
+                let reqs = (0..sends)
+                    .map(|i| AppendRequest {
+                        conversation_id: conv,
+                        sender_id: UserId(1),
+                        client_msg_id: ClientMsgId::new(format!("o{o}-{i}")).unwrap(),
+                        text: "x".into(),
+                    })
+                    .collect::<Vec<_>>();
+                op(reqs, WriteOp::Append)
+            })
+            .collect();
+        let sealed_before = h.writer.sealed;
+        let (ops, rxs): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        h.run(ops);
+        assert_eq!(h.writer.sealed - sealed_before, 3, "one batch per op");
+        let seqs: Vec<u64> = rxs
+            .into_iter()
+            .flat_map(|rx| got(rx).unwrap())
+            .map(|a| a.unwrap().message.seq.0)
+            .collect();
+        // Seq 1 is the group's creation; the sends follow in op order, gap-free.
+        assert_eq!(seqs, (2..2 + 3 * sends as u64).collect::<Vec<_>>());
     }
 
     /// A sink that checks, when told of a removal, that readers are held off at that moment.
