@@ -272,6 +272,22 @@ describe('timeline', () => {
     assert.deepEqual(tl.msgs.map((m) => m.seq), [2, 3, 4]);
   });
 
+  test('an older page is dropped if live messages pushed its anchor out; clear() starts a new epoch', () => {
+    const tl = new Timeline(A, 10);
+    tl.loadLatest(range(11, 20).map((s) => msg(A, s)), true);
+    const before = tl.oldestSeq(); // a loadOlder asks for seqs before 11 ...
+    for (const s of range(21, 23)) tl.addLive(msg(A, s)); // ... while 11..13 fall out
+    assert.equal(tl.oldestSeq(), 14);
+    assert.equal(tl.addOlder(range(1, 10).map((m) => msg(A, m)), true, before), false);
+    assert.deepEqual(tl.msgs.map((m) => m.seq), range(14, 23), 'no hole at 11..13');
+    assert.equal(tl.addOlder(range(4, 13).map((m) => msg(A, m)), true, tl.oldestSeq()), true);
+    const epoch = tl.epoch;
+    tl.loading = true;
+    tl.clear();
+    assert.equal(tl.epoch, epoch + 1, 'answers requested before the clear are recognised');
+    assert.equal(tl.loading, false, 'a jump to latest can load at once');
+  });
+
   test('paging back past the cap detaches the window from the live end', () => {
     const tl = new Timeline(A, 10);
     tl.loadLatest(range(21, 28).map((s) => msg(A, s)), true);

@@ -463,9 +463,11 @@ export class Client {
     const tl = this.timeline(id);
     if (tl.loading) return;
     tl.loading = true;
+    const epoch = tl.epoch;
     try {
       const limit = config.historyPage;
       const resp = await this.api.history(id, { limit });
+      if (tl.epoch !== epoch) return; // the window was cleared meanwhile
       const page = resp.messages || [];
       tl.loadLatest(page, page.length >= limit || !!resp.truncated);
       this.settleOwn(page);
@@ -473,7 +475,7 @@ export class Client {
     } catch (e) {
       this.notify(`Could not load messages: ${describeError(e)}`, 'error');
     } finally {
-      tl.loading = false;
+      if (tl.epoch === epoch) tl.loading = false;
       this.events.changed(`timeline:${id}`);
     }
   }
@@ -483,18 +485,22 @@ export class Client {
     const tl = this.timeline(id);
     if (tl.loading || !tl.hasOlder || !tl.msgs.length) return false;
     tl.loading = true;
+    const epoch = tl.epoch;
     try {
       const limit = config.historyPage;
-      const resp = await this.api.history(id, { before_seq: tl.oldestSeq(), limit });
+      const before = tl.oldestSeq();
+      const resp = await this.api.history(id, { before_seq: before, limit });
+      // A window cleared meanwhile (jump to latest) is not this page's any more.
+      if (tl.epoch !== epoch) return false;
       const page = resp.messages || [];
-      tl.addOlder(page, page.length >= limit || !!resp.truncated);
       this.settleOwn(page);
-      return page.length > 0;
+      // False if live messages pushed `before` out meanwhile: scrolling up asks again.
+      return tl.addOlder(page, page.length >= limit || !!resp.truncated, before) && page.length > 0;
     } catch (e) {
       this.notify(`Could not load older messages: ${describeError(e)}`, 'error');
       return false;
     } finally {
-      tl.loading = false;
+      if (tl.epoch === epoch) tl.loading = false;
       this.events.changed(`timeline:${id}`);
     }
   }

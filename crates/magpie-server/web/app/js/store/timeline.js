@@ -25,6 +25,8 @@ export class Timeline {
     this.loading = false;
     /** Bumped on every change (renderers compare it). */
     this.version = 0;
+    /** Bumped by `clear()`: a history answer requested before it is for a window that is gone. */
+    this.epoch = 0;
   }
 
   newestSeq() {
@@ -97,8 +99,13 @@ export class Timeline {
     this.version++;
   }
 
-  /** A page from before the window's oldest message. */
-  addOlder(page, full) {
+  /**
+   * A page from before the window's oldest message, requested with `before_seq = before`.
+   * Returns false, changing nothing, if the window's oldest message is no longer `before`: live
+   * messages pushed it out meanwhile, and the page would leave a hole above it.
+   */
+  addOlder(page, full, before = this.oldestSeq()) {
+    if (this.msgs.length && this.oldestSeq() !== before) return false;
     for (const m of page) this.insert(m);
     this.hasOlder = full;
     if (this.msgs.length > this.cap) {
@@ -106,12 +113,15 @@ export class Timeline {
       this.atLatest = false;
     }
     this.version++;
+    return true;
   }
 
   /** Forgets everything (the member left, or the window must be reloaded). */
   clear() {
     this.msgs = [];
     this.seqs.clear();
+    this.epoch++;
+    this.loading = false;
     this.loaded = false;
     this.hasOlder = false;
     this.atLatest = true;
