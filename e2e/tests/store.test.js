@@ -311,6 +311,11 @@ describe('outbox', () => {
     assert.deepEqual(o.expire(999, 1000), []);
     assert.equal(o.expire(1000, 1000).length, 1);
     assert.equal(o.get(e.client_msg_id).state, 'failed');
+    assert.equal(o.get(e.client_msg_id).error, 'No answer from the server.');
+    const refused = o.add(A, 'refused', 0);
+    refused.lastError = 'The server cannot take messages right now. Try again shortly.';
+    o.expire(1000, 1000);
+    assert.equal(o.get(refused.client_msg_id).error, refused.lastError, "the server's last reason is shown");
     assert.deepEqual(o.unwritten(), [], 'failed sends wait for the user');
     o.retry(e.client_msg_id, 2000);
     assert.deepEqual(o.unwritten().map((x) => x.client_msg_id), [e.client_msg_id]);

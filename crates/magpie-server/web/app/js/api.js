@@ -115,6 +115,10 @@ export function describeError(e) {
       return 'The group is full.';
     case 'rate_limited':
       return 'Slow down a little and try again.';
+    case 'unavailable':
+      return 'The server cannot take messages right now. Try again shortly.';
+    case 'internal':
+      return 'The server had a problem. Try again.';
     default:
       return e.message || 'Something went wrong.';
   }

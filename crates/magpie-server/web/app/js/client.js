@@ -428,9 +428,16 @@ export class Client {
     const e = this.outbox.get(f.client_msg_id);
     if (!e) return;
     if (TRANSIENT.has(f.code)) {
+      // Retried until the send times out, backing off (doubling, with jitter) so that many
+      // clients refused together do not all come back together; a send that times out shows
+      // the server's last reason rather than "no answer".
       e.written = false;
+      e.refusals = (e.refusals || 0) + 1;
+      e.lastError = describeError(new ApiError(0, f.code, f.message));
+      const full = config.transientRetryMs * 2 ** Math.min(e.refusals - 1, 5);
+      const delay = full / 2 + Math.random() * (full / 2);
       clearTimeout(this.timers.transient);
-      this.timers.transient = setTimeout(() => this.flushOutbox(), config.transientRetryMs);
+      this.timers.transient = setTimeout(() => this.flushOutbox(), delay);
       return;
     }
     this.outbox.fail(f.client_msg_id, describeError(new ApiError(0, f.code, f.message)));

@@ -129,7 +129,7 @@ export class Outbox {
       if (e.state === 'pending' && e.since + timeoutMs <= now) {
         e.state = 'failed';
         e.written = false;
-        e.error = 'No answer from the server.';
+        e.error = e.lastError || 'No answer from the server.';
         out.push(e);
       }
     }
