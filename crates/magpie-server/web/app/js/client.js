@@ -185,6 +185,14 @@ export class Client {
         (ev) => this.onEvent(ev),
       );
     }
+    if (Number.isSafeInteger(ready.inbox_head) && this.inbox.last > ready.inbox_head) {
+      // A cursor past everything this user's inbox holds (the server was restored from an
+      // older backup): the server would refuse to sync from it, and nothing beyond its head
+      // exists to be missed, so start from there.
+      console.warn(`inbox: cursor ${this.inbox.last} is past the server's head ${ready.inbox_head}; resuming there`);
+      this.inbox.last = ready.inbox_head;
+      this.acked = Math.min(this.acked, ready.inbox_head);
+    }
     this.socket.send({ type: 'sync', cursor: this.inbox.last });
     // Progress made while offline (or persisted by an earlier page load) the server has not seen.
     if (this.inbox.last > (ready.cursor ?? 0) && this.socket.send({ type: 'ack', cursor: this.inbox.last })) {
