@@ -464,14 +464,14 @@ async fn groups_push_texts_but_not_system_messages_or_read_fanout() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
+/// A push receiver and a server (strangers allowed, pushes coalesced over `coalesce_ms`) with
+/// alice and bob and their direct conversation.
+async fn alice_and_bob(coalesce_ms: u64) -> (Receiver, TestServer, Account, Account, String) {
     let (rx, url) = Receiver::start(vec![]).await;
     let s = TestServer::start_with(move |c| {
         c.push_webhook_url = Some(url);
         c.push_secret = SECRET.into();
-        // Long enough that both sends below fall into bob's one window.
-        c.push_coalesce_ms = 1_000;
+        c.push_coalesce_ms = coalesce_ms;
         c.allow_strangers = true;
     })
     .await;
@@ -479,6 +479,14 @@ async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
     let alice = account(&base, "alice").await;
     let bob = account(&base, "bob").await;
     let dm = direct(&base, &alice, &bob).await;
+    (rx, s, alice, bob, dm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
+    // A window long enough that sends made one after the other fall into one window.
+    let (rx, s, alice, bob, dm) = alice_and_bob(1_000).await;
+    let base = s.base_url();
     let (st, v) = post(
         &base,
         &alice.token,
@@ -516,18 +524,9 @@ async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_comes_online_within_the_window_gets_no_push() {
-    let (rx, url) = Receiver::start(vec![]).await;
-    let s = TestServer::start_with(move |c| {
-        c.push_webhook_url = Some(url);
-        c.push_secret = SECRET.into();
-        c.push_coalesce_ms = 1_000;
-        c.allow_strangers = true;
-    })
-    .await;
+    // A window long enough that sends made one after the other fall into one window.
+    let (rx, s, alice, bob, dm) = alice_and_bob(1_000).await;
     let base = s.base_url();
-    let alice = account(&base, "alice").await;
-    let bob = account(&base, "bob").await;
-    let dm = direct(&base, &alice, &bob).await;
     let (st, _) = send_http(&base, &alice.token, &dm, "d1", "while you were away").await;
     assert_eq!(st, 200);
     // Bob connects before the window ends and reads the message on his socket.
