@@ -326,6 +326,25 @@ describe('outbox', () => {
     assert.equal(o.complete(e.client_msg_id), undefined);
   });
 
+  test('a refused send is held back until its time, and a retry by the user starts afresh', () => {
+    const o = new Outbox();
+    const a = o.add(A, 'a', 0);
+    const b = o.add(A, 'b', 0);
+    o.markWritten(a.client_msg_id);
+    o.markWritten(b.client_msg_id);
+    assert.equal(o.refused(a.client_msg_id, 1000, 'busy'), 1);
+    assert.deepEqual(o.unwritten(500), [], 'held until 1000');
+    assert.equal(o.nextHold(), 1000);
+    assert.deepEqual(o.unwritten(1000).map((e) => e.text), ['a']);
+    assert.equal(o.refused(a.client_msg_id, 3000, 'still busy'), 2, 'refusals add up');
+    assert.equal(o.expire(15_000, 15_000).length, 2);
+    assert.equal(o.get(a.client_msg_id).error, 'still busy');
+    o.retry(a.client_msg_id, 20_000);
+    const e = o.get(a.client_msg_id);
+    assert.deepEqual([e.refusals, e.lastError, e.error], [0, null, null]);
+    assert.deepEqual(o.unwritten(20_000).map((x) => x.text), ['a'], 'written at once');
+  });
+
   test('unsent messages survive a page load with their ids and states', () => {
     let saved = null;
     const storage = { load: () => saved, save: (list) => { saved = JSON.parse(JSON.stringify(list)); } };

@@ -160,9 +160,10 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         /// The newest cursor of the user's inbox when the socket opened. A device with no
         /// cursor of its own may start there instead of replaying the user's whole history
-        /// (which it can page through over HTTP). Absent from older servers: 0.
-        #[serde(default)]
-        inbox_head: u64,
+        /// (which it can page through over HTTP). Absent (`None`) from older servers, which
+        /// did not send it: unknown, not zero.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inbox_head: Option<u64>,
     },
     Event(WireEvent),
     Sent {

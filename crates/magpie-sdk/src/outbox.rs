@@ -123,6 +123,11 @@ impl Outbox {
         Some(e.refusals)
     }
 
+    /// A copy of the oldest entry.
+    pub fn oldest(&self) -> Option<PendingSend> {
+        self.entries.front().cloned()
+    }
+
     /// Removes and returns every entry, oldest first.
     pub fn drain(&mut self) -> Vec<PendingSend> {
         self.entries.drain(..).collect()

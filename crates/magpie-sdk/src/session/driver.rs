@@ -160,17 +160,22 @@ impl Driver {
                 Ending::Closed => break,
                 Ending::Revoked => {
                     info!(label = %self.config.label, "session revoked");
-                    // The token is gone, so these can never be answered: say so for each.
-                    let unanswered = self.shared.outbox().drain();
-                    for send in unanswered {
+                    // The token is gone, so these can never be answered: say so for each. One at
+                    // a time, so that those not reported (the application stopped listening)
+                    // are still pending for `close` to return.
+                    loop {
+                        let Some(send) = self.shared.outbox().oldest() else {
+                            break;
+                        };
                         let failed = SessionEvent::SendFailed {
-                            client_msg_id: send.client_msg_id,
+                            client_msg_id: send.client_msg_id.clone(),
                             code: ErrorCode::Unauthorized,
                             message: "the session was revoked before the send was answered".into(),
                         };
                         if self.emit(failed).await.is_err() {
                             break;
                         }
+                        self.shared.outbox().complete(&send.client_msg_id);
                     }
                     let _ = self.emit(SessionEvent::Revoked).await;
                     break;
@@ -343,7 +348,7 @@ impl Driver {
             // Nothing persisted locally: trust the server's record for this device.
             self.resume_at(server_cursor);
         }
-        if self.seq.last_delivered() > inbox_head {
+        if let Some(inbox_head) = inbox_head.filter(|&h| self.seq.last_delivered() > h) {
             // The saved cursor is past everything this user's inbox holds: it was saved for
             // another account, or the server was restored from an older backup. The server
             // would refuse to sync from it and the session would wait forever; nothing beyond

@@ -165,8 +165,9 @@ async fn ready(ws: &mut ServerWs, cursor: u64, heartbeat_ms: u64) {
         device_id: DeviceId(1),
         cursor,
         heartbeat_ms,
-        // The scripts push events beyond any cursor they name; no real inbox is behind them.
-        inbox_head: u64::MAX,
+        // The scripts push events beyond any cursor they name: no head to hold them to, as
+        // from a server too old to send one.
+        inbox_head: None,
     };
     push(ws, frame).await;
 }
@@ -609,7 +610,7 @@ async fn a_saved_cursor_ahead_of_the_inbox_resumes_from_the_inbox_head() {
         device_id: DeviceId(1),
         cursor: 3,
         heartbeat_ms: 30_000,
-        inbox_head: 7,
+        inbox_head: Some(7),
     };
     push(&mut ws, frame).await;
     assert_eq!(

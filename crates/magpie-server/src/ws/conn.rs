@@ -55,6 +55,9 @@ const METRIC_APPEND_SECONDS: &str = "magpie_ws_append_seconds";
 /// server's whole share of send→ack latency (queueing behind the connection's batch in flight
 /// included), which tells server delays from socket and client delays.
 const METRIC_SEND_ACK_SECONDS: &str = "magpie_ws_send_ack_seconds";
+/// How long each write may wait while a connection closes (answers to sends already in the
+/// store, the close frame): the peer may have stopped reading.
+const CLOSING_WRITE_MS: u64 = 1_000;
 /// Events read from the store per catch-up page.
 const CATCH_UP_PAGE_EVENTS: usize = 200;
 /// Live events written per wake-up before flushing, so one busy device cannot starve the rest.
@@ -138,6 +141,12 @@ struct Conn {
     /// leave the flush to the end of the loop turn, so that an ack and the echo of the same
     /// message, which arrive together, share one socket write.
     unflushed: bool,
+    /// The connection is ending: writes get [`CLOSING_WRITE_MS`] instead of the silence
+    /// limit, and after one write timed out none is tried again, so that closing a socket
+    /// whose peer stopped reading takes one silence limit, not one per remaining frame.
+    closing: bool,
+    /// A write timed out: the peer stopped reading, and no further write is attempted.
+    wedged: bool,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -173,6 +182,8 @@ pub fn run(
         joined: HashMap::new(),
         deadline,
         unflushed: false,
+        closing: false,
+        wedged: false,
     });
     conn.run()
 }
@@ -214,7 +225,7 @@ impl Conn {
             device_id: self.device.id,
             cursor: self.device.cursor.0,
             heartbeat_ms: self.state.config.heartbeat_ms,
-            inbox_head: inbox_head.0,
+            inbox_head: Some(inbox_head.0),
         };
         if self.write(&ready).await.is_err() || self.flush().await.is_err() {
             return End::Gone;
@@ -264,6 +275,7 @@ impl Conn {
 
     /// Drains what must not be lost (queued sends answered, acks recorded), then closes.
     async fn finish(&mut self, end: End) {
+        self.closing = true;
         // Sends already handed to the store complete regardless; answering them lets a client
         // that is still listening skip a retry.
         while !self.in_flight.is_empty() {
@@ -284,10 +296,23 @@ impl Conn {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let limit = silence_limit(&self.state);
-            let _ = within(limit, self.socket.send(WsMessage::Close(Some(frame)))).await;
+            if !self.wedged {
+                let limit = self.write_limit();
+                let _ = within(limit, self.socket.send(WsMessage::Close(Some(frame)))).await;
+            }
         }
-        let _ = within(silence_limit(&self.state), self.socket.flush()).await;
+        if !self.wedged {
+            let _ = within(self.write_limit(), self.socket.flush()).await;
+        }
+    }
+
+    /// How long one socket write may wait for the peer to read.
+    fn write_limit(&self) -> Duration {
+        if self.closing {
+            Duration::from_millis(CLOSING_WRITE_MS)
+        } else {
+            silence_limit(&self.state)
+        }
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
@@ -298,18 +323,32 @@ impl Conn {
     /// Queues one text frame on the socket (written at the next flush, or now if the write
     /// buffer is full).
     async fn feed(&mut self, text: String) -> Result<(), End> {
-        let limit = silence_limit(&self.state);
+        if self.wedged {
+            return Err(End::Gone);
+        }
+        let limit = self.write_limit();
         match within(limit, self.socket.feed(WsMessage::Text(text.into()))).await {
             Some(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
+            Some(Err(_)) => Err(End::Gone),
+            None => {
+                self.wedged = true;
+                Err(End::Gone)
+            }
         }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
         self.unflushed = false;
-        match within(silence_limit(&self.state), self.socket.flush()).await {
+        if self.wedged {
+            return Err(End::Gone);
+        }
+        match within(self.write_limit(), self.socket.flush()).await {
             Some(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
+            Some(Err(_)) => Err(End::Gone),
+            None => {
+                self.wedged = true;
+                Err(End::Gone)
+            }
         }
     }
 

@@ -261,7 +261,7 @@ impl Committer {
     fn commit_group(&self, group: &mut Vec<Sealed>) -> bool {
         self.shared
             .commit_started_ms
-            .store(magpie_core::now_ms().max(1), Ordering::Release);
+            .store(self.shared.clock_ms(), Ordering::Release);
         let wrote = self.commit_group_inner(group);
         self.shared.commit_started_ms.store(0, Ordering::Release);
         wrote

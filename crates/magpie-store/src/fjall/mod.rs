@@ -195,12 +195,29 @@ pub(crate) struct Shared {
     pub(crate) durable: RwLock<Snapshot>,
     /// Set after a failed commit or fsync: the on-disk state is unknown, writes are refused.
     pub(crate) poisoned: AtomicBool,
-    /// When the commit in progress started (Unix ms), 0 while none is: lets `health` tell a
-    /// disk that stopped answering from an idle store.
+    /// When the commit in progress started, in ms since `opened` plus one (so that 0 means
+    /// none is running): lets `health` tell a disk that stopped answering from an idle store.
+    /// Measured on the monotonic clock: a wall clock stepped by NTP would fake or hide a stall.
     pub(crate) commit_started_ms: AtomicU64,
+    /// The monotonic origin of `commit_started_ms`.
+    pub(crate) opened: std::time::Instant,
+}
+
+/// How long the commit that started at `started` (0: none) has run at `now`, if that is
+/// longer than [`COMMIT_STALL_MS`]. Both on `Shared::clock_ms`'s clock.
+fn stalled_for(started: u64, now: u64) -> Option<u64> {
+    let running_ms = now.saturating_sub(started);
+    (started != 0 && running_ms > COMMIT_STALL_MS).then_some(running_ms)
 }
 
 impl Shared {
+    /// Milliseconds since this store was opened, plus one (never 0), on the monotonic clock.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
     /// Opens the database and its keyspaces; returns the id counters found in `meta`.
     pub(crate) fn open(config: &FjallConfig) -> Result<(Arc<Shared>, Counters), StoreError> {
         // Process-wide, and set before the open starts fjall's workers.
@@ -221,6 +238,7 @@ impl Shared {
                 durable,
                 poisoned: AtomicBool::new(false),
                 commit_started_ms: AtomicU64::new(0),
+                opened: std::time::Instant::now(),
             }),
             ids,
         ))
@@ -392,8 +410,7 @@ impl Store for FjallStore {
             return Err(StoreError::Poisoned);
         }
         let started = self.shared.commit_started_ms.load(Ordering::Acquire);
-        let running_ms = magpie_core::now_ms().saturating_sub(started);
-        if started != 0 && running_ms > COMMIT_STALL_MS {
+        if let Some(running_ms) = stalled_for(started, self.shared.clock_ms()) {
             return Err(StoreError::Stalled(running_ms));
         }
         let writer_alive = self
@@ -701,31 +718,32 @@ mod tests {
 
     #[test]
     fn a_commit_stuck_on_the_disk_makes_the_store_unhealthy() {
+        assert_eq!(stalled_for(0, 1_000_000), None, "no commit running");
+        assert_eq!(
+            stalled_for(1_000, 1_000 + COMMIT_STALL_MS),
+            None,
+            "slow, not stalled"
+        );
+        assert_eq!(
+            stalled_for(1_000, 2_000 + COMMIT_STALL_MS),
+            Some(1_000 + COMMIT_STALL_MS)
+        );
+        assert_eq!(
+            stalled_for(5_000, 1_000),
+            None,
+            "a clock read before the start"
+        );
+
         let dir = tempfile::tempdir().unwrap();
         let store =
             FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).unwrap();
         assert!(store.health().is_ok());
-        let started = &store.shared.commit_started_ms;
-        started.store(
-            magpie_core::now_ms() - COMMIT_STALL_MS / 2,
-            Ordering::Release,
-        );
-        assert!(
-            store.health().is_ok(),
-            "a slow commit is not yet a stalled one"
-        );
-        started.store(
-            magpie_core::now_ms() - 2 * COMMIT_STALL_MS,
-            Ordering::Release,
-        );
-        assert!(
-            matches!(store.health(), Err(StoreError::Stalled(ms)) if ms >= 2 * COMMIT_STALL_MS)
-        );
-        started.store(0, Ordering::Release);
-        assert!(
-            store.health().is_ok(),
-            "healthy again once the commit finishes"
-        );
+        // A commit that started at the store's opening, read 20 s later, is stalled.
+        store.shared.commit_started_ms.store(1, Ordering::Release);
+        let later = store.shared.clock_ms() + 2 * COMMIT_STALL_MS;
+        assert!(stalled_for(1, later).is_some());
+        store.shared.commit_started_ms.store(0, Ordering::Release);
+        assert!(store.health().is_ok(), "healthy when no commit is running");
         store.close();
         assert!(matches!(store.health(), Err(StoreError::Closed)));
     }

@@ -332,7 +332,7 @@ mod tests {
             device_id: DeviceId(4),
             cursor: 10,
             heartbeat_ms: 30_000,
-            inbox_head: 12,
+            inbox_head: Some(12),
         })
         .expect("serializes");
         assert_eq!(

@@ -548,7 +548,12 @@ impl Chat {
             ("leave", None, None) => self.leave().await,
             ("read", None, None) => self.mark_read().await,
             ("switch", Some(target), None) => self.switch(target).await,
-            _ => say!("{HELP}"),
+            // Our own text, several lines: printed as it is, not through `say!`'s sanitizer.
+            _ => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{HELP}");
+                let _ = out.flush();
+            }
         }
         Flow::Continue
     }

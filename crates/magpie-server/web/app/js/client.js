@@ -387,7 +387,8 @@ export class Client {
 
   flushOutbox() {
     if (!this.socket?.online) return;
-    for (const e of this.outbox.unwritten()) {
+    const t = now();
+    for (const e of this.outbox.unwritten(t)) {
       const ok = this.socket.send({
         type: 'send',
         client_msg_id: e.client_msg_id,
@@ -397,6 +398,10 @@ export class Client {
       if (!ok) break;
       this.outbox.markWritten(e.client_msg_id);
     }
+    // Sends held back after a refusal are written when their time comes.
+    clearTimeout(this.timers.transient);
+    const hold = this.outbox.nextHold();
+    if (hold !== null) this.timers.transient = setTimeout(() => this.flushOutbox(), Math.max(0, hold - t));
   }
 
   /**
@@ -439,13 +444,12 @@ export class Client {
       // Retried until the send times out, backing off (doubling, with jitter) so that many
       // clients refused together do not all come back together; a send that times out shows
       // the server's last reason rather than "no answer".
-      e.written = false;
-      e.refusals = (e.refusals || 0) + 1;
-      e.lastError = describeError(new ApiError(0, f.code, f.message));
-      const full = config.transientRetryMs * 2 ** Math.min(e.refusals - 1, 5);
+      const reason = describeError(new ApiError(0, f.code, f.message));
+      const n = (e.refusals || 0) + 1;
+      const full = config.transientRetryMs * 2 ** Math.min(n - 1, 5);
       const delay = full / 2 + Math.random() * (full / 2);
-      clearTimeout(this.timers.transient);
-      this.timers.transient = setTimeout(() => this.flushOutbox(), delay);
+      this.outbox.refused(f.client_msg_id, now() + delay, reason);
+      this.flushOutbox(); // arms the timer for the earliest held send
       return;
     }
     this.outbox.fail(f.client_msg_id, describeError(new ApiError(0, f.code, f.message)));

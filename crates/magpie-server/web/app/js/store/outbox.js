@@ -78,8 +78,32 @@ export class Outbox {
   }
 
   /** Pending entries not yet written on the current connection, in send order. */
-  unwritten() {
-    return [...this.entries.values()].filter((e) => e.state === 'pending' && !e.written);
+  /** Pending entries not written on this connection and not held back after a refusal (`now`). */
+  unwritten(now = Infinity) {
+    return [...this.entries.values()].filter((e) => e.state === 'pending' && !e.written && !(e.notBefore > now));
+  }
+
+  /**
+   * The server refused `id` for now (rate_limited, unavailable, internal): hold it back until
+   * `notBefore` and remember the reason. Returns how often it has been refused.
+   */
+  refused(id, notBefore, reason) {
+    const e = this.entries.get(id);
+    if (!e) return 0;
+    e.written = false;
+    e.refusals = (e.refusals || 0) + 1;
+    e.notBefore = notBefore;
+    e.lastError = reason;
+    return e.refusals;
+  }
+
+  /** The earliest time a held-back entry may be written again, or null. */
+  nextHold() {
+    let t = null;
+    for (const e of this.entries.values()) {
+      if (e.state === 'pending' && !e.written && e.notBefore && (t === null || e.notBefore < t)) t = e.notBefore;
+    }
+    return t;
   }
 
   markWritten(id) {
@@ -118,6 +142,10 @@ export class Outbox {
     e.written = false;
     e.since = now;
     e.error = null;
+    // A retry the user asked for starts afresh.
+    e.refusals = 0;
+    e.notBefore = 0;
+    e.lastError = null;
     this.save();
     return e;
   }
