@@ -602,6 +602,7 @@ async fn fill_recent(
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "filling the recent-message cache failed");
+                recent.forget_if_empty(conv);
                 return;
             }
         };

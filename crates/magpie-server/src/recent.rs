@@ -98,6 +98,20 @@ impl RecentMessages {
         self.extend(conversation, Vec::new());
     }
 
+    /// Drops a conversation's entry if it holds no message (a reservation whose load failed),
+    /// so that it does not push out a conversation that has some.
+    pub fn forget_if_empty(&self, conversation: ConversationId) {
+        let mut guard = self.inner.lock();
+        let map = &mut guard.0;
+        if map
+            .get(&conversation)
+            .is_some_and(|t| t.messages.is_empty())
+        {
+            map.remove(&conversation);
+            self.cached.store(map.len(), Ordering::Release);
+        }
+    }
+
     /// Appends durable messages (ascending) to a conversation's tail.
     pub fn extend(&self, conversation: ConversationId, messages: Vec<Message>) {
         let mut guard = self.inner.lock();
@@ -223,6 +237,15 @@ mod tests {
             .map(|m| m.seq.0)
             .collect();
         assert_eq!(seqs, vec![9, 10, 11]);
+        r.forget_if_empty(c);
+        assert!(
+            r.get(c, Seq(8), 10).is_some(),
+            "a tail with messages is kept"
+        );
+        let failed = ConversationId(2);
+        r.reserve(failed);
+        r.forget_if_empty(failed); // its load failed
+        assert_eq!(r.inner.lock().0.len(), 1, "the empty reservation is gone");
     }
 
     #[test]
