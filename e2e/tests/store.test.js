@@ -345,6 +345,16 @@ describe('outbox', () => {
     assert.deepEqual(o.unwritten(20_000).map((x) => x.text), ['a'], 'written at once');
   });
 
+  test('a held send holds back the later sends of its conversation only', () => {
+    const o = new Outbox();
+    const a = o.add(A, 'a', 0);
+    o.add(A, 'b', 0);
+    o.add(B, 'x', 0);
+    assert.equal(o.refused(a.client_msg_id, 1000, 'busy'), 1);
+    assert.deepEqual(o.unwritten(500).map((e) => e.text), ['x'], "b must not overtake a");
+    assert.deepEqual(o.unwritten(1000).map((e) => e.text), ['a', 'b', 'x']);
+  });
+
   test('unsent messages survive a page load with their ids and states', () => {
     let saved = null;
     const storage = { load: () => saved, save: (list) => { saved = JSON.parse(JSON.stringify(list)); } };

@@ -86,17 +86,25 @@ impl Outbox {
     }
 
     /// The frames of every entry not yet written on this connection and not held back after
-    /// a refusal until later than `now`, in order, marking them written.
+    /// a refusal until later than `now`, in order, marking them written. An entry held back
+    /// also holds back the later unwritten entries of its conversation, so that a refusal
+    /// does not let later messages overtake it (those already written may still have).
     pub fn take_unwritten(&mut self, now: Instant) -> Vec<ClientFrame> {
-        self.entries
-            .iter_mut()
-            .filter(|e| !e.written && e.not_before.is_none_or(|t| t <= now))
-            .map(|e| {
-                e.written = true;
-                e.not_before = None;
-                e.frame()
-            })
-            .collect()
+        let mut held: Vec<ConversationId> = Vec::new();
+        let mut frames = Vec::new();
+        for e in self.entries.iter_mut().filter(|e| !e.written) {
+            if held.contains(&e.conversation_id) {
+                continue;
+            }
+            if e.not_before.is_some_and(|t| t > now) {
+                held.push(e.conversation_id);
+                continue;
+            }
+            e.written = true;
+            e.not_before = None;
+            frames.push(e.frame());
+        }
+        frames
     }
 
     /// Removes and returns the entry for `client_msg_id` (answered by `sent` or a definitive
@@ -228,5 +236,31 @@ mod tests {
         assert_eq!(o.retry("c", later), Some(2), "refusals add up");
         assert!(o.complete("zz").is_none());
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn a_held_send_holds_back_the_later_sends_of_its_conversation_only() {
+        let mut o = Outbox::new(10);
+        let other = PendingSend::new("x".into(), ConversationId(2), "other".into());
+        for send in [p("a"), p("b"), other, p("c")] {
+            o.push(send).unwrap();
+        }
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        assert_eq!(ids(&o.take_unwritten(now)), ["a", "b", "x", "c"]);
+        // "a" is refused before "b" and "c" were answered; the connection drops, so all four
+        // are written again, but "a" is held back: "b" and "c" must not overtake it.
+        o.reset_written();
+        o.retry("a", later);
+        assert_eq!(
+            ids(&o.take_unwritten(now)),
+            ["x"],
+            "only the other conversation"
+        );
+        assert_eq!(
+            ids(&o.take_unwritten(later)),
+            ["a", "b", "c"],
+            "in order once due"
+        );
     }
 }

@@ -78,9 +78,20 @@ export class Outbox {
   }
 
   /** Pending entries not yet written on the current connection, in send order. */
-  /** Pending entries not written on this connection and not held back after a refusal (`now`). */
+  /**
+   * Pending entries not written on this connection and not held back after a refusal (`now`),
+   * in order. A held entry also holds back the later ones of its conversation, so that a
+   * refusal does not let later messages overtake it (those already written may still have).
+   */
   unwritten(now = Infinity) {
-    return [...this.entries.values()].filter((e) => e.state === 'pending' && !e.written && !(e.notBefore > now));
+    const held = new Set();
+    const out = [];
+    for (const e of this.entries.values()) {
+      if (e.state !== 'pending' || e.written || held.has(e.conversation_id)) continue;
+      if (e.notBefore > now) held.add(e.conversation_id);
+      else out.push(e);
+    }
+    return out;
   }
 
   /**
