@@ -332,11 +332,11 @@ describe('outbox', () => {
     const b = o.add(A, 'b', 0);
     o.markWritten(a.client_msg_id);
     o.markWritten(b.client_msg_id);
-    assert.equal(o.refused(a.client_msg_id, 1000, 'busy'), 1);
+    assert.equal(o.refused(a.client_msg_id, () => 1000, 'busy'), 1);
     assert.deepEqual(o.unwritten(500), [], 'held until 1000');
     assert.equal(o.nextHold(), 1000);
     assert.deepEqual(o.unwritten(1000).map((e) => e.text), ['a']);
-    assert.equal(o.refused(a.client_msg_id, 3000, 'still busy'), 2, 'refusals add up');
+    assert.equal(o.refused(a.client_msg_id, () => 3000, 'still busy'), 2, 'refusals add up');
     assert.equal(o.expire(15_000, 15_000).length, 2);
     assert.equal(o.get(a.client_msg_id).error, 'still busy');
     o.retry(a.client_msg_id, 20_000);
@@ -350,7 +350,7 @@ describe('outbox', () => {
     const a = o.add(A, 'a', 0);
     o.add(A, 'b', 0);
     o.add(B, 'x', 0);
-    assert.equal(o.refused(a.client_msg_id, 1000, 'busy'), 1);
+    assert.equal(o.refused(a.client_msg_id, () => 1000, 'busy'), 1);
     assert.deepEqual(o.unwritten(500).map((e) => e.text), ['x'], "b must not overtake a");
     assert.deepEqual(o.unwritten(1000).map((e) => e.text), ['a', 'b', 'x']);
   });

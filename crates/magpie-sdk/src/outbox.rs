@@ -117,17 +117,17 @@ impl Outbox {
         self.entries.remove(i)
     }
 
-    /// Marks one entry for rewriting no sooner than `at` (after a transient error such as
-    /// `rate_limited`). Returns how often it has been refused so far, this time included, or
-    /// `None` if it is not pending.
-    pub fn retry(&mut self, client_msg_id: &str, at: Instant) -> Option<u32> {
+    /// Marks one entry for rewriting (after a transient error such as `rate_limited`), no
+    /// sooner than `at(n)`, where `n` is how often it has been refused so far, this time
+    /// included. Returns `n`, or `None` if it is not pending.
+    pub fn retry(&mut self, client_msg_id: &str, at: impl FnOnce(u32) -> Instant) -> Option<u32> {
         let e = self
             .entries
             .iter_mut()
             .find(|e| e.client_msg_id == client_msg_id)?;
         e.written = false;
         e.refusals += 1;
-        e.not_before = Some(at);
+        e.not_before = Some(at(e.refusals));
         Some(e.refusals)
     }
 
@@ -139,14 +139,6 @@ impl Outbox {
     /// Removes and returns every entry, oldest first.
     pub fn drain(&mut self) -> Vec<PendingSend> {
         self.entries.drain(..).collect()
-    }
-
-    /// How often `client_msg_id` has been refused so far (0 if never, or if not pending).
-    pub fn refusals_of(&self, client_msg_id: &str) -> u32 {
-        self.entries
-            .iter()
-            .find(|e| e.client_msg_id == client_msg_id)
-            .map_or(0, |e| e.refusals)
     }
 
     /// The earliest instant an entry held back after a refusal may be written again.
@@ -229,11 +221,11 @@ mod tests {
         o.reset_written();
         assert_eq!(ids(&o.take_unwritten(now)), ["b", "c", "d"]);
         let later = now + std::time::Duration::from_secs(1);
-        assert_eq!(o.retry("c", later), Some(1));
-        assert_eq!(o.retry("zz", later), None);
+        assert_eq!(o.retry("c", |_| later), Some(1));
+        assert_eq!(o.retry("zz", |_| later), None);
         assert!(o.take_unwritten(now).is_empty(), "held back until `later`");
         assert_eq!(ids(&o.take_unwritten(later)), ["c"]);
-        assert_eq!(o.retry("c", later), Some(2), "refusals add up");
+        assert_eq!(o.retry("c", |_| later), Some(2), "refusals add up");
         assert!(o.complete("zz").is_none());
         assert_eq!(o.len(), 3);
     }
@@ -251,7 +243,7 @@ mod tests {
         // "a" is refused before "b" and "c" were answered; the connection drops, so all four
         // are written again, but "a" is held back: "b" and "c" must not overtake it.
         o.reset_written();
-        o.retry("a", later);
+        o.retry("a", |_| later);
         assert_eq!(
             ids(&o.take_unwritten(now)),
             ["x"],

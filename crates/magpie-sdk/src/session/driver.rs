@@ -607,10 +607,13 @@ impl Driver {
                 ..
             } => {
                 if is_transient(code) {
-                    let refusals = self.shared.outbox().refusals_of(&id);
                     let base = self.config.send_retry_base_ms;
-                    let at = Instant::now() + refusal_delay(base, refusals + 1, &mut rand::rng());
-                    match self.shared.outbox().retry(&id, at) {
+                    let mut at = Instant::now();
+                    let refusals = self.shared.outbox().retry(&id, |n| {
+                        at += refusal_delay(base, n, &mut rand::rng());
+                        at
+                    });
+                    match refusals {
                         Some(n) if n <= self.config.send_refusals_max => {
                             self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
                             return Ok(());

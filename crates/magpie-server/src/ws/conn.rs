@@ -296,14 +296,12 @@ impl Conn {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            if !self.wedged {
-                let limit = self.write_limit();
-                let _ = within(limit, self.socket.send(WsMessage::Close(Some(frame)))).await;
-            }
+            let limit = self.write_limit();
+            let close = self.socket.send(WsMessage::Close(Some(frame)));
+            let _ = bounded(&mut self.wedged, limit, close).await;
         }
-        if !self.wedged {
-            let _ = within(self.write_limit(), self.socket.flush()).await;
-        }
+        let limit = self.write_limit();
+        let _ = bounded(&mut self.wedged, limit, self.socket.flush()).await;
     }
 
     /// How long one socket write may wait for the peer to read.
@@ -323,33 +321,15 @@ impl Conn {
     /// Queues one text frame on the socket (written at the next flush, or now if the write
     /// buffer is full).
     async fn feed(&mut self, text: String) -> Result<(), End> {
-        if self.wedged {
-            return Err(End::Gone);
-        }
         let limit = self.write_limit();
-        match within(limit, self.socket.feed(WsMessage::Text(text.into()))).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) => Err(End::Gone),
-            None => {
-                self.wedged = true;
-                Err(End::Gone)
-            }
-        }
+        let feed = self.socket.feed(WsMessage::Text(text.into()));
+        bounded(&mut self.wedged, limit, feed).await
     }
 
     async fn flush(&mut self) -> Result<(), End> {
         self.unflushed = false;
-        if self.wedged {
-            return Err(End::Gone);
-        }
-        match within(self.write_limit(), self.socket.flush()).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) => Err(End::Gone),
-            None => {
-                self.wedged = true;
-                Err(End::Gone)
-            }
-        }
+        let limit = self.write_limit();
+        bounded(&mut self.wedged, limit, self.socket.flush()).await
     }
 
     async fn on_socket(
@@ -1018,6 +998,25 @@ async fn within<F: Future>(limit: Duration, write: F) -> Option<F::Output> {
         return Some(out);
     }
     tokio::time::timeout(limit, write).await.ok()
+}
+
+/// One socket write of a connection: none once an earlier one timed out (`wedged`), at most
+/// `limit` otherwise, and a timeout marks the connection wedged.
+async fn bounded<F>(wedged: &mut bool, limit: Duration, write: F) -> Result<(), End>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    if *wedged {
+        return Err(End::Gone);
+    }
+    match within(limit, write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err(End::Gone),
+        None => {
+            *wedged = true;
+            Err(End::Gone)
+        }
+    }
 }
 
 /// Polls an optional future; pending forever when absent (a disabled `select!` branch).

@@ -445,10 +445,11 @@ export class Client {
       // clients refused together do not all come back together; a send that times out shows
       // the server's last reason rather than "no answer".
       const reason = describeError(new ApiError(0, f.code, f.message));
-      const n = (e.refusals || 0) + 1;
-      const full = config.transientRetryMs * 2 ** Math.min(n - 1, 5);
-      const delay = full / 2 + Math.random() * (full / 2);
-      this.outbox.refused(f.client_msg_id, now() + delay, reason);
+      const holdUntil = (n) => {
+        const full = config.transientRetryMs * 2 ** Math.min(n - 1, 5);
+        return now() + full / 2 + Math.random() * (full / 2);
+      };
+      this.outbox.refused(f.client_msg_id, holdUntil, reason);
       this.flushOutbox(); // arms the timer for the earliest held send
       return;
     }

@@ -96,14 +96,15 @@ export class Outbox {
 
   /**
    * The server refused `id` for now (rate_limited, unavailable, internal): hold it back until
-   * `notBefore` and remember the reason. Returns how often it has been refused.
+   * `notBefore(n)`, where `n` counts its refusals so far, and remember the reason. Returns `n`
+   * (0 if `id` is not pending).
    */
   refused(id, notBefore, reason) {
     const e = this.entries.get(id);
     if (!e) return 0;
     e.written = false;
     e.refusals = (e.refusals || 0) + 1;
-    e.notBefore = notBefore;
+    e.notBefore = notBefore(e.refusals);
     e.lastError = reason;
     return e.refusals;
   }
