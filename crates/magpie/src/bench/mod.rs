@@ -22,6 +22,7 @@ mod idle;
 mod report;
 mod setup;
 mod sys;
+mod timeline;
 mod traffic;
 mod wire;
 mod wsconn;

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use magpie_core::ConversationId;
 use serde_json::json;
@@ -20,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::report::{thousands, LatencySummary, Recorder, SharedHistogram};
 use super::setup::{self, Account, Http};
 use super::sys::{self, Proc, ProcSample, StoreDelta};
+use super::timeline::{ThreadSampler, Timeline, TimelineArgs, Windows};
 use super::wire::{self, instant_at, now_ns, Incoming};
 use super::wsconn::{self, Connected};
 use super::{progress, CommonArgs, Outcome, Target};
@@ -57,6 +60,8 @@ pub struct ThroughputArgs {
     /// Longest wait, after sending stops, for outstanding acks and events, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub drain_s: f64,
+    #[command(flatten)]
+    pub timeline: TimelineArgs,
 }
 
 /// `magpie bench latency`.
@@ -79,6 +84,8 @@ pub struct LatencyArgs {
     /// Longest wait, after sending stops, for outstanding acks and events, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub drain_s: f64,
+    #[command(flatten)]
+    pub timeline: TimelineArgs,
 }
 
 /// How a connection decides when to send.
@@ -186,6 +193,8 @@ struct ConnStats {
     violations: u64,
     /// The first few violations, described.
     examples: Vec<String>,
+    /// Deliveries per timeline window (with `--timeline-ms`).
+    windows: Option<Windows>,
 }
 
 impl ConnStats {
@@ -315,6 +324,9 @@ impl Driver {
                     if let Some(sent) = wire::stamp_of(text) {
                         self.stats.peer_in_window += 1;
                         self.deliver.record(now.saturating_sub(sent));
+                        if let Some(w) = &mut self.stats.windows {
+                            w.record(sent, now.saturating_sub(sent));
+                        }
                     }
                 }
             }
@@ -399,7 +411,13 @@ struct ConnSpec {
 }
 
 /// Runs one connection from the first send until it has drained (or the deadline).
-async fn drive(spec: ConnSpec, plan: Plan, deliver: Recorder, ack: Recorder) -> ConnStats {
+async fn drive(
+    spec: ConnSpec,
+    plan: Plan,
+    deliver: Recorder,
+    ack: Recorder,
+    windows: Option<Windows>,
+) -> ConnStats {
     let ConnSpec {
         id,
         side,
@@ -421,7 +439,10 @@ async fn drive(spec: ConnSpec, plan: Plan, deliver: Recorder, ack: Recorder) -> 
         plan,
         deliver,
         ack,
-        stats: ConnStats::default(),
+        stats: ConnStats {
+            windows,
+            ..ConnStats::default()
+        },
     };
     let (mut sink, mut stream) = connected.ws.split();
     let mut dirty = false;
@@ -636,6 +657,8 @@ struct Totals {
     stats: ConnStats,
     connections: usize,
     drained: usize,
+    /// The run's timeline (with `--timeline-ms`).
+    timeline: Option<Timeline>,
 }
 
 async fn run_fleet(
@@ -645,13 +668,22 @@ async fn run_fleet(
     pid: Option<u32>,
     deliver: &SharedHistogram,
     ack: &SharedHistogram,
+    window_ns: Option<u64>,
 ) -> anyhow::Result<(Totals, WindowSamples)> {
     let connections = fleet.specs.len();
     let sampler = tokio::spawn(sample_window(http.clone(), pid, plan));
+    let windows = window_ns.map(|w| Windows::new(plan.measure_ns, plan.stop_ns, w));
+    let threads = match (&windows, pid) {
+        (Some(w), Some(pid)) => Some(ThreadSampler::start(pid, w)?),
+        _ => None,
+    };
     let tasks: Vec<_> = fleet
         .specs
         .into_iter()
-        .map(|spec| tokio::spawn(drive(spec, plan, deliver.recorder(), ack.recorder())))
+        .map(|spec| {
+            let (d, a, w) = (deliver.recorder(), ack.recorder(), windows.clone());
+            tokio::spawn(drive(spec, plan, d, a, w))
+        })
         .collect();
     progress!(
         "running: warm-up {:.1} s, measuring {:.1} s",
@@ -659,9 +691,13 @@ async fn run_fleet(
         plan.measured_s()
     );
     let mut total = ConnStats::default();
+    let mut merged = windows;
     let mut drained = 0;
     for task in tasks {
         let s = task.await?;
+        if let (Some(all), Some(w)) = (&mut merged, &s.windows) {
+            all.merge(w);
+        }
         total.sent_in_window += s.sent_in_window;
         total.acked_in_window += s.acked_in_window;
         total.peer_in_window += s.peer_in_window;
@@ -678,11 +714,16 @@ async fn run_fleet(
         }
     }
     let samples = sampler.await??;
+    let timeline = merged.map(|windows| Timeline {
+        windows,
+        threads: threads.map(ThreadSampler::finish),
+    });
     Ok((
         Totals {
             stats: total,
             connections,
             drained,
+            timeline,
         },
         samples,
     ))
@@ -771,6 +812,10 @@ fn traffic_report(
             l[0], l[1], l[2]
         ));
     }
+    if let Some(t) = &totals.timeline {
+        human.push_str(&t.summary());
+        human.push('\n');
+    }
     human.push_str(&format!(
         "  checks                 {} violations; {}/{} connections drained; {} sends, {} acks, {} events in total",
         s.violations, totals.drained, totals.connections, s.sent_total, s.acked_total, s.events_total
@@ -801,6 +846,7 @@ fn traffic_report(
             "sent_total": s.sent_total,
             "acked_total": s.acked_total,
             "events_total": s.events_total,
+            "timeline": totals.timeline.as_ref().map(Timeline::json),
         });
         if let Some(extra) = extra.as_object() {
             obj.extend(extra.clone());
@@ -827,8 +873,10 @@ pub async fn run_throughput(args: ThroughputArgs) -> anyhow::Result<Outcome> {
         Pace::Window(args.window),
     )?;
     let (deliver, ack) = (SharedHistogram::new(), SharedHistogram::new());
-    let (totals, samples) =
-        run_fleet(fleet, plan, &http, args.common.server_pid, &deliver, &ack).await?;
+    let window_ns = args.timeline.window_ns()?;
+    let pid = args.common.server_pid;
+    let (totals, samples) = run_fleet(fleet, plan, &http, pid, &deliver, &ack, window_ns).await?;
+    write_timeline(&args.timeline, &totals)?;
     let head = format!(
         "throughput: {} pairs ({} connections), window {}, measured {:.1} s after {:.1} s warm-up",
         args.pairs, totals.connections, args.window, args.duration_s, args.warmup_s
@@ -870,8 +918,10 @@ pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<Outcome> {
         Pace::Rate { interval_ns },
     )?;
     let (deliver, ack) = (SharedHistogram::new(), SharedHistogram::new());
-    let (totals, samples) =
-        run_fleet(fleet, plan, &http, args.common.server_pid, &deliver, &ack).await?;
+    let window_ns = args.timeline.window_ns()?;
+    let pid = args.common.server_pid;
+    let (totals, samples) = run_fleet(fleet, plan, &http, pid, &deliver, &ack, window_ns).await?;
+    write_timeline(&args.timeline, &totals)?;
     let head = format!(
         "latency: {} pairs ({} senders), target {} msg/s in total ({per_sender:.1}/s per sender), measured {:.1} s after {:.1} s warm-up",
         args.pairs,
@@ -896,4 +946,13 @@ pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<Outcome> {
         deliver.summary(),
         ack.summary(),
     ))
+}
+
+/// Writes the timeline to `--timeline-out`, if both were asked for.
+fn write_timeline(args: &TimelineArgs, totals: &Totals) -> anyhow::Result<()> {
+    if let (Some(path), Some(t)) = (&args.timeline_out, &totals.timeline) {
+        std::fs::write(path, t.tsv())
+            .with_context(|| format!("writing the timeline to {}", path.display()))?;
+    }
+    Ok(())
 }
