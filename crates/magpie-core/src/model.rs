@@ -198,6 +198,18 @@ pub struct Event {
     pub payload: EventPayload,
 }
 
+impl Event {
+    /// Bytes of user-written text the event carries (a message's text, a friend request's
+    /// note), for bounding pages (`limits::PageText`).
+    pub fn text_bytes(&self) -> usize {
+        match &self.payload {
+            EventPayload::Message(m) => m.text.len(),
+            EventPayload::FriendRequest(r) => r.message.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// An event together with the inbox it was appended to; what the store announces on commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEvent {

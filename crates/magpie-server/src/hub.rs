@@ -470,14 +470,20 @@ impl Hub {
             let Some(slot) = shard.get_mut(&member) else {
                 continue;
             };
-            for device in slot.devices.iter_mut().filter(|d| d.live.is_some()) {
+            // Every registered device, live or not: one that has not sent `sync` yet finds
+            // the notice in its box when it goes live (`on_sync` ends by flushing the box).
+            // Recording only live devices lost notices committed between a connect and its
+            // `sync`, which the client's own catch-up (sync, then the conversation list) could
+            // not see either.
+            for device in slot.devices.iter_mut() {
                 match device
                     .notify_box
                     .add(notice.conversation_id, notice.last_seq)
                 {
                     Ok(true) => {
-                        device.push(Outbound::NotifyWake);
-                        woken += 1;
+                        if device.push(Outbound::NotifyWake) {
+                            woken += 1;
+                        }
                     }
                     Ok(false) => {}
                     Err(()) => device.overflow(),

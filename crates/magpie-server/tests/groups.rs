@@ -1170,3 +1170,34 @@ async fn fanout_switches_both_ways_without_gaps() {
     eprintln!("mode switch test took {:?}", t0.elapsed());
     s.stop().await;
 }
+
+/// A notice committed after a device connected but before it sent `sync` reaches it once it
+/// syncs. Before, only live devices recorded notices, and this one would not learn of the
+/// message until the group's next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_before_the_first_sync_is_delivered_after_it() {
+    let s = TestServer::start_with(|c| c.policy.fanout_write_max = 1).await;
+    let base = s.base_url();
+    let owner = account(&base, "owner").await;
+    let mia = account(&base, "mia").await;
+    let (conv, _) = create_group(&base, &owner, "wide", &[&mia.user_id]).await;
+    assert_eq!(group_info(&base, &mia.token, &conv).await["fanout"], "read");
+    let mut o_ws = live(&s, &owner.token).await;
+    // Connected (registered with the hub) but not synced.
+    let (mut m_ws, _) = Ws::connect(&s.ws_url(), &mia.token).await;
+    o_ws.send_text(&conv, "n1", "while mia connects").await;
+    let ack = o_ws.send_answer().await;
+    assert_eq!(ack["type"], "sent", "{ack}");
+    let seq = ack["seq"].as_u64().expect("seq");
+    // The owner's own device is notified by the same pass over the members, so by now mia's
+    // box holds the notice if it ever will.
+    let n = o_ws.next_type("notify").await;
+    assert_eq!(n["last_seq"], seq);
+    m_ws.sync(0).await;
+    let n = m_ws.next_type("notify").await;
+    assert_eq!(
+        (n["conversation_id"].as_str(), n["last_seq"].as_u64()),
+        (Some(conv.as_str()), Some(seq))
+    );
+    s.stop().await;
+}

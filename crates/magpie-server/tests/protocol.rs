@@ -735,3 +735,43 @@ async fn pages_of_huge_messages_stop_at_the_byte_budget_and_say_so() {
     assert_eq!(page["next_cursor"], events[0]["cursor"]);
     s.stop().await;
 }
+
+/// Pages of messages whose text is 4-byte characters stop in the store (at 1 MiB of text), not
+/// only on the wire: history pages still say they were cut, and a socket's catch-up goes on
+/// past such a page instead of taking it for the end of the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_wide_characters_stop_in_the_store_and_catch_up_goes_on() {
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    // 400,000 bytes each: the store stops a page at the third, the wire keeps two.
+    let wide = "😀".repeat(100_000);
+    for i in 1..=8u64 {
+        let (status, v) = send_http(&base, &alice.token, &conv, &format!("w{i}"), &wide).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("/v1/conversations/{conv}/messages?limit=200&after_seq={after}");
+        let (status, page) = get(&base, &bob.token, &path).await;
+        assert_eq!(status, 200);
+        let got = seqs(&page);
+        let Some(&last) = got.last() else { break };
+        assert_eq!(got.len(), 2, "page after {after}");
+        let truncated = page["truncated"].as_bool().unwrap_or(false);
+        assert_eq!(truncated, last < 8, "page after {after}");
+        seen.extend(got);
+        after = last;
+    }
+    assert_eq!(seen, (1..=8).collect::<Vec<u64>>());
+    // Catch-up over the socket delivers all eight events, in cursor order.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(0).await;
+    let events = b.events(8).await;
+    let cursors: Vec<u64> = events.iter().filter_map(|e| e["cursor"].as_u64()).collect();
+    assert_eq!(cursors, (1..=8).collect::<Vec<u64>>());
+    s.stop().await;
+}

@@ -104,6 +104,7 @@ pub const CHECKS: &[&str] = &[
     "events_paging",
     "sink_gets_exactly_new_events",
     "long_text",
+    "pages_stop_at_the_text_bound",
     "friends_lifecycle",
     "friend_request_reuses_direct",
     "group_lifecycle",
@@ -176,6 +177,7 @@ where
         "events_paging" => announce(name, events_paging(t)).await,
         "sink_gets_exactly_new_events" => announce(name, sink_gets_exactly_new_events(t)).await,
         "long_text" => announce(name, long_text(t)).await,
+        "pages_stop_at_the_text_bound" => announce(name, pages_stop_at_the_text_bound(t)).await,
         "friends_lifecycle" => announce(name, friends_lifecycle(t)).await,
         "friend_request_reuses_direct" => announce(name, friend_request_reuses_direct(t)).await,
         "group_lifecycle" => announce(name, group_lifecycle(t)).await,
@@ -1230,6 +1232,37 @@ async fn long_text<S: Store>(t: Ctx<S>) {
         let events = s.events(user, Cursor(0), 10).await.expect("read");
         assert_eq!(event_message(&events[0]).text, text);
     }
+}
+
+/// A page read stops after the message whose text crosses `PAGE_TEXT_BYTES_MAX`, counted from
+/// where the read starts, so a request never holds 200 messages of 400 KB.
+async fn pages_stop_at_the_text_bound<S: Store>(t: Ctx<S>) {
+    use magpie_core::limits::{MESSAGE_CHARS_MAX, PAGE_TEXT_BYTES_MAX};
+    let s = &*t.store;
+    let (us, ab, _) = two_conversations(s).await;
+    // 400,000 bytes each: the third message of a page crosses 1 MiB.
+    let text = "😀".repeat(MESSAGE_CHARS_MAX);
+    assert!(3 * text.len() > PAGE_TEXT_BYTES_MAX && 2 * text.len() <= PAGE_TEXT_BYTES_MAX);
+    for i in 0..6 {
+        append_ok(s, vec![req(ab.id, us[0].id, &format!("big{i}"), &text)]).await;
+    }
+    let read = |range| async move { seqs(&s.messages(ab.id, range, 200).await.expect("read")) };
+    assert_eq!(read(MessageRange::After(Seq(0))).await, vec![1, 2, 3]);
+    assert_eq!(read(MessageRange::After(Seq(3))).await, vec![4, 5, 6]);
+    assert_eq!(read(MessageRange::Latest).await, vec![4, 5, 6]);
+    assert_eq!(read(MessageRange::Before(Seq(5))).await, vec![2, 3, 4]);
+    let events = s.events(us[1].id, Cursor(0), 200).await.expect("read");
+    let cursors: Vec<u64> = events.iter().map(|e| e.cursor.0).collect();
+    assert_eq!(cursors.len(), 3, "{cursors:?}");
+    assert_eq!(cursors[0], 1);
+    // Small messages fill a page up to its limit.
+    for i in 0..5 {
+        send(s, ab.id, us[1].id, &format!("small{i}")).await;
+    }
+    assert_eq!(
+        read(MessageRange::After(Seq(6))).await,
+        vec![7, 8, 9, 10, 11]
+    );
 }
 
 async fn friends_lifecycle<S: Store>(t: Ctx<S>) {

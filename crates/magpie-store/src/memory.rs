@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use magpie_core::limits::UNREAD_COUNT_MAX;
+use magpie_core::limits::{PageText, UNREAD_COUNT_MAX};
 use magpie_core::{
     now_ms, ClientMsgId, Conversation, ConversationId, ConversationKind, Cursor, Device, DeviceId,
     Event, EventPayload, FriendRequest, Member, Message, RequestId, Role, Seq, SystemEvent, User,
@@ -534,7 +534,7 @@ impl Store for MemoryStore {
         let Some(t) = s.timelines.get(&conversation) else {
             return Ok(Vec::new());
         };
-        let all: Vec<&Arc<Message>> = match range {
+        let mut all: Vec<&Arc<Message>> = match range {
             MessageRange::After(seq) => t.iter().filter(|m| m.seq > seq).take(limit).collect(),
             MessageRange::Before(seq) => {
                 let older: Vec<_> = t.iter().filter(|m| m.seq < seq).collect();
@@ -542,6 +542,13 @@ impl Store for MemoryStore {
             }
             MessageRange::Latest => t[t.len().saturating_sub(limit)..].iter().collect(),
         };
+        // The same text bound as the embedded store, counted from where the read starts.
+        if matches!(range, MessageRange::After(_)) {
+            all.truncate(PageText::fitting(all.iter().map(|m| m.text.len())));
+        } else {
+            let n = PageText::fitting(all.iter().rev().map(|m| m.text.len()));
+            all.drain(..all.len() - n);
+        }
         Ok(all.into_iter().map(|m| (**m).clone()).collect())
     }
 
@@ -555,12 +562,14 @@ impl Store for MemoryStore {
         let Some(inbox) = s.inboxes.get(&user) else {
             return Ok(Vec::new());
         };
-        Ok(inbox
+        let mut page: Vec<Event> = inbox
             .iter()
             .skip(usize::try_from(after.0).unwrap_or(usize::MAX))
             .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        page.truncate(PageText::fitting(page.iter().map(Event::text_bytes)));
+        Ok(page)
     }
 
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt};
-use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use magpie_core::limits::{PageText, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::{
     ConversationId, ConversationKind, Cursor, Device, Event, EventPayload, Seq, UserId,
 };
@@ -499,8 +499,10 @@ impl Conn {
         };
         let after = Seq(after_seq.max(joined.0.saturating_sub(1)));
         let mut messages: Vec<_> = match self.state.recent.get(conversation_id, after, limit) {
-            Some(cached) => {
+            Some(mut cached) => {
                 metrics::counter!("magpie_pulls_cached_total").increment(1);
+                // The store's text bound, before the texts are copied into wire messages.
+                cached.truncate(PageText::fitting(cached.iter().map(|m| m.text.len())));
                 cached.iter().map(|m| message_to_wire(m)).collect()
             }
             None => match self
@@ -637,7 +639,9 @@ impl Conn {
             // notifications stay in the notify box, flushed after catch-up.
             while rx.try_recv().is_ok() {}
             let page = self.read_events(CATCH_UP_PAGE_EVENTS).await?;
-            let full = page.len() == CATCH_UP_PAGE_EVENTS;
+            // A page also ends early when its text passed the store's bound; more follow then.
+            let full = page.len() == CATCH_UP_PAGE_EVENTS
+                || PageText::stopped(page.iter().map(Event::text_bytes));
             for event in &page {
                 self.send_event(event, None).await?;
             }

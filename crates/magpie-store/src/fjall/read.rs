@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use fjall::{Readable, Snapshot};
+use magpie_core::limits::PageText;
 use magpie_core::{
     Conversation, ConversationId, Cursor, Device, DeviceId, Event, EventPayload, FriendRequest,
     Member, Message, RequestId, Seq, User, UserId,
@@ -145,16 +146,21 @@ impl View<'_> {
             let (k, v) = guard.into_inner()?;
             decode_message(&k, &v)
         };
-        let mut out = if newest_first {
-            iter.rev()
-                .take(limit)
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()?
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if newest_first {
+            Box::new(iter.rev())
         } else {
-            iter.take(limit)
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()?
+            Box::new(iter)
         };
+        let mut out = Vec::with_capacity(limit.min(256));
+        let mut text = PageText::default();
+        for guard in iter.take(limit) {
+            let m = decode(guard)?;
+            let more = text.take(m.text.len());
+            out.push(m);
+            if !more {
+                break;
+            }
+        }
         if newest_first {
             out.reverse();
         }
@@ -173,6 +179,7 @@ impl View<'_> {
         let lo = Bound::Excluded(inbox_key(user, after));
         let hi = Bound::Included(inbox_key(user, Cursor(u64::MAX)));
         let mut out = Vec::with_capacity(limit.min(256));
+        let mut text = PageText::default();
         for guard in self
             .snap
             .range(self.ks.get(Ks::Inbox), (lo, hi))
@@ -191,10 +198,15 @@ impl View<'_> {
                 },
                 StoredEvent::Inline(payload) => payload,
             };
-            out.push(Event {
+            let event = Event {
                 cursor: Cursor(cursor),
                 payload,
-            });
+            };
+            let more = text.take(event.text_bytes());
+            out.push(event);
+            if !more {
+                break;
+            }
         }
         Ok(out)
     }
