@@ -613,6 +613,23 @@ async fn typing_is_relayed_to_the_peer_only() {
         (Some("forbidden"), Some(conv.as_str())),
         "{e}"
     );
+    // Former friends may not type at each other either (as they may not send).
+    let (st, _) = delete(&base, &alice.token, &format!("/v1/friends/{}", bob.user_id)).await;
+    assert_eq!(st, 204);
+    b.frames_for(200).await;
+    b.send(json!({"type":"typing","conversation_id": conv}))
+        .await;
+    let e = b.next_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["conversation_id"].as_str()),
+        (Some("not_friends"), Some(conv.as_str())),
+        "{e}"
+    );
+    let frames = a.frames_for(300).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "typing"),
+        "a former friend's typing relayed: {frames:?}"
+    );
     s.stop().await;
 }
 

@@ -76,16 +76,23 @@ pub(crate) fn successor(remaining: &[Member]) -> Option<&Member> {
         .min_by_key(|m| (m.role != Role::Admin, m.joined_seq, m.user_id))
 }
 
+/// Messages an unread count looks at, at most: twice the largest count, so the user's own
+/// messages among the unread ones (which do not count) cannot hide the others' below the
+/// cap unless the user sent more than half of the newest messages it looks at.
+pub(crate) const UNREAD_SCAN_MESSAGES_MAX: usize = 2 * UNREAD_COUNT_MAX as usize;
+
 /// The unread count of `user` from the senders of the messages after its read_seq, newest
-/// first: at most [`UNREAD_COUNT_MAX`] messages are looked at (so the count is exact whenever
-/// the user has at most that many messages to read, and never exceeds it).
+/// first: the others' messages, counted up to [`UNREAD_COUNT_MAX`] among at most
+/// [`UNREAD_SCAN_MESSAGES_MAX`] messages. Before, the cap bounded the messages looked at, so
+/// 9,999 messages of the user's own after one from someone else counted 0.
 pub(crate) fn count_unread(
     user: UserId,
     senders_newest_first: impl Iterator<Item = UserId>,
 ) -> u64 {
     senders_newest_first
-        .take(UNREAD_COUNT_MAX as usize)
+        .take(UNREAD_SCAN_MESSAGES_MAX)
         .filter(|&s| s != user)
+        .take(UNREAD_COUNT_MAX as usize)
         .count() as u64
 }
 
@@ -1030,5 +1037,27 @@ impl Store for MemoryStore {
             .iter()
             .map(|u| s.last_seen.get(u).copied().unwrap_or(0))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_messages_do_not_hide_the_others_from_the_unread_count() {
+        let (me, other) = (UserId(1), UserId(2));
+        let cap = UNREAD_COUNT_MAX as usize;
+        // Newest first: the user's own 9,999, then one from someone else.
+        let senders = std::iter::repeat_n(me, cap).chain([other]);
+        assert_eq!(count_unread(me, senders), 1);
+        // The others' messages count up to the cap and no further.
+        assert_eq!(
+            count_unread(me, std::iter::repeat_n(other, cap + 5)),
+            UNREAD_COUNT_MAX
+        );
+        // Past the scan bound nothing more is looked at.
+        let senders = std::iter::repeat_n(me, UNREAD_SCAN_MESSAGES_MAX).chain([other]);
+        assert_eq!(count_unread(me, senders), 0);
     }
 }

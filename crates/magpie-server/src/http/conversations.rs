@@ -1,6 +1,8 @@
 //! Conversations: direct conversations, history (roaming), the HTTP send path, the
 //! conversation list, read state, receipts and settings.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::{Path, State};
 use axum::Json;
 use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
@@ -84,6 +86,27 @@ async fn member_conversation(
     Ok((id, member))
 }
 
+/// The member's record again if a member was removed anywhere since `epoch` was read (the
+/// hub's membership epoch); `forbidden` if `auth` is no longer a member. A read that started
+/// before a removal may hold messages committed after it: the epoch moves before those
+/// become readable, so a read that finds it unchanged is clean.
+async fn recheck_member(
+    state: &AppState,
+    auth: &Auth,
+    conv_id: ConversationId,
+    epoch: u64,
+) -> Result<Option<Member>, ApiError> {
+    if state.membership_epoch.load(Ordering::Acquire) == epoch {
+        return Ok(None);
+    }
+    let member = state
+        .store
+        .member(conv_id, auth.user_id())
+        .await?
+        .ok_or_else(ApiError::forbidden)?;
+    Ok(Some(member))
+}
+
 #[derive(Deserialize)]
 pub struct HistoryQuery {
     after_seq: Option<u64>,
@@ -98,6 +121,7 @@ pub async fn history(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<MessagesPage>, ApiError> {
+    let epoch = state.membership_epoch.load(Ordering::Acquire);
     let (conv_id, member) = member_conversation(&state, &auth, &raw).await?;
     let limit = q.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
     if limit == 0 || limit > PAGE_LIMIT_MAX {
@@ -117,6 +141,11 @@ pub async fn history(
     };
     let forward = matches!(range, MessageRange::After(_));
     let mut messages = state.store.messages(conv_id, range, limit).await?;
+    // Removed (and perhaps added again) while we read: only what the membership now allows.
+    let first_visible = match recheck_member(&state, &auth, conv_id, epoch).await? {
+        Some(now) => now.joined_seq.0.max(1),
+        None => first_visible,
+    };
     messages.retain(|m| m.seq.0 >= first_visible);
     let mut messages: Vec<_> = messages.iter().map(message_to_wire).collect();
     // Cut at the byte budget from the far end of the direction read, so the page stays
@@ -238,6 +267,7 @@ pub async fn receipts(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<ReceiptsQuery>,
 ) -> Result<Json<Receipts>, ApiError> {
+    let epoch = state.membership_epoch.load(Ordering::Acquire);
     let (conv_id, member) = member_conversation(&state, &auth, &raw).await?;
     let seq = Seq(q.seq);
     if seq.0 < member.joined_seq.0.max(1) {
@@ -273,6 +303,7 @@ pub async fn receipts(
             _ => break,
         }
     }
+    recheck_member(&state, &auth, conv_id, epoch).await?;
     Ok(Json(Receipts {
         seq: seq.0,
         read_count: read.len() as u64,

@@ -581,6 +581,10 @@ impl Conn {
         if !self.typing_bucket.try_take() {
             return Ok(());
         }
+        // Whoever may not send to a direct conversation (former friends) may not type there.
+        if let Err(e) = self.may_send(conversation_id).await {
+            return self.reply_conversation_error(conversation_id, e).await;
+        }
         let me = self.device.user_id;
         let recipients = match typing_recipients(&self.state, me, conversation_id).await {
             Ok(r) => r,
