@@ -449,6 +449,12 @@ impl Conn {
 
     /// Direct conversations need friendship; the answer is cached until a friendship ends.
     async fn may_send(&mut self, conversation: ConversationId) -> Result<(), ApiError> {
+        // Members only, checked here (cached until a membership changes) and again by the
+        // store: an outsider's sends must not take the conversation's in-flight slots (the
+        // gate) and so starve its members until the store refuses them.
+        if self.joined_seq(conversation).await?.is_none() {
+            return Err(ApiError::forbidden());
+        }
         let epoch = self.state.friend_epoch.load(Ordering::Acquire);
         if self.send_ok.get(&conversation) == Some(&epoch) {
             return Ok(());
