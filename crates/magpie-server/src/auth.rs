@@ -6,9 +6,12 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use magpie_core::{Device, DeviceId, UserId};
+use magpie_protocol::ErrorCode;
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -26,11 +29,7 @@ fn argon2(m_kib: u32, t: u32) -> Result<Argon2<'static>, ApiError> {
 /// Hashes a password on the blocking pool (Argon2 costs milliseconds of CPU by design).
 pub async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
     let (m, t) = (state.config.argon2_m_kib, state.config.argon2_t);
-    let _permit = state
-        .argon2_permits
-        .acquire()
-        .await
-        .map_err(|_| unavailable())?;
+    let _permit = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
@@ -51,11 +50,7 @@ pub async fn verify_password(
     password: String,
     phc: String,
 ) -> Result<bool, ApiError> {
-    let _permit = state
-        .argon2_permits
-        .acquire()
-        .await
-        .map_err(|_| unavailable())?;
+    let _permit = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&phc).map_err(internal)?;
         Ok(Argon2::default()
@@ -64,6 +59,27 @@ pub async fn verify_password(
     })
     .await
     .map_err(internal)?
+}
+
+/// A place in the Argon2 queue, then one of the running permits: `rate_limited` at once when
+/// the queue is full, instead of waiting behind everyone.
+async fn enter_argon2(
+    queue: &Arc<Semaphore>,
+    permits: &Arc<Semaphore>,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+    let place = queue.clone().try_acquire_owned().map_err(|e| match e {
+        TryAcquireError::NoPermits => ApiError::new(
+            ErrorCode::RateLimited,
+            "too many logins and registrations in progress; retry shortly",
+        ),
+        TryAcquireError::Closed => unavailable(),
+    })?;
+    let running = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| unavailable())?;
+    Ok((place, running))
 }
 
 /// A fresh random token (hex) and the SHA-256 that is stored in its place.
@@ -159,5 +175,32 @@ impl FromRequestParts<AppState> for Auth {
         })?;
         let device = authenticate(state, &token).await?;
         Ok(Auth { device })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_argon2_queue_answers_rate_limited_at_once() {
+        let queue = Arc::new(Semaphore::new(2));
+        let permits = Arc::new(Semaphore::new(1));
+        let running = enter_argon2(&queue, &permits).await.expect("first runs");
+        // The second waits for the running permit, holding the last place in the queue.
+        let waiting = tokio::spawn({
+            let (queue, permits) = (queue.clone(), permits.clone());
+            async move { enter_argon2(&queue, &permits).await.map(|_| ()) }
+        });
+        while queue.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = enter_argon2(&queue, &permits)
+            .await
+            .expect_err("queue full");
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        drop(running);
+        assert!(waiting.await.expect("join").is_ok(), "the waiter runs next");
+        assert!(enter_argon2(&queue, &permits).await.is_ok(), "room again");
     }
 }

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Config, ServeArgs};
 use hub::Hub;
-use state::{AppState, ARGON2_CONCURRENCY_MAX};
+use state::{AppState, ARGON2_CONCURRENCY_MAX, ARGON2_QUEUE_MAX};
 
 /// Parses configuration, starts the server, and runs until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -177,6 +177,7 @@ impl Server {
             membership_epoch,
             recent,
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
+            argon2_queue: Arc::new(Semaphore::new(ARGON2_QUEUE_MAX)),
             shutdown: Default::default(),
         };
         let app = router(state.clone());

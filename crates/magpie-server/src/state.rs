@@ -13,6 +13,12 @@ use crate::hub::Hub;
 /// a login flood must queue instead of exhausting memory.
 pub const ARGON2_CONCURRENCY_MAX: usize = 4;
 
+/// Password hashes waiting or running at once. Registration and login need no token, so a
+/// flood of them would otherwise queue without bound and hold every real login behind it;
+/// beyond this many, requests are answered `rate_limited` at once (at ~50 ms a hash on two
+/// cores, the last of them waits about a second).
+pub const ARGON2_QUEUE_MAX: usize = 64;
+
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -33,6 +39,8 @@ pub struct AppState {
     pub recent: Arc<crate::recent::RecentMessages>,
     /// Bounds concurrent password hashing.
     pub argon2_permits: Arc<Semaphore>,
+    /// Bounds password hashing waiting or running ([`ARGON2_QUEUE_MAX`]).
+    pub argon2_queue: Arc<Semaphore>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.
     pub shutdown: CancelToken,
 }
