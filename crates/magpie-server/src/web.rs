@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,9 @@ use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
+use magpie_protocol::ErrorCode;
+
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// URL prefix of every asset but `index.html`.
@@ -140,19 +144,23 @@ async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
-async fn app_asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    serve(&format!("app/{path}"), &headers)
+async fn app_asset(path: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Response {
+    match path {
+        Ok(Path(path)) => serve(&format!("app/{path}"), &headers),
+        // Not UTF-8 once decoded: no asset has such a name.
+        Err(_) => not_found(),
+    }
+}
+
+/// 404 with the v1 error body, like any path no endpoint serves.
+fn not_found() -> Response {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
 }
 
 /// Answers one asset (or 404), with the security and caching headers.
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(asset) = find(path) else {
-        return (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "not found",
-        )
-            .into_response();
+        return not_found();
     };
     let etag = etags().get(asset.path).cloned().unwrap_or_default();
     let fresh = headers

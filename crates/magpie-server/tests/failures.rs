@@ -96,6 +96,21 @@ async fn unknown_paths_and_methods_get_the_v1_error_body() {
     let (status, body) = get(&base, "", "/v1/accounts").await;
     assert_eq!(status, 405);
     assert_eq!(code(&body), "method_not_allowed", "{body}");
+    // A path segment that is not UTF-8 once decoded names nothing: 404 in JSON, not axum's
+    // plain text; the same for a web asset that does not exist.
+    let alice = account(&base, "alice").await;
+    for path in [
+        "/v1/users/%FF",
+        "/v1/conversations/%C3%28/messages",
+        "/app/%FF",
+        "/app/nope.js",
+    ] {
+        let (status, body) = get(&base, &alice.token, path).await;
+        assert_eq!((status, code(&body)), (404, "not_found"), "{path}: {body}");
+    }
+    // A request to the socket endpoint that is not a WebSocket handshake: 400 in JSON.
+    let (status, body) = get(&base, &alice.token, "/v1/ws").await;
+    assert_eq!((status, code(&body)), (400, "invalid_request"), "{body}");
     s.stop().await;
 }
 

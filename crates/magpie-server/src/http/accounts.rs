@@ -1,6 +1,6 @@
 //! Accounts, sessions (devices) and user lookup.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use magpie_core::limits::DEVICE_NAME_BYTES_MAX;
@@ -9,7 +9,7 @@ use magpie_protocol::http::{Credentials, SessionCreated, UserInfo};
 use magpie_protocol::ErrorCode;
 use serde::Deserialize;
 
-use super::{parse_id, ApiJson, ApiQuery};
+use super::{parse_id, ApiJson, ApiPath, ApiQuery};
 use crate::auth::{hash_password, new_token, verify_password, Auth};
 use crate::error::ApiError;
 use crate::hub::{Router as _, KICK_REVOKED};
@@ -82,7 +82,7 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusC
 pub async fn user_by_id(
     State(state): State<AppState>,
     _auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<UserInfo>, ApiError> {
     let id: UserId = parse_id(&raw, "user")?;
     let user = state

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use magpie_core::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use magpie_core::{Conversation, ConversationId, ConversationKind, Member, Seq, UserId};
@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::errors::group_error;
 use super::groups::fanout_name;
-use super::{parse_id, ApiJson, ApiQuery};
+use super::{parse_id, ApiJson, ApiPath, ApiQuery};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::send::{append_error, build_request, check_direct_allowed};
@@ -118,7 +118,7 @@ pub struct HistoryQuery {
 pub async fn history(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<MessagesPage>, ApiError> {
     let epoch = state.membership_epoch.load(Ordering::Acquire);
@@ -165,7 +165,7 @@ pub async fn history(
 pub async fn send(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<SendRequest>,
 ) -> Result<Json<SendResult>, ApiError> {
     let conversation_id: ConversationId =
@@ -246,7 +246,7 @@ pub async fn list(
 pub async fn read(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<ReadRequest>,
 ) -> Result<Json<ReadState>, ApiError> {
     let id: ConversationId = raw.parse().map_err(|_| ApiError::forbidden())?;
@@ -271,7 +271,7 @@ pub struct ReceiptsQuery {
 pub async fn receipts(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReceiptsQuery>,
 ) -> Result<Json<Receipts>, ApiError> {
     let epoch = state.membership_epoch.load(Ordering::Acquire);
@@ -324,7 +324,7 @@ pub async fn receipts(
 pub async fn settings(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<ConversationSettings>,
 ) -> Result<Json<ConversationSettings>, ApiError> {
     let id: ConversationId = raw.parse().map_err(|_| ApiError::forbidden())?;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use magpie_core::limits::FRIEND_MESSAGE_CHARS_MAX;
@@ -14,7 +14,7 @@ use magpie_protocol::social::{
 };
 
 use super::errors::friend_error;
-use super::{parse_id, ApiJson};
+use super::{parse_id, ApiJson, ApiPath};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -58,7 +58,7 @@ pub async fn requests(
 pub async fn accept(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<FriendAccepted>, ApiError> {
     let id: RequestId = parse_id(&raw, "friend request")?;
     let conv = state
@@ -81,7 +81,7 @@ pub async fn accept(
 pub async fn decline(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: RequestId = parse_id(&raw, "friend request")?;
     state
@@ -119,7 +119,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<Json<Frie
 pub async fn remove(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let other: UserId = parse_id(&raw, "friend")?;
     if !state.store.remove_friend(auth.user_id(), other).await? {

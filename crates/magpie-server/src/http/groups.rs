@@ -1,6 +1,6 @@
 //! Groups: creation, info, member paging, membership and role changes, renaming.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use magpie_core::limits::{GROUP_NAME_CHARS_MAX, USER_IDS_PER_REQUEST_MAX};
@@ -12,7 +12,7 @@ use magpie_protocol::social::{
 use serde::Deserialize;
 
 use super::errors::group_error;
-use super::{ApiJson, ApiQuery};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -110,7 +110,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<GroupInfo>, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;
     Ok(Json(info(&state, &conv, true)))
@@ -126,7 +126,7 @@ pub struct MembersQuery {
 pub async fn members(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiQuery(q): ApiQuery<MembersQuery>,
 ) -> Result<Json<MemberPage>, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;
@@ -165,7 +165,7 @@ pub async fn members(
 pub async fn add(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<MembersAdd>,
 ) -> Result<Json<GroupInfo>, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;
@@ -185,7 +185,7 @@ pub async fn add(
 pub async fn remove(
     State(state): State<AppState>,
     auth: Auth,
-    Path((raw, user)): Path<(String, String)>,
+    ApiPath((raw, user)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;
     let user: UserId = user.parse().map_err(|_| ApiError::not_found("member"))?;
@@ -203,7 +203,7 @@ pub async fn remove(
 pub async fn set_role(
     State(state): State<AppState>,
     auth: Auth,
-    Path((raw, user)): Path<(String, String)>,
+    ApiPath((raw, user)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<RoleSet>,
 ) -> Result<Json<WireMember>, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;
@@ -234,7 +234,7 @@ pub async fn set_role(
 pub async fn rename(
     State(state): State<AppState>,
     auth: Auth,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<GroupPatch>,
 ) -> Result<Json<GroupInfo>, ApiError> {
     let conv = member_group(&state, &auth, &raw).await?;

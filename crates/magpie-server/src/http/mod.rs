@@ -115,10 +115,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
-                magpie_protocol::ErrorCode::PayloadTooLarge,
-                e.body_text(),
-            )),
+            // Only a body over the limit is "too large"; a body that failed to arrive (a
+            // malformed chunk, a reset) is a bad request.
+            Err(e @ JsonRejection::BytesRejection(_))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    magpie_protocol::ErrorCode::PayloadTooLarge,
+                    e.body_text(),
+                ))
+            }
             Err(e) => Err(ApiError::invalid(e.body_text())),
         }
     }
@@ -137,6 +143,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                 Err(ApiError::invalid(e.body_text()))
             }
             Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
+    }
+}
+
+/// `Path` whose rejections (a segment that is not UTF-8 once percent-decoded) use the v1
+/// error body: 404, since such a path names nothing.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::new(ErrorCode::NotFound, e.body_text())),
         }
     }
 }

@@ -4,8 +4,10 @@
 mod conn;
 mod ratelimit;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use magpie_protocol::ErrorCode;
 
 use crate::auth::{authenticate, Auth};
 use crate::error::ApiError;
@@ -23,7 +25,23 @@ pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 pub const WS_WRITE_BUFFER_BYTES_MAX: usize = 4 * FRAME_BYTES_MAX;
 
 /// `GET /v1/ws`: refuses bad or revoked tokens with 401 before upgrading.
-pub async fn upgrade(State(state): State<AppState>, auth: Auth, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    auth: Auth,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // A request that is not a WebSocket handshake gets the v1 error body, keeping the status
+    // axum chose (400, or 426 Upgrade Required for a version other than 13).
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            let status = e.status();
+            let mut response =
+                ApiError::new(ErrorCode::InvalidRequest, e.body_text()).into_response();
+            *response.status_mut() = status;
+            return response;
+        }
+    };
     // One pointer captured instead of the state and the device: axum's upgrade task keeps the
     // closure's captures for as long as the connection lives.
     let captured = Box::new((state, auth.device));
