@@ -69,9 +69,19 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The storage engine logs every journal and keyspace it opens or recovers at `info` (dozens
+/// of lines before `listening`); those become `warn` unless the filter names the engine.
+fn with_quiet_engine(filter: &str) -> String {
+    if filter.contains("fjall") || filter.contains("lsm_tree") {
+        filter.to_owned()
+    } else {
+        format!("{filter},fjall=warn,lsm_tree=warn")
+    }
+}
+
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(with_quiet_engine(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(with_quiet_engine("info")));
     // A second call (tests) fails harmlessly.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -118,6 +128,7 @@ impl Server {
     /// Opens the store, binds the listener and starts serving in the background.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let _ = metrics_setup::handle();
+        metrics_setup::register_at_start();
         let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(presence::PRESENCE_QUEUE_MAX);
         let presence = presence::Presence::new(
             std::time::Duration::from_millis(config.presence_grace_ms),
@@ -283,4 +294,16 @@ pub fn router(state: AppState) -> axum::Router {
             http::HTTP_BODY_BYTES_MAX,
         ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_quiet_engine;
+
+    #[test]
+    fn the_engine_logs_warnings_only_unless_the_filter_names_it() {
+        assert_eq!(with_quiet_engine("info"), "info,fjall=warn,lsm_tree=warn");
+        assert_eq!(with_quiet_engine("debug,fjall=info"), "debug,fjall=info");
+        assert!(tracing_subscriber::EnvFilter::try_new(with_quiet_engine("warn")).is_ok());
+    }
 }

@@ -23,3 +23,29 @@ pub fn handle() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// Counters docs/protocol.md names (and the push pipeline's), registered at zero when a server
+/// starts: Prometheus shows a metric only once it exists, and a dashboard or alert on, say,
+/// `magpie_ws_overflow_kicks_total` should see 0 rather than nothing on a healthy node.
+const COUNTERS_AT_START: [&str; 12] = [
+    "magpie_messages_sent_total",
+    "magpie_events_delivered_total",
+    "magpie_ws_overflow_kicks_total",
+    "magpie_ws_rate_limited_total",
+    "magpie_push_enqueued_total",
+    "magpie_push_coalesced_total",
+    "magpie_push_dropped_total",
+    "magpie_push_online_total",
+    "magpie_push_muted_total",
+    "magpie_push_delivered_total",
+    "magpie_push_retries_total",
+    "magpie_push_failed_total",
+];
+
+/// Registers [`COUNTERS_AT_START`] and the connection gauge at zero.
+pub fn register_at_start() {
+    for name in COUNTERS_AT_START {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("magpie_ws_connections").increment(0.0);
+}

@@ -6,6 +6,10 @@ pub enum StoreError {
     /// The engine reported an I/O or corruption error.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// Another process holds the database's lock file (another server on the same data
+    /// directory), found when opening it.
+    #[error("the database is locked by another process (is another magpie server using this data directory?)")]
+    InUse,
     /// A durable write failed earlier; the store refuses writes until restarted because the
     /// on-disk state of the failed batch is unknown.
     #[error("store is poisoned after a failed write; restart required")]
@@ -87,6 +91,9 @@ pub enum FriendError {
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
-        StoreError::Engine(e.to_string())
+        match e {
+            fjall::Error::Locked => StoreError::InUse,
+            e => StoreError::Engine(e.to_string()),
+        }
     }
 }

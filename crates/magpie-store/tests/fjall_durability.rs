@@ -997,3 +997,19 @@ proptest! {
         run_scenario(&all, reopen_at)?;
     }
 }
+
+/// A second store on the same directory is refused with a message that says why.
+#[test]
+fn a_second_store_on_the_same_directory_is_refused_as_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path(), RecordingSink::new());
+    let second = FjallStore::open(FjallConfig::for_tests(dir.path()), RecordingSink::new());
+    match second {
+        Err(e @ magpie_store::StoreError::InUse) => {
+            assert!(e.to_string().contains("another magpie server"), "{e}");
+        }
+        Err(e) => panic!("expected InUse, got {e}"),
+        Ok(_) => panic!("a second store opened the same directory"),
+    }
+    drop(first);
+}

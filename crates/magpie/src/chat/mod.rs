@@ -975,4 +975,6 @@ const HELP: &str = "\
   /switch ID|NAME       switch to a conversation by id, group name or friend
   /read                 mark the current conversation read
   /history [N]          the last N messages here
-  /logout, /quit        //text sends \"/text\"";
+  /logout               end this device's session (forget its login)
+  /quit                 leave (the login is kept for next time)
+  //text                send a line that starts with \"/\"";
