@@ -168,6 +168,9 @@ pub struct Config {
     pub push_secret: String,
     /// Push coalescing window.
     pub push_coalesce_ms: u64,
+    /// Longest a client may take to send a request's headers (`serve::HTTP_HEADER_READ_MS`;
+    /// not a setting, tests shorten it).
+    pub http_header_read_ms: u64,
     /// Size of each store journal file, MiB.
     pub store_journal_mib: u32,
     /// Least time between two fsyncs under load, µs (0: off).
@@ -238,6 +241,7 @@ impl Config {
                 .store_commit_interval_us
                 .or(file.store_commit_interval_us)
                 .unwrap_or(STORE_COMMIT_INTERVAL_US_DEFAULT),
+            http_header_read_ms: crate::serve::HTTP_HEADER_READ_MS,
         };
         config.check()?;
         Ok(config)
@@ -262,6 +266,7 @@ impl Config {
             push_coalesce_ms: PUSH_COALESCE_MS_DEFAULT,
             store_journal_mib: STORE_JOURNAL_MIB_TESTS,
             store_commit_interval_us: STORE_COMMIT_INTERVAL_US_DEFAULT,
+            http_header_read_ms: crate::serve::HTTP_HEADER_READ_MS,
         }
     }
 

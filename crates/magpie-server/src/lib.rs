@@ -14,6 +14,7 @@ pub mod presence;
 pub mod push;
 pub mod recent;
 mod send;
+pub mod serve;
 mod social;
 pub mod state;
 pub mod testing;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use magpie_store::{FjallConfig, FjallStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -119,7 +119,7 @@ pub struct Server {
     /// The embedded store, closed last so every acknowledged write is on disk.
     store: Arc<FjallStore>,
     /// The accept loop.
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
     /// The notifier and presence announcer; aborted at stop.
     background: Vec<JoinHandle<()>>,
 }
@@ -193,16 +193,8 @@ impl Server {
         };
         let app = router(state.clone());
         let shutdown = state.shutdown.clone();
-        let task = tokio::spawn(async move {
-            // Nagle's algorithm would hold small frames (acks, events) back for up to a delayed-ACK
-            // period; a chat server wants every frame on the wire at once.
-            let listener = listener.tap_io(|stream| {
-                let _ = stream.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        });
+        let header_read = std::time::Duration::from_millis(state.config.http_header_read_ms);
+        let task = tokio::spawn(serve::serve(listener, app, shutdown, header_read));
         Ok(Server {
             addr,
             state,
@@ -237,9 +229,10 @@ impl Server {
         let served = match tokio::time::timeout(wait, &mut task).await {
             Ok(served) => served,
             Err(_) => {
+                // Aborting the accept loop drops every connection it still serves.
                 tracing::warn!("HTTP connections still open at shutdown; closing them");
                 task.abort();
-                Ok(Ok(()))
+                Ok(())
             }
         };
         // Connection tasks answer their in-flight batches before closing; give them a moment.
@@ -259,7 +252,7 @@ impl Server {
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;
-        served??;
+        served?;
         Ok(())
     }
 }

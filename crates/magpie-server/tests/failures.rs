@@ -170,6 +170,33 @@ async fn shutdown_does_not_wait_forever_for_a_silent_http_client() {
     drop(silent);
 }
 
+/// A client that never finishes its request's headers is dropped after the header read
+/// timeout (slowloris); before, `axum::serve` ran hyper without a timer, which silently turned
+/// hyper's header timeout off, and such a connection stayed forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.http_header_read_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(s.addr())
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // The server answers 408 or just closes; either way the connection ends.
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(ended.is_ok(), "the connection was still open after 5 s");
+    // A complete request on a new connection is still served.
+    let (status, _) = get(&s.base_url(), "", "/healthz").await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_during_a_long_catch_up_closes_the_socket_between_pages() {
     use futures_util::StreamExt;
