@@ -177,6 +177,10 @@ impl Server {
         let membership_epoch = hub.membership_epoch().clone();
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let send_limits = Arc::new(ws::ratelimit::SendLimits::new(
+            config.send_rate_per_sec,
+            config.send_burst,
+        ));
         let state = AppState {
             config: Arc::new(config),
             store: dyn_store,
@@ -189,6 +193,7 @@ impl Server {
             recent,
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
             argon2_queue: Arc::new(Semaphore::new(ARGON2_QUEUE_MAX)),
+            send_limits,
             shutdown: Default::default(),
         };
         let app = router(state.clone());

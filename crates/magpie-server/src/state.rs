@@ -41,6 +41,8 @@ pub struct AppState {
     pub argon2_permits: Arc<Semaphore>,
     /// Bounds password hashing waiting or running ([`ARGON2_QUEUE_MAX`]).
     pub argon2_queue: Arc<Semaphore>,
+    /// The send rate limit per device, for the socket and HTTP send paths.
+    pub send_limits: Arc<crate::ws::ratelimit::SendLimits>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.
     pub shutdown: CancelToken,
 }

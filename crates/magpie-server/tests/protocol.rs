@@ -483,6 +483,64 @@ async fn socket_error_codes_keep_the_connection_open() {
     s.stop().await;
 }
 
+/// The send limit belongs to the device: a new socket does not bring a new burst, and HTTP
+/// sends draw on the same allowance; another device of the same user has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_limit_follows_the_device_across_sockets_and_http() {
+    // A burst of 20 refilling at 1/s: a few seconds of slowness on a busy machine refill a
+    // few sends, not the burst.
+    const BURST: usize = 20;
+    let s = TestServer::start_with(|c| {
+        c.allow_strangers = true;
+        c.send_rate_per_sec = 1;
+        c.send_burst = BURST as u32;
+    })
+    .await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    for i in 0..BURST {
+        a.send_text(&conv, &format!("s{i}"), "hi").await;
+    }
+    for _ in 0..BURST {
+        assert_eq!(a.send_answer().await["type"], "sent");
+    }
+    a.close().await;
+    // A new socket of the same device: no new burst.
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    for i in 0..10 {
+        a.send_text(&conv, &format!("again{i}"), "hi").await;
+    }
+    let mut limited = 0;
+    for _ in 0..10 {
+        limited += usize::from(a.send_answer().await["code"] == "rate_limited");
+    }
+    assert!(
+        limited >= 5,
+        "a reconnect refilled the burst: {limited} of 10 limited"
+    );
+    // HTTP sends draw on the same allowance.
+    let mut refused = 0;
+    for i in 0..10 {
+        let (status, v) = send_http(&base, &alice.token, &conv, &format!("h{i}"), "hi").await;
+        if status == 429 {
+            assert_eq!(code(&v), "rate_limited", "{v}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 5,
+        "HTTP sends are not limited: {refused} of 10 refused"
+    );
+    // Another device of the same user has its own allowance.
+    let other = login(&base, "alice").await;
+    let (status, v) = send_http(&base, &other.token, &conv, "other-device", "hi").await;
+    assert_eq!(status, 200, "{v}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_with_1009_and_server_survives() {
     let s = TestServer::start_with(|c| c.allow_strangers = true).await;

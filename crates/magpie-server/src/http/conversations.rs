@@ -176,6 +176,13 @@ pub async fn send(
         body.client_msg_id,
         body.text,
     )?;
+    if !state.send_limits.try_take(auth.device.id) {
+        metrics::counter!("magpie_ws_rate_limited_total").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many sends; slow down",
+        ));
+    }
     // Members only before the gate (the store checks again): an outsider's sends must not
     // take the conversation's in-flight slots and starve its members.
     state

@@ -127,8 +127,6 @@ struct Conn {
     ack_wanted: Cursor,
     ack_written: Cursor,
     ack_flight: Option<AckFlight>,
-    /// Send rate limit.
-    bucket: TokenBucket,
     /// Typing relay rate limit.
     typing_bucket: TokenBucket,
     /// Conversations this device may send to, with the friendship epoch of the check.
@@ -161,7 +159,6 @@ pub fn run(
     socket: WebSocket,
 ) -> impl std::future::Future<Output = ()> + Send {
     let reg = state.hub.connect(device.user_id, device.id);
-    let bucket = TokenBucket::new(state.config.send_rate_per_sec, state.config.send_burst);
     let deadline = Instant::now() + silence_limit(&state);
     let conn = Box::new(Conn {
         ack_wanted: device.cursor,
@@ -176,7 +173,6 @@ pub fn run(
         // Allocated on the first send: an idle connection pays nothing for it.
         in_flight: VecDeque::new(),
         ack_flight: None,
-        bucket,
         typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
         send_ok: HashMap::new(),
         joined: HashMap::new(),
@@ -389,7 +385,7 @@ impl Conn {
                 conversation_id,
                 text,
             } => {
-                let queued = if !self.bucket.try_take() {
+                let queued = if !self.state.send_limits.try_take(self.device.id) {
                     metrics::counter!("magpie_ws_rate_limited_total").increment(1);
                     Queued::Answer(error_frame(
                         ErrorCode::RateLimited,

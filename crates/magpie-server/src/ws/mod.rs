@@ -2,7 +2,7 @@
 //! The per-connection protocol lives in [`conn`].
 
 mod conn;
-mod ratelimit;
+pub(crate) mod ratelimit;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};

@@ -1,6 +1,11 @@
-//! A token bucket: sends per connection are limited to a rate with a burst allowance.
+//! Token buckets: sends per device, typing frames per connection, each limited to a rate with
+//! a burst allowance.
 
+use std::collections::HashMap;
 use std::time::Instant;
+
+use magpie_core::DeviceId;
+use parking_lot::Mutex;
 
 /// Tokens refill continuously at `rate_per_sec` up to `burst`.
 pub struct TokenBucket {
@@ -27,10 +32,7 @@ impl TokenBucket {
 
     /// Takes one token if available.
     pub fn try_take(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -38,11 +40,96 @@ impl TokenBucket {
             false
         }
     }
+
+    /// True if the bucket has refilled completely: forgetting it then changes nothing.
+    fn is_full(&mut self) -> bool {
+        self.refill();
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
+    }
+}
+
+/// Lock shards of [`SendLimits`], so sends of unrelated devices do not contend.
+const SEND_LIMIT_SHARDS: usize = 16;
+/// Devices one shard tracks. Only devices part-way through their burst need an entry (a full
+/// bucket is the same as none), so entries are dropped once refilled.
+const SEND_LIMIT_DEVICES_PER_SHARD_MAX: usize = 8192;
+
+/// The send rate limit, per device, shared by the socket and the HTTP send path. Per
+/// connection it could be reset by reconnecting (every socket started with a full burst), and
+/// HTTP sends had none at all.
+pub struct SendLimits {
+    /// device → its bucket, for devices that sent recently.
+    shards: Vec<Mutex<HashMap<DeviceId, TokenBucket>>>,
+    /// Refill rate of every bucket.
+    rate_per_sec: u32,
+    /// Capacity of every bucket.
+    burst: u32,
+}
+
+impl SendLimits {
+    /// Limits of `rate_per_sec` with bursts of `burst`, per device.
+    pub fn new(rate_per_sec: u32, burst: u32) -> Self {
+        Self {
+            shards: (0..SEND_LIMIT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            rate_per_sec,
+            burst,
+        }
+    }
+
+    /// Takes one send from `device`'s allowance, if it has one left.
+    pub fn try_take(&self, device: DeviceId) -> bool {
+        let mut shard = self.shards[(device.0 as usize) % SEND_LIMIT_SHARDS].lock();
+        if !shard.contains_key(&device) && shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
+            shard.retain(|_, bucket| !bucket.is_full());
+            if shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
+                // Every tracked device is mid-burst: admit this one untracked rather than
+                // grow without bound (it would start with a full bucket anyway).
+                metrics::counter!("magpie_send_limit_untracked_total").increment(1);
+                return true;
+            }
+        }
+        shard
+            .entry(device)
+            .or_insert_with(|| TokenBucket::new(self.rate_per_sec, self.burst))
+            .try_take()
+    }
+
+    /// Devices tracked now (tests).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sends_are_limited_per_device_and_refilled_buckets_are_forgotten() {
+        let limits = SendLimits::new(1_000_000, 2);
+        let (a, b) = (DeviceId(1), DeviceId(2));
+        assert!(limits.try_take(a) && limits.try_take(a));
+        assert!(limits.try_take(b), "another device has its own allowance");
+        // Fill one shard with other devices: refilled buckets make room.
+        for i in 0..(SEND_LIMIT_DEVICES_PER_SHARD_MAX as u64 + 10) {
+            limits.try_take(DeviceId(3 + i * SEND_LIMIT_SHARDS as u64));
+        }
+        assert!(limits.tracked() <= SEND_LIMIT_SHARDS * SEND_LIMIT_DEVICES_PER_SHARD_MAX);
+        let slow = SendLimits::new(1, 1);
+        assert!(slow.try_take(a));
+        assert!(!slow.try_take(a), "the burst is spent and refills at 1/s");
+        assert!(slow.try_take(b), "another device has its own allowance");
+    }
 
     #[test]
     fn burst_then_refuse() {
