@@ -146,6 +146,10 @@ fn start_server(data_dir: &Path) -> (Proc, SocketAddr) {
         .unwrap()
         .local_addr()
         .unwrap();
+    (start_server_at(data_dir, addr), addr)
+}
+
+fn start_server_at(data_dir: &Path, addr: SocketAddr) -> Proc {
     let child = Command::new(BIN)
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(data_dir)
@@ -162,7 +166,40 @@ fn start_server(data_dir: &Path) -> (Proc, SocketAddr) {
         assert!(Instant::now() < deadline, "server never listened on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (server, addr)
+    server
+}
+
+#[test]
+fn a_chat_started_while_the_server_is_down_enters_its_conversation_once_connected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (server, addr) = start_server(&data);
+    let state = tmp.path().join("state");
+    let with_password = ["--password", PASSWORD, "--register"];
+    let mut bob = Chat::start("bob", addr, &state, &with_password);
+    bob.expect("* connected");
+    let mut alice = Chat::start(
+        "alice",
+        addr,
+        &state,
+        &[&with_password[..], &["--to", "bob"]].concat(),
+    );
+    alice.expect("friend request sent to bob");
+    bob.expect("* friend request from alice");
+    bob.type_line("/accept alice");
+    alice.expect("* talking to bob");
+    alice.type_line("/quit");
+    assert!(alice.proc.wait_exit().success());
+    drop(server);
+    // The server is down: alice cannot look bob up yet; once it is back, she is in.
+    let mut alice = Chat::start("alice", addr, &state, &["--to", "bob"]);
+    alice.expect("! cannot look up bob");
+    let _server = start_server_at(&data, addr);
+    alice.expect("* talking to bob");
+    alice.type_line("made it");
+    bob.expect("alice: made it");
+    alice.finish();
+    bob.finish();
 }
 
 #[test]
@@ -239,12 +276,18 @@ fn two_terminals_befriend_and_chat_both_ways() {
         !seen.iter().any(|l| l.contains("hello alice")),
         "replayed old messages: {seen:#?}"
     );
+    // Without --to, a restart resumes the conversation the last run was in.
+    let mut alice = Chat::start("alice", addr, &state, &[]);
+    alice.expect("* talking in bob");
+    alice.type_line("resumed");
+    bob.expect("alice: resumed");
+    alice.finish();
     // EOF on stdin: a piped send still goes out before the process exits.
     bob.type_line("bye");
     let seen = bob.finish();
     assert_eq!(
         seen.last().map(String::as_str),
-        Some("(sent #5)"),
+        Some("(sent #6)"),
         "{seen:#?}"
     );
 }

@@ -121,9 +121,21 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         last_seen: HashMap::new(),
         connected_before: false,
         online: false,
+        pending: None,
     };
+    // Where to start: the conversation asked for, else the one the last run ended in. If
+    // the server cannot be reached yet, try again once the session connects.
     if let Some(peer) = &args.to {
         chat.switch_to(peer).await;
+        if chat.current.is_none() && chat.awaiting.is_empty() {
+            chat.pending = Some(Pending::To(peer.clone()));
+        }
+    } else if let Some(last) = chat.state.load_current() {
+        let target = last.to_string();
+        chat.switch(&target).await;
+        if chat.current.is_none() {
+            chat.pending = Some(Pending::Switch(target));
+        }
     }
     chat.run(events, spawn_stdin_reader()).await
 }
@@ -240,6 +252,14 @@ fn skip_line(input: &mut impl BufRead) -> bool {
     }
 }
 
+/// A start-up switch to try again once the session connects.
+enum Pending {
+    /// `--to NAME`.
+    To(String),
+    /// The conversation the last run ended in.
+    Switch(String),
+}
+
 /// The conversation typed lines go to.
 struct Current {
     /// The conversation.
@@ -282,6 +302,8 @@ struct Chat {
     last_seen: HashMap<ConversationId, u64>,
     /// Distinguishes "connected" from "reconnected".
     connected_before: bool,
+    /// The conversation to enter once connected, when that failed at start (server down).
+    pending: Option<Pending>,
     /// Whether the last state change was a connect (the next drop is news, retries are not).
     online: bool,
 }
@@ -365,6 +387,11 @@ impl Chat {
                 }
                 self.connected_before = true;
                 self.online = true;
+                match self.pending.take() {
+                    Some(Pending::To(peer)) => self.switch_to(&peer).await,
+                    Some(Pending::Switch(target)) => self.switch(&target).await,
+                    None => {}
+                }
             }
             SessionEvent::Disconnected { reason, retry_in } => {
                 let secs = retry_in.as_secs_f64();
@@ -477,7 +504,7 @@ impl Chat {
                 self.awaiting.retain(|u| *u != user_id);
                 if was_awaited {
                     say!("* {name} accepted your friend request");
-                    self.current = Some(Current {
+                    self.set_current(Current {
                         conversation_id,
                         label: name.clone(),
                         group: false,
@@ -608,7 +635,7 @@ impl Chat {
             Ok(conv) => {
                 self.labels.remember(conv.conversation_id, &peer.username);
                 say!("* talking to {}", peer.username);
-                self.current = Some(Current {
+                self.set_current(Current {
                     conversation_id: conv.conversation_id,
                     label: peer.username,
                     group: false,
@@ -684,7 +711,7 @@ impl Chat {
                 self.labels.remember(conversation_id, &peer.username);
                 say!("* you and {} are now friends", peer.username);
                 say!("* talking to {}", peer.username);
-                self.current = Some(Current {
+                self.set_current(Current {
                     conversation_id,
                     label: peer.username,
                     group: false,
@@ -747,7 +774,7 @@ impl Chat {
                     group.member_count,
                     group.name
                 );
-                self.current = Some(Current {
+                self.set_current(Current {
                     conversation_id: group.conversation_id,
                     label: group.name,
                     group: true,
@@ -888,6 +915,12 @@ impl Chat {
         label
     }
 
+    /// Enters `current`, and remembers it for the next start.
+    fn set_current(&mut self, current: Current) {
+        self.state.save_current(current.conversation_id);
+        self.current = Some(current);
+    }
+
     /// `/switch ID|NAME`: a conversation by id, group name or peer username.
     async fn switch(&mut self, target: &str) {
         let rows = match self.client.conversations().await {
@@ -909,7 +942,7 @@ impl Chat {
         match found {
             Some((conversation_id, label, group)) => {
                 say!("* talking in {label}");
-                self.current = Some(Current {
+                self.set_current(Current {
                     conversation_id,
                     label,
                     group,

@@ -4,13 +4,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use magpie_sdk::{FileCursorStore, SessionCreated, UserId};
+use magpie_sdk::{ConversationId, FileCursorStore, SessionCreated, UserId};
 use serde::{Deserialize, Serialize};
 
 /// File holding the saved login (token, ids).
 const SESSION_FILE: &str = "session.json";
 /// File holding the inbox cursor (written by `FileCursorStore`).
 const CURSOR_FILE: &str = "cursor";
+/// File holding the id of the conversation the chat was in.
+const CURRENT_FILE: &str = "current";
 
 /// What is remembered between runs so a restart does not create a new device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +103,24 @@ impl StateDir {
     /// Forgets the saved login (after logout or revocation).
     pub fn forget_login(&self) {
         let _ = std::fs::remove_file(self.dir.join(SESSION_FILE));
+    }
+
+    /// The conversation this account was in when the chat last ended, if any.
+    pub fn load_current(&self) -> Option<ConversationId> {
+        std::fs::read_to_string(self.dir.join(CURRENT_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Remembers the conversation the chat is in, so the next start resumes there. Best
+    /// effort: losing it only means typing `/to` or `/switch` again.
+    pub fn save_current(&self, conversation: ConversationId) {
+        let path = self.dir.join(CURRENT_FILE);
+        if let Err(e) = std::fs::write(&path, conversation.to_string()) {
+            tracing::debug!(error = %e, "could not save the current conversation");
+        }
     }
 
     /// The cursor store for this account on this machine.
