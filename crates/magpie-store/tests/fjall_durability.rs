@@ -226,7 +226,63 @@ async fn opening_a_locked_directory_fails_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first =
         FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).expect("open");
-    assert!(FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)).is_err());
+    // Refused with a message that says why (before: "storage engine error: Locked").
+    match FjallStore::open(FjallConfig::for_tests(dir.path()), Arc::new(NoopSink)) {
+        Err(e @ StoreError::InUse) => {
+            assert!(e.to_string().contains("another magpie server"), "{e}");
+        }
+        Err(e) => panic!("expected InUse, got {e}"),
+        Ok(_) => panic!("a second store opened the same directory"),
+    }
+}
+
+/// An unread count reads whole messages to learn their senders, so it stops after about
+/// 32 MiB of them: a conversation full of 400 KB messages gives a lower bound instead of
+/// gigabytes of reads per conversation list.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_counts_stop_reading_after_a_byte_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), RecordingSink::new());
+    let ann = store
+        .create_user("ann".into(), "h".into())
+        .await
+        .expect("ann");
+    let bob = store
+        .create_user("bob".into(), "h".into())
+        .await
+        .expect("bob");
+    let ab = store
+        .direct_conversation(ann.id, bob.id)
+        .await
+        .expect("direct");
+    let text = "😀".repeat(magpie_core::limits::MESSAGE_CHARS_MAX); // 400,000 bytes
+    const SENT: u64 = 120; // 48 MB
+    for i in 0..SENT {
+        store
+            .append(vec![req(ab.id, ann.id, &format!("big{i}"), &text)])
+            .await
+            .expect("append")
+            .remove(0)
+            .expect("appended");
+    }
+    let rows = store.conversations_of(bob.id).await.expect("list");
+    let unread = rows[0].unread_count;
+    // 32 MiB of 400 KB messages is 83.9: the scan stops after the 84th.
+    assert!((80..SENT).contains(&unread), "{unread}");
+    // Small messages are all counted.
+    let carl = store
+        .create_user("carl".into(), "h".into())
+        .await
+        .expect("carl");
+    let ac = store
+        .direct_conversation(ann.id, carl.id)
+        .await
+        .expect("direct");
+    for i in 0..SENT {
+        send(&store, ac.id, ann.id, &format!("small{i}")).await;
+    }
+    let rows = store.conversations_of(carl.id).await.expect("list");
+    assert_eq!(rows[0].unread_count, SENT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -996,20 +1052,4 @@ proptest! {
         let reopen_at = reopen.index(all.len() + 1);
         run_scenario(&all, reopen_at)?;
     }
-}
-
-/// A second store on the same directory is refused with a message that says why.
-#[test]
-fn a_second_store_on_the_same_directory_is_refused_as_in_use() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let first = open(dir.path(), RecordingSink::new());
-    let second = FjallStore::open(FjallConfig::for_tests(dir.path()), RecordingSink::new());
-    match second {
-        Err(e @ magpie_store::StoreError::InUse) => {
-            assert!(e.to_string().contains("another magpie server"), "{e}");
-        }
-        Err(e) => panic!("expected InUse, got {e}"),
-        Ok(_) => panic!("a second store opened the same directory"),
-    }
-    drop(first);
 }
