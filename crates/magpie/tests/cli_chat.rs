@@ -169,21 +169,27 @@ fn start_server_at(data_dir: &Path, addr: SocketAddr) -> Proc {
     server
 }
 
+/// Registers bob (connected) and alice, who starts with `--to bob` (so asks to be friends).
+fn alice_asks_bob(addr: SocketAddr, state: &Path) -> (Chat, Chat) {
+    let with_password = ["--password", PASSWORD, "--register"];
+    let mut bob = Chat::start("bob", addr, state, &with_password);
+    bob.expect("* connected");
+    let alice = Chat::start(
+        "alice",
+        addr,
+        state,
+        &[&with_password[..], &["--to", "bob"]].concat(),
+    );
+    (bob, alice)
+}
+
 #[test]
 fn a_chat_started_while_the_server_is_down_enters_its_conversation_once_connected() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (server, addr) = start_server(&data);
     let state = tmp.path().join("state");
-    let with_password = ["--password", PASSWORD, "--register"];
-    let mut bob = Chat::start("bob", addr, &state, &with_password);
-    bob.expect("* connected");
-    let mut alice = Chat::start(
-        "alice",
-        addr,
-        &state,
-        &[&with_password[..], &["--to", "bob"]].concat(),
-    );
+    let (mut bob, mut alice) = alice_asks_bob(addr, &state);
     alice.expect("friend request sent to bob");
     bob.expect("* friend request from alice");
     bob.type_line("/accept alice");
@@ -207,17 +213,8 @@ fn two_terminals_befriend_and_chat_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
     let (_server, addr) = start_server(&tmp.path().join("data"));
     let state = tmp.path().join("state");
-    let with_password = ["--password", PASSWORD, "--register"];
-
-    let mut bob = Chat::start("bob", addr, &state, &with_password);
-    bob.expect("* connected");
     // Alice wants to talk to bob, who is not a friend yet: a request goes out.
-    let mut alice = Chat::start(
-        "alice",
-        addr,
-        &state,
-        &[&with_password[..], &["--to", "bob"]].concat(),
-    );
+    let (mut bob, mut alice) = alice_asks_bob(addr, &state);
     alice.expect("friend request sent to bob; waiting for acceptance");
     alice.expect("* connected");
     let line = bob.expect("* friend request from alice");
