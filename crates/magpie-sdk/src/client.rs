@@ -30,6 +30,10 @@ struct RawSyncPage {
 
 /// How long establishing a TCP connection may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long an idle pooled HTTP connection is kept. The server closes idle keep-alive
+/// connections after 30 s (its header read timeout); reusing one just as it closes fails a
+/// request that reqwest does not retry (a POST), so the client lets them go first.
+const POOL_IDLE_MS: u64 = 20_000;
 /// How long an ordinary (non-long-poll) request may take in total.
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Extra time granted to a long-poll `sync` beyond its `wait_ms`, so the server answers first.
@@ -108,6 +112,7 @@ impl Client {
         base.set_path(&path);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_MS))
             .build()?;
         Ok(Self {
             http,

@@ -29,8 +29,11 @@ fn argon2(m_kib: u32, t: u32) -> Result<Argon2<'static>, ApiError> {
 /// Hashes a password on the blocking pool (Argon2 costs milliseconds of CPU by design).
 pub async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
     let (m, t) = (state.config.argon2_m_kib, state.config.argon2_t);
-    let _permit = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
+    let permits = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
     tokio::task::spawn_blocking(move || {
+        // Held by the hash itself: a client that hangs up drops the request, not the hash
+        // already running, so the permits must stay taken until the hash ends.
+        let _permits = permits;
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(internal)?;
@@ -50,8 +53,9 @@ pub async fn verify_password(
     password: String,
     phc: String,
 ) -> Result<bool, ApiError> {
-    let _permit = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
+    let permits = enter_argon2(&state.argon2_queue, &state.argon2_permits).await?;
     tokio::task::spawn_blocking(move || {
+        let _permits = permits; // See `hash_password`.
         let parsed = PasswordHash::new(&phc).map_err(internal)?;
         Ok(Argon2::default()
             .verify_password(password.as_bytes(), &parsed)

@@ -164,6 +164,11 @@ impl DeviceSlot {
 
     fn overflow(&mut self) {
         self.live = None;
+        // Once per connection: a kicked device stays registered until its task ends, and
+        // further overflows of it (its notify box keeps filling) are the same kick.
+        if self.kick.code().is_some() {
+            return;
+        }
         self.kick.kick(CLOSE_RESYNC);
         metrics::counter!("magpie_ws_overflow_kicks_total").increment(1);
     }

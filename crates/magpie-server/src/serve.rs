@@ -3,9 +3,10 @@
 //! `axum::serve` builds hyper's connections without a timer, and hyper then silently drops
 //! its 30 s header read timeout: a client could open a connection and send a header byte a
 //! minute, forever, each holding a connection and its buffers (slowloris). Here every
-//! connection must deliver a request's headers within [`HTTP_HEADER_READ_MS`], and at most
-//! [`HTTP_CONNECTIONS_MAX`] connections are served at once (a WebSocket stops counting once
-//! upgraded: its socket then belongs to its connection task, which has its own bounds).
+//! connection must deliver a request's headers within [`HTTP_HEADER_READ_MS`] (and
+//! `http::ApiJson` bounds the time a body may take). There is no cap on connections beyond
+//! the open-files limit: a cap shared by all clients would let one client fill it and lock
+//! everyone else out.
 
 use std::time::Duration;
 
@@ -20,11 +21,9 @@ use crate::state::tokio_util_shim::CancelToken;
 /// Longest a client may take to send one request's headers, from the connection's start or
 /// the end of its previous response.
 pub const HTTP_HEADER_READ_MS: u64 = 30_000;
-/// HTTP connections served at once; beyond, new connections wait in the listen backlog until
-/// one ends.
-pub const HTTP_CONNECTIONS_MAX: usize = 16_384;
-/// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
-const ACCEPT_RETRY_MS: u64 = 50;
+/// Pause after an `accept` that failed for the listener's own reasons (out of file
+/// descriptors, say), so the loop neither spins nor logs more than once a second.
+const ACCEPT_RETRY_MS: u64 = 1_000;
 
 /// Serves `app` on `listener` until `shutdown` fires; then stops accepting, lets every
 /// connection finish the request it is serving, and returns once all have closed. Dropping
@@ -43,15 +42,11 @@ pub async fn serve(
     loop {
         // Reap finished connections, so the set holds live ones only.
         while connections.try_join_next().is_some() {}
-        if connections.len() >= HTTP_CONNECTIONS_MAX {
-            tokio::select! {
-                _ = connections.join_next() => continue,
-                () = shutdown.cancelled() => break,
-            }
-        }
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
+                // The peer gave up before we took the connection: nothing is wrong here.
+                Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
@@ -80,5 +75,17 @@ pub async fn serve(
             }
         });
     }
+    // Refuse new connections at once while the others drain: a client reconnecting now
+    // should hear "refused" and back off, not wait in the backlog until the process exits.
+    drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// Errors of one incoming connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
 }

@@ -20,9 +20,6 @@ use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
-use magpie_protocol::ErrorCode;
-
-use crate::error::ApiError;
 use crate::state::AppState;
 
 /// URL prefix of every asset but `index.html`.
@@ -154,7 +151,7 @@ async fn app_asset(path: Result<Path<String>, PathRejection>, headers: HeaderMap
 
 /// 404 with the v1 error body, like any path no endpoint serves.
 fn not_found() -> Response {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
+    crate::http::no_such_endpoint().into_response()
 }
 
 /// Answers one asset (or 404), with the security and caching headers.

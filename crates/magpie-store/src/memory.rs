@@ -81,17 +81,30 @@ pub(crate) fn successor(remaining: &[Member]) -> Option<&Member> {
 /// cap unless the user sent more than half of the newest messages it looks at.
 pub(crate) const UNREAD_SCAN_MESSAGES_MAX: usize = 2 * UNREAD_COUNT_MAX as usize;
 
-/// The unread count of `user` from the senders of the messages after its read_seq, newest
-/// first: the others' messages, counted up to [`UNREAD_COUNT_MAX`] among at most
-/// [`UNREAD_SCAN_MESSAGES_MAX`] messages. Before, the cap bounded the messages looked at, so
-/// 9,999 messages of the user's own after one from someone else counted 0.
+/// Bytes of messages an unread count looks at, at most (plus the one that crosses the
+/// bound): learning a sender means reading the whole message in the embedded store, and a
+/// conversation full of 400 KB messages must not cost gigabytes per conversation list. Past
+/// it the count is a lower bound.
+pub(crate) const UNREAD_SCAN_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// The unread count of `user` from the messages after its read_seq, newest first, as
+/// (sender, stored bytes): the others' messages, counted up to [`UNREAD_COUNT_MAX`] among at
+/// most [`UNREAD_SCAN_MESSAGES_MAX`] messages and about [`UNREAD_SCAN_BYTES_MAX`]. Before,
+/// the cap bounded the messages looked at, so 9,999 messages of the user's own after one
+/// from someone else counted 0.
 pub(crate) fn count_unread(
     user: UserId,
-    senders_newest_first: impl Iterator<Item = UserId>,
+    newest_first: impl Iterator<Item = (UserId, usize)>,
 ) -> u64 {
-    senders_newest_first
+    let mut scanned_bytes = 0usize;
+    newest_first
         .take(UNREAD_SCAN_MESSAGES_MAX)
-        .filter(|&s| s != user)
+        .take_while(|&(_, bytes)| {
+            let within = scanned_bytes <= UNREAD_SCAN_BYTES_MAX;
+            scanned_bytes = scanned_bytes.saturating_add(bytes);
+            within
+        })
+        .filter(|&(sender, _)| sender != user)
         .take(UNREAD_COUNT_MAX as usize)
         .count() as u64
 }
@@ -407,7 +420,7 @@ impl State {
             .iter()
             .rev()
             .take_while(|m| m.seq > member.read_seq)
-            .map(|m| m.sender_id);
+            .map(|m| (m.sender_id, m.text.len()));
         ConversationSummary {
             conversation: self.conversations[index(conv.0)].clone(),
             unread_count: count_unread(user, unread),
@@ -1049,15 +1062,20 @@ mod tests {
         let (me, other) = (UserId(1), UserId(2));
         let cap = UNREAD_COUNT_MAX as usize;
         // Newest first: the user's own 9,999, then one from someone else.
-        let senders = std::iter::repeat_n(me, cap).chain([other]);
+        let (mine, theirs) = ((me, 10), (other, 10));
+        let senders = std::iter::repeat_n(mine, cap).chain([theirs]);
         assert_eq!(count_unread(me, senders), 1);
         // The others' messages count up to the cap and no further.
         assert_eq!(
-            count_unread(me, std::iter::repeat_n(other, cap + 5)),
+            count_unread(me, std::iter::repeat_n(theirs, cap + 5)),
             UNREAD_COUNT_MAX
         );
         // Past the scan bound nothing more is looked at.
-        let senders = std::iter::repeat_n(me, UNREAD_SCAN_MESSAGES_MAX).chain([other]);
+        let senders = std::iter::repeat_n(mine, UNREAD_SCAN_MESSAGES_MAX).chain([theirs]);
         assert_eq!(count_unread(me, senders), 0);
+        // Nor past the byte bound: 400 KB messages are counted up to the one crossing 32 MiB.
+        let big = (other, 400_000);
+        let counted = count_unread(me, std::iter::repeat_n(big, 200));
+        assert_eq!(counted, (UNREAD_SCAN_BYTES_MAX / 400_000 + 1) as u64);
     }
 }

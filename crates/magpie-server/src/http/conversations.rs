@@ -317,7 +317,12 @@ pub async fn receipts(
             _ => break,
         }
     }
-    recheck_member(&state, &auth, conv_id, epoch).await?;
+    // Removed meanwhile: 403. Removed and added again after S: S is before their (new) join.
+    if let Some(now) = recheck_member(&state, &auth, conv_id, epoch).await? {
+        if seq.0 < now.joined_seq.0.max(1) {
+            return Err(ApiError::invalid("no such message"));
+        }
+    }
     Ok(Json(Receipts {
         seq: seq.0,
         read_count: read.len() as u64,

@@ -88,6 +88,11 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
 
 /// Any path no route serves: 404 with the v1 error body.
 pub async fn no_route() -> ApiError {
+    no_such_endpoint()
+}
+
+/// The answer for a path nothing serves (also missing web assets).
+pub fn no_such_endpoint() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
@@ -106,14 +111,26 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
-/// `Json` whose rejections use the v1 error body.
+/// Longest a JSON request body may take to arrive after its headers.
+pub const HTTP_BODY_READ_MS: u64 = 30_000;
+
+/// `Json` whose rejections use the v1 error body, and whose body must arrive within
+/// [`HTTP_BODY_READ_MS`].
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        // A body trickled a byte at a time would hold its connection (and the handler) for
+        // as long as the client likes; hyper bounds only the headers.
+        let body = tokio::time::timeout(
+            std::time::Duration::from_millis(HTTP_BODY_READ_MS),
+            axum::Json::<T>::from_request(req, state),
+        )
+        .await
+        .map_err(|_| ApiError::invalid("the request body took too long to arrive"))?;
+        match body {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             // Only a body over the limit is "too large"; a body that failed to arrive (a
             // malformed chunk, a reset) is a bad request.

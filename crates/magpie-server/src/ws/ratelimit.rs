@@ -91,10 +91,13 @@ impl SendLimits {
         if !shard.contains_key(&device) && shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
             shard.retain(|_, bucket| !bucket.is_full());
             if shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
-                // Every tracked device is mid-burst: admit this one untracked rather than
-                // grow without bound (it would start with a full bucket anyway).
-                metrics::counter!("magpie_send_limit_untracked_total").increment(1);
-                return true;
+                // Every tracked device is mid-burst: forget one of them (it gets a full burst
+                // again on its next send) rather than grow without bound or leave the new
+                // device unlimited.
+                metrics::counter!("magpie_send_limit_evictions_total").increment(1);
+                if let Some(victim) = shard.keys().next().copied() {
+                    shard.remove(&victim);
+                }
             }
         }
         shard
@@ -120,11 +123,25 @@ mod tests {
         let (a, b) = (DeviceId(1), DeviceId(2));
         assert!(limits.try_take(a) && limits.try_take(a));
         assert!(limits.try_take(b), "another device has its own allowance");
-        // Fill one shard with other devices: refilled buckets make room.
-        for i in 0..(SEND_LIMIT_DEVICES_PER_SHARD_MAX as u64 + 10) {
-            limits.try_take(DeviceId(3 + i * SEND_LIMIT_SHARDS as u64));
+        // Buckets that refilled are forgotten when a shard fills up (at this rate they
+        // refill within microseconds).
+        let in_shard = |i: u64| DeviceId(i * SEND_LIMIT_SHARDS as u64);
+        for i in 0..SEND_LIMIT_DEVICES_PER_SHARD_MAX as u64 {
+            limits.try_take(in_shard(i));
         }
-        assert!(limits.tracked() <= SEND_LIMIT_SHARDS * SEND_LIMIT_DEVICES_PER_SHARD_MAX);
+        let before = limits.tracked();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limits.try_take(in_shard(1_000_000)));
+        assert!(limits.tracked() < before, "{} tracked", limits.tracked());
+        // A shard full of devices mid-burst still tracks (and limits) a newcomer.
+        let busy = SendLimits::new(1, 1);
+        for i in 0..SEND_LIMIT_DEVICES_PER_SHARD_MAX as u64 {
+            assert!(busy.try_take(in_shard(i)));
+        }
+        let newcomer = in_shard(1_000_000);
+        assert!(busy.try_take(newcomer));
+        assert!(!busy.try_take(newcomer), "the newcomer is limited too");
+        assert_eq!(busy.tracked(), SEND_LIMIT_DEVICES_PER_SHARD_MAX);
         let slow = SendLimits::new(1, 1);
         assert!(slow.try_take(a));
         assert!(!slow.try_take(a), "the burst is spent and refills at 1/s");

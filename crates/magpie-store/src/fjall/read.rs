@@ -20,9 +20,6 @@ use crate::fjall::keys::{
     request_key, user_key, Keyspaces, Ks,
 };
 use crate::memory::{count_unread, sort_summaries};
-
-/// Bytes of messages an unread count reads at most (see `unread_count`).
-const UNREAD_SCAN_BYTES_MAX: usize = 32 * 1024 * 1024;
 use crate::{ConversationSummary, Friend, MessageRange, StoreError};
 
 /// A consistent view: the keyspace handles plus the snapshot to read them at.
@@ -372,7 +369,7 @@ impl View<'_> {
     }
 
     /// Messages from others in `(read_seq, last_seq]`, newest first, up to the cap; decodes only
-    /// each message's sender, and reads at most [`UNREAD_SCAN_BYTES_MAX`] (plus one message).
+    /// each message's sender, and reads about `memory::UNREAD_SCAN_BYTES_MAX` of messages at most.
     fn unread_count(
         &self,
         conv: ConversationId,
@@ -386,22 +383,15 @@ impl View<'_> {
         let lo = Bound::Excluded(message_key(conv, read_seq));
         let hi = Bound::Included(message_key(conv, last_seq));
         let mut failed = None;
-        let mut scanned_bytes = 0usize;
+        // `count_unread` stops taking these after UNREAD_SCAN_BYTES_MAX, and the iterator is
+        // lazy, so no message past the bound is read.
         let senders = self
             .snap
             .range(self.ks.get(Ks::Messages), (lo, hi))
             .rev()
             .map_while(|guard| match guard.value() {
-                // Reading a sender means reading its whole message: stop after
-                // UNREAD_SCAN_BYTES_MAX, so a conversation full of 400 KB messages does not
-                // cost gigabytes of reads per conversation list (the count is then a lower
-                // bound).
-                Ok(_) if scanned_bytes > UNREAD_SCAN_BYTES_MAX => None,
                 Ok(v) => match decode_message_sender(&v) {
-                    Ok(sender) => {
-                        scanned_bytes = scanned_bytes.saturating_add(v.len());
-                        Some(sender)
-                    }
+                    Ok(sender) => Some((sender, v.len())),
                     Err(e) => {
                         failed = Some(e);
                         None

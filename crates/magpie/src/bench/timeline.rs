@@ -23,8 +23,8 @@ use super::wire::now_ns;
 
 /// A delivery slower than this counts as slow: the p99 target at half the maximum rate.
 pub const SLOW_NS: u64 = 10_000_000;
-/// Most windows a run may have (a bound on the memory every connection keeps).
-const WINDOWS_MAX: u64 = 100_000;
+/// Most windows a run may have (a bound on the memory every connection keeps: 240 KB).
+const WINDOWS_MAX: u64 = 10_000;
 /// Default window length when only `--timeline-out` is given.
 const WINDOW_MS_DEFAULT: u64 = 50;
 /// The thread sampler never sleeps longer than this, so it notices the end of the run.
@@ -53,7 +53,21 @@ impl TimelineArgs {
             (None, None) => return Ok(None),
         };
         anyhow::ensure!(ms >= 1, "--timeline-ms must be at least 1");
-        Ok(Some(ms * 1_000_000))
+        let ns = ms
+            .checked_mul(1_000_000)
+            .context("--timeline-ms is too large")?;
+        Ok(Some(ns))
+    }
+
+    /// Refuses a run that would need more than [`WINDOWS_MAX`] windows (they would otherwise
+    /// be cut off silently).
+    pub fn check_span(window_ns: u64, span_ns: u64) -> anyhow::Result<()> {
+        let windows = span_ns.div_ceil(window_ns.max(1));
+        anyhow::ensure!(
+            windows <= WINDOWS_MAX,
+            "the timeline would need {windows} windows; at most {WINDOWS_MAX}: use a longer --timeline-ms"
+        );
+        Ok(())
     }
 }
 
@@ -562,5 +576,12 @@ mod tests {
             timeline_out: None,
         };
         assert!(zero.window_ns().is_err());
+        let huge = TimelineArgs {
+            timeline_ms: Some(u64::MAX),
+            timeline_out: None,
+        };
+        assert!(huge.window_ns().is_err());
+        assert!(TimelineArgs::check_span(MS, 10_000 * MS).is_ok());
+        assert!(TimelineArgs::check_span(MS, 10_001 * MS).is_err());
     }
 }

@@ -672,6 +672,9 @@ async fn run_fleet(
 ) -> anyhow::Result<(Totals, WindowSamples)> {
     let connections = fleet.specs.len();
     let sampler = tokio::spawn(sample_window(http.clone(), pid, plan));
+    if let Some(w) = window_ns {
+        TimelineArgs::check_span(w, plan.stop_ns - plan.measure_ns)?;
+    }
     let windows = window_ns.map(|w| Windows::new(plan.measure_ns, plan.stop_ns, w));
     let threads = match (&windows, pid) {
         (Some(w), Some(pid)) => Some(ThreadSampler::start(pid, w)?),

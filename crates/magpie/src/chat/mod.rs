@@ -132,9 +132,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         }
     } else if let Some(last) = chat.state.load_current() {
         let target = last.to_string();
-        chat.switch(&target).await;
-        if chat.current.is_none() {
-            chat.pending = Some(Pending::Switch(target));
+        match chat.switch(&target).await {
+            // The server could not be asked: try again once connected.
+            None => chat.pending = Some(Pending::Switch(target)),
+            // Gone (left, removed): start without one next time too.
+            Some(false) => chat.state.forget_current(),
+            Some(true) => {}
         }
     }
     chat.run(events, spawn_stdin_reader()).await
@@ -387,10 +390,16 @@ impl Chat {
                 }
                 self.connected_before = true;
                 self.online = true;
-                match self.pending.take() {
-                    Some(Pending::To(peer)) => self.switch_to(&peer).await,
+                let resumed = match self.pending.take() {
+                    Some(Pending::To(peer)) => {
+                        self.switch_to(&peer).await;
+                        None
+                    }
                     Some(Pending::Switch(target)) => self.switch(&target).await,
-                    None => {}
+                    None => None,
+                };
+                if resumed == Some(false) {
+                    self.state.forget_current();
                 }
             }
             SessionEvent::Disconnected { reason, retry_in } => {
@@ -574,7 +583,9 @@ impl Chat {
             ("kick", Some(name), None) => self.kick(name).await,
             ("leave", None, None) => self.leave().await,
             ("read", None, None) => self.mark_read().await,
-            ("switch", Some(target), None) => self.switch(target).await,
+            ("switch", Some(target), None) => {
+                self.switch(target).await;
+            }
             // Our own text, several lines: printed as it is, not through `say!`'s sanitizer.
             _ => {
                 let mut out = std::io::stdout().lock();
@@ -915,19 +926,22 @@ impl Chat {
         label
     }
 
-    /// Enters `current`, and remembers it for the next start.
+    /// Enters `current`, and remembers it for the next start. A start-up switch still
+    /// waiting for the connection is dropped: the user has chosen since.
     fn set_current(&mut self, current: Current) {
+        self.pending = None;
         self.state.save_current(current.conversation_id);
         self.current = Some(current);
     }
 
-    /// `/switch ID|NAME`: a conversation by id, group name or peer username.
-    async fn switch(&mut self, target: &str) {
+    /// `/switch ID|NAME`: a conversation by id, group name or peer username. Whether it was
+    /// found, or `None` if the conversations could not be listed.
+    async fn switch(&mut self, target: &str) -> Option<bool> {
         let rows = match self.client.conversations().await {
             Ok(rows) => rows,
             Err(e) => {
                 say!("! cannot list conversations: {e}");
-                return;
+                return None;
             }
         };
         let wanted = target.trim_start_matches('#');
@@ -947,8 +961,12 @@ impl Chat {
                     label,
                     group,
                 });
+                Some(true)
             }
-            None => say!("! no conversation {target}: /convs lists them"),
+            None => {
+                say!("! no conversation {target}: /convs lists them");
+                Some(false)
+            }
         }
     }
 

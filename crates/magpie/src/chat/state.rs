@@ -123,6 +123,11 @@ impl StateDir {
         }
     }
 
+    /// Forgets the remembered conversation (it no longer exists for this user).
+    pub fn forget_current(&self) {
+        let _ = std::fs::remove_file(self.dir.join(CURRENT_FILE));
+    }
+
     /// The cursor store for this account on this machine.
     pub fn cursor_store(&self) -> FileCursorStore {
         FileCursorStore::new(self.dir.join(CURSOR_FILE))
