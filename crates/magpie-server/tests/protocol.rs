@@ -541,6 +541,43 @@ async fn the_send_limit_follows_the_device_across_sockets_and_http() {
     s.stop().await;
 }
 
+/// `read`, `pull` and `sync` frames have their own per-connection limit: each costs a store
+/// read or write op, and a flood of them from one socket would slow everyone's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_read_frames_is_rate_limited_and_the_socket_stays_open() {
+    let s = TestServer::start_with(|c| c.allow_strangers = true).await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = direct(&base, &alice, &bob).await;
+    let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    // 2,000 frames: the burst is 500 and the refill 100/s, so even a slow machine refuses
+    // most of them.
+    for _ in 0..2_000 {
+        a.send(json!({"type":"read","conversation_id": conv, "seq": 1}))
+            .await;
+    }
+    a.send(json!({"type":"ping"})).await;
+    let mut limited = 0;
+    loop {
+        let f = a.next().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        assert_eq!(
+            (f["code"].as_str(), f["conversation_id"].as_str()),
+            (Some("rate_limited"), Some(conv.as_str())),
+            "{f}"
+        );
+        limited += 1;
+    }
+    assert!(
+        limited >= 500,
+        "only {limited} of 2,000 read frames were limited"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_with_1009_and_server_survives() {
     let s = TestServer::start_with(|c| c.allow_strangers = true).await;

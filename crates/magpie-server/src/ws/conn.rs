@@ -64,6 +64,13 @@ const CATCH_UP_PAGE_EVENTS: usize = 200;
 const LIVE_DRAIN_EVENTS_MAX: usize = 64;
 /// Conversations whose "may send" answer a connection remembers; cleared when full.
 const SEND_OK_CACHE_MAX: usize = 1024;
+/// `sync`, `pull` and `read` frames a connection may send per second, and their burst. Each
+/// is a store read or a write op (a `read` goes through the writer's queue even when it
+/// changes nothing), so an unlimited flood from one socket would slow everyone's writes. The
+/// burst covers a client pulling a few hundred read-fan-out groups after a reconnect.
+const STORE_FRAMES_PER_SEC: u32 = 100;
+/// See [`STORE_FRAMES_PER_SEC`].
+const STORE_FRAMES_BURST: u32 = 500;
 /// Typing frames a connection may relay per second (and its burst).
 const TYPING_PER_SEC: u32 = 5;
 /// See [`TYPING_PER_SEC`].
@@ -129,6 +136,8 @@ struct Conn {
     ack_flight: Option<AckFlight>,
     /// Typing relay rate limit.
     typing_bucket: TokenBucket,
+    /// Rate limit of the frames that cost a store read or write (`sync`, `pull`, `read`).
+    store_frames: TokenBucket,
     /// Conversations this device may send to, with the friendship epoch of the check.
     send_ok: HashMap<ConversationId, u64>,
     /// `joined_seq` per conversation, with the membership epoch of the check (for pulls).
@@ -174,6 +183,7 @@ pub fn run(
         in_flight: VecDeque::new(),
         ack_flight: None,
         typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
+        store_frames: TokenBucket::new(STORE_FRAMES_PER_SEC, STORE_FRAMES_BURST),
         send_ok: HashMap::new(),
         joined: HashMap::new(),
         deadline,
@@ -367,6 +377,9 @@ impl Conn {
                     .await
             }
         };
+        if let Some(refused) = self.over_store_frame_limit(&frame) {
+            return refused.await;
+        }
         match frame {
             ClientFrame::Ping => {
                 self.write(&ServerFrame::Pong).await?;
@@ -441,6 +454,38 @@ impl Conn {
             }
             ClientFrame::Typing { conversation_id } => self.on_typing(conversation_id).await,
         }
+    }
+
+    /// `rate_limited` for a `sync`, `pull` or `read` beyond [`STORE_FRAMES_PER_SEC`] (naming
+    /// the conversation of a `pull` or `read`), or `None` to go on.
+    fn over_store_frame_limit<'a>(
+        &'a mut self,
+        frame: &ClientFrame,
+    ) -> Option<impl std::future::Future<Output = Result<(), End>> + 'a> {
+        let conversation = match frame {
+            ClientFrame::Sync { .. } => None,
+            ClientFrame::Pull {
+                conversation_id, ..
+            }
+            | ClientFrame::Read {
+                conversation_id, ..
+            } => Some(*conversation_id),
+            _ => return None,
+        };
+        if self.store_frames.try_take() {
+            return None;
+        }
+        metrics::counter!("magpie_ws_rate_limited_total").increment(1);
+        let e = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many sync, pull and read frames",
+        );
+        Some(async move {
+            match conversation {
+                Some(c) => self.reply_conversation_error(c, e).await,
+                None => self.reply_error(e.code, &e.message, None).await,
+            }
+        })
     }
 
     /// Direct conversations need friendship; the answer is cached until a friendship ends.
