@@ -48,6 +48,9 @@ pub async fn login(
     if validate_username(&body.username).is_err() || validate_password(&body.password).is_err() {
         return Err(wrong());
     }
+    // Cut before the (possibly long) wait for a password check, not after: the request
+    // should not hold a 600 KB name while it queues.
+    let name = truncate(body.device_name.unwrap_or_default(), DEVICE_NAME_BYTES_MAX);
     let user = state
         .store
         .user_by_name(&body.username)
@@ -56,7 +59,6 @@ pub async fn login(
     if !verify_password(&state, body.password, user.password_hash.clone()).await? {
         return Err(wrong());
     }
-    let name = truncate(body.device_name.unwrap_or_default(), DEVICE_NAME_BYTES_MAX);
     let (token, hash) = new_token();
     let device = state.store.create_device(user.id, name, hash).await?;
     Ok((
