@@ -64,13 +64,16 @@ const CATCH_UP_PAGE_EVENTS: usize = 200;
 const LIVE_DRAIN_EVENTS_MAX: usize = 64;
 /// Conversations whose "may send" answer a connection remembers; cleared when full.
 const SEND_OK_CACHE_MAX: usize = 1024;
-/// `sync`, `pull` and `read` frames a connection may send per second, and their burst. Each
+/// `sync`, `pull` and `read` frames a connection is served per second, and their burst. Each
 /// is a store read or a write op (a `read` goes through the writer's queue even when it
-/// changes nothing), so an unlimited flood from one socket would slow everyone's writes. The
-/// burst covers a client pulling a few hundred read-fan-out groups after a reconnect.
-const STORE_FRAMES_PER_SEC: u32 = 100;
+/// changes nothing), so an unlimited flood from one socket would slow everyone's writes.
+/// Frames beyond wait (the connection reads nothing meanwhile, pushing back through TCP)
+/// instead of being refused: clients treat a refused pull as a lost one and retry only
+/// after their pull timeout. The burst covers a client pulling its read-fan-out groups
+/// after a reconnect.
+const STORE_FRAMES_PER_SEC: u32 = 500;
 /// See [`STORE_FRAMES_PER_SEC`].
-const STORE_FRAMES_BURST: u32 = 500;
+const STORE_FRAMES_BURST: u32 = 1_000;
 /// Typing frames a connection may relay per second (and its burst).
 const TYPING_PER_SEC: u32 = 5;
 /// See [`TYPING_PER_SEC`].
@@ -377,8 +380,8 @@ impl Conn {
                     .await
             }
         };
-        if let Some(refused) = self.over_store_frame_limit(&frame) {
-            return refused.await;
+        if costs_a_store_op(&frame) {
+            self.pace_store_frame().await?;
         }
         match frame {
             ClientFrame::Ping => {
@@ -456,36 +459,17 @@ impl Conn {
         }
     }
 
-    /// `rate_limited` for a `sync`, `pull` or `read` beyond [`STORE_FRAMES_PER_SEC`] (naming
-    /// the conversation of a `pull` or `read`), or `None` to go on.
-    fn over_store_frame_limit<'a>(
-        &'a mut self,
-        frame: &ClientFrame,
-    ) -> Option<impl std::future::Future<Output = Result<(), End>> + 'a> {
-        let conversation = match frame {
-            ClientFrame::Sync { .. } => None,
-            ClientFrame::Pull {
-                conversation_id, ..
-            }
-            | ClientFrame::Read {
-                conversation_id, ..
-            } => Some(*conversation_id),
-            _ => return None,
-        };
-        if self.store_frames.try_take() {
-            return None;
+    /// Waits, if this connection is over [`STORE_FRAMES_PER_SEC`], until its next store
+    /// frame may be served. Kicks and shutdown still end the wait.
+    async fn pace_store_frame(&mut self) -> Result<(), End> {
+        let wait = self.store_frames.wait_for_token();
+        if !wait.is_zero() {
+            metrics::counter!("magpie_ws_store_frames_paced_total").increment(1);
+            tokio::time::sleep(wait).await;
+            self.interrupted()?;
         }
-        metrics::counter!("magpie_ws_rate_limited_total").increment(1);
-        let e = ApiError::new(
-            ErrorCode::RateLimited,
-            "too many sync, pull and read frames",
-        );
-        Some(async move {
-            match conversation {
-                Some(c) => self.reply_conversation_error(c, e).await,
-                None => self.reply_error(e.code, &e.message, None).await,
-            }
-        })
+        self.store_frames.try_take();
+        Ok(())
     }
 
     /// Direct conversations need friendship; the answer is cached until a friendship ends.
@@ -1092,6 +1076,14 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound>
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// `sync`, `pull` and `read`: the frames that cost a store read or a writer op.
+fn costs_a_store_op(frame: &ClientFrame) -> bool {
+    matches!(
+        frame,
+        ClientFrame::Sync { .. } | ClientFrame::Pull { .. } | ClientFrame::Read { .. }
+    )
 }
 
 /// Who gets a `typing` frame: the other members of a direct conversation or write-fan-out

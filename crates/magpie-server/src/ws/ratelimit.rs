@@ -41,6 +41,15 @@ impl TokenBucket {
         }
     }
 
+    /// How long until a token is available (zero if one is now).
+    pub fn wait_for_token(&mut self) -> std::time::Duration {
+        self.refill();
+        if self.tokens >= 1.0 || self.rate_per_sec <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_sec)
+    }
+
     /// True if the bucket has refilled completely: forgetting it then changes nothing.
     fn is_full(&mut self) -> bool {
         self.refill();
@@ -151,7 +160,11 @@ mod tests {
     #[test]
     fn burst_then_refuse() {
         let mut b = TokenBucket::new(1, 3);
+        assert_eq!(b.wait_for_token(), std::time::Duration::ZERO);
         assert!(b.try_take() && b.try_take() && b.try_take());
         assert!(!b.try_take());
+        let wait = b.wait_for_token();
+        assert!(wait > std::time::Duration::from_millis(900), "{wait:?}");
+        assert!(wait <= std::time::Duration::from_secs(1), "{wait:?}");
     }
 }
