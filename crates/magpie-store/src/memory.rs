@@ -81,10 +81,10 @@ pub(crate) fn successor(remaining: &[Member]) -> Option<&Member> {
 /// cap unless the user sent more than half of the newest messages it looks at.
 pub(crate) const UNREAD_SCAN_MESSAGES_MAX: usize = 2 * UNREAD_COUNT_MAX as usize;
 
-/// Bytes of messages an unread count looks at, at most (plus the one that crosses the
-/// bound): learning a sender means reading the whole message in the embedded store, and a
-/// conversation full of 400 KB messages must not cost gigabytes per conversation list. Past
-/// it the count is a lower bound.
+/// Bytes of messages the unread counts of one conversation list (or one row) look at, at
+/// most, all rows together (plus the message that crosses the bound): learning a sender means
+/// reading the whole message in the embedded store, and conversations full of 400 KB
+/// messages must not cost gigabytes per list. Past it, counts are lower bounds.
 pub(crate) const UNREAD_SCAN_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// The unread count of `user` from the messages after its read_seq, newest first, as
@@ -92,16 +92,18 @@ pub(crate) const UNREAD_SCAN_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// most [`UNREAD_SCAN_MESSAGES_MAX`] messages and about [`UNREAD_SCAN_BYTES_MAX`]. Before,
 /// the cap bounded the messages looked at, so 9,999 messages of the user's own after one
 /// from someone else counted 0.
+/// `budget` is the bytes still to be looked at for the whole list; it shrinks by what this
+/// count reads.
 pub(crate) fn count_unread(
     user: UserId,
     newest_first: impl Iterator<Item = (UserId, usize)>,
+    budget: &mut usize,
 ) -> u64 {
-    let mut scanned_bytes = 0usize;
     newest_first
         .take(UNREAD_SCAN_MESSAGES_MAX)
         .take_while(|&(_, bytes)| {
-            let within = scanned_bytes <= UNREAD_SCAN_BYTES_MAX;
-            scanned_bytes = scanned_bytes.saturating_add(bytes);
+            let within = *budget > 0;
+            *budget = budget.saturating_sub(bytes);
             within
         })
         .filter(|&(sender, _)| sender != user)
@@ -413,7 +415,13 @@ impl State {
         Ok((conv.clone(), member.clone()))
     }
 
-    fn summary(&self, user: UserId, conv: ConversationId) -> ConversationSummary {
+    /// `budget`: see [`count_unread`].
+    fn summary(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        budget: &mut usize,
+    ) -> ConversationSummary {
         let member = self.members[&conv][&user].clone();
         let timeline = self.timelines.get(&conv).map_or(&[][..], Vec::as_slice);
         let unread = timeline
@@ -423,7 +431,7 @@ impl State {
             .map(|m| (m.sender_id, m.text.len()));
         ConversationSummary {
             conversation: self.conversations[index(conv.0)].clone(),
-            unread_count: count_unread(user, unread),
+            unread_count: count_unread(user, unread, budget),
             member,
             last_message: timeline.last().cloned(),
         }
@@ -954,7 +962,13 @@ impl Store for MemoryStore {
         let mut list: Vec<ConversationSummary> = s
             .user_convs
             .get(&user)
-            .map(|convs| convs.iter().map(|&c| s.summary(user, c)).collect())
+            .map(|convs| {
+                let mut budget = UNREAD_SCAN_BYTES_MAX;
+                convs
+                    .iter()
+                    .map(|&c| s.summary(user, c, &mut budget))
+                    .collect()
+            })
             .unwrap_or_default();
         sort_summaries(&mut list);
         Ok(list)
@@ -966,9 +980,10 @@ impl Store for MemoryStore {
         user: UserId,
     ) -> Result<Option<ConversationSummary>, StoreError> {
         let s = self.state.lock();
-        Ok(s.member(conversation, user)
-            .is_some()
-            .then(|| s.summary(user, conversation)))
+        Ok(s.member(conversation, user).is_some().then(|| {
+            let mut budget = UNREAD_SCAN_BYTES_MAX;
+            s.summary(user, conversation, &mut budget)
+        }))
     }
 
     async fn mark_read(
@@ -1063,19 +1078,26 @@ mod tests {
         let cap = UNREAD_COUNT_MAX as usize;
         // Newest first: the user's own 9,999, then one from someone else.
         let (mine, theirs) = ((me, 10), (other, 10));
+        let fresh = || UNREAD_SCAN_BYTES_MAX;
         let senders = std::iter::repeat_n(mine, cap).chain([theirs]);
-        assert_eq!(count_unread(me, senders), 1);
+        assert_eq!(count_unread(me, senders, &mut fresh()), 1);
         // The others' messages count up to the cap and no further.
         assert_eq!(
-            count_unread(me, std::iter::repeat_n(theirs, cap + 5)),
+            count_unread(me, std::iter::repeat_n(theirs, cap + 5), &mut fresh()),
             UNREAD_COUNT_MAX
         );
         // Past the scan bound nothing more is looked at.
         let senders = std::iter::repeat_n(mine, UNREAD_SCAN_MESSAGES_MAX).chain([theirs]);
-        assert_eq!(count_unread(me, senders), 0);
-        // Nor past the byte bound: 400 KB messages are counted up to the one crossing 32 MiB.
+        assert_eq!(count_unread(me, senders, &mut fresh()), 0);
+        // Nor past the byte bound: 400 KB messages are counted up to the one crossing 32 MiB,
+        // and the bound holds for a whole list: the next row gets nothing more.
         let big = (other, 400_000);
-        let counted = count_unread(me, std::iter::repeat_n(big, 200));
-        assert_eq!(counted, (UNREAD_SCAN_BYTES_MAX / 400_000 + 1) as u64);
+        let mut list_budget = fresh();
+        let counted = count_unread(me, std::iter::repeat_n(big, 200), &mut list_budget);
+        assert_eq!(counted, UNREAD_SCAN_BYTES_MAX.div_ceil(400_000) as u64);
+        assert_eq!(
+            count_unread(me, std::iter::repeat_n(big, 200), &mut list_budget),
+            0
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::fjall::keys::{
     be_u64, conv_key, device_key, friend_key, inbox_key, member_key, message_key, parse_pair,
     request_key, user_key, Keyspaces, Ks,
 };
-use crate::memory::{count_unread, sort_summaries};
+use crate::memory::{count_unread, sort_summaries, UNREAD_SCAN_BYTES_MAX};
 use crate::{ConversationSummary, Friend, MessageRange, StoreError};
 
 /// A consistent view: the keyspace handles plus the snapshot to read them at.
@@ -333,9 +333,11 @@ impl View<'_> {
         user: UserId,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let mut out = Vec::new();
+        // One bound on the messages read for all rows' unread counts together.
+        let mut budget = UNREAD_SCAN_BYTES_MAX;
         for conv in self.ids_under(Ks::UserConvs, user_key(user))? {
             let conv = ConversationId(conv);
-            let Some(summary) = self.conversation_summary(conv, user)? else {
+            let Some(summary) = self.conversation_summary_within(conv, user, &mut budget)? else {
                 return Err(StoreError::Corrupt(format!(
                     "user_convs lists {user}/{conv} without its conversation or member row"
                 )));
@@ -352,6 +354,18 @@ impl View<'_> {
         conv: ConversationId,
         user: UserId,
     ) -> Result<Option<ConversationSummary>, StoreError> {
+        let mut budget = UNREAD_SCAN_BYTES_MAX;
+        self.conversation_summary_within(conv, user, &mut budget)
+    }
+
+    /// [`Self::conversation_summary`], its unread count reading from `budget` (see
+    /// `memory::count_unread`).
+    fn conversation_summary_within(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        budget: &mut usize,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
         let (Some(conversation), Some(member)) =
             (self.conversation(conv)?, self.member(conv, user)?)
         else {
@@ -359,7 +373,7 @@ impl View<'_> {
         };
         let last_message = self.last_message(conv)?;
         let last_seq = last_message.as_ref().map_or(Seq(0), |m| m.seq);
-        let unread_count = self.unread_count(conv, user, member.read_seq, last_seq)?;
+        let unread_count = self.unread_count(conv, user, member.read_seq, last_seq, budget)?;
         Ok(Some(ConversationSummary {
             conversation,
             member,
@@ -369,13 +383,14 @@ impl View<'_> {
     }
 
     /// Messages from others in `(read_seq, last_seq]`, newest first, up to the cap; decodes only
-    /// each message's sender, and reads about `memory::UNREAD_SCAN_BYTES_MAX` of messages at most.
+    /// each message's sender, and reads what `budget` allows.
     fn unread_count(
         &self,
         conv: ConversationId,
         user: UserId,
         read_seq: Seq,
         last_seq: Seq,
+        budget: &mut usize,
     ) -> Result<u64, StoreError> {
         if last_seq <= read_seq {
             return Ok(0);
@@ -402,7 +417,7 @@ impl View<'_> {
                     None
                 }
             });
-        let count = count_unread(user, senders);
+        let count = count_unread(user, senders, budget);
         match failed {
             Some(e) => Err(e),
             None => Ok(count),
