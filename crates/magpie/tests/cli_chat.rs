@@ -197,9 +197,9 @@ fn a_chat_started_while_the_server_is_down_enters_its_conversation_once_connecte
     alice.type_line("/quit");
     assert!(alice.proc.wait_exit().success());
     drop(server);
-    // The server is down: alice cannot look bob up yet; once it is back, she is in.
+    // The server is down: alice cannot even check her login yet; once it is back, she is in.
     let mut alice = Chat::start("alice", addr, &state, &["--to", "bob"]);
-    alice.expect("! cannot look up bob");
+    alice.expect("! cannot check the saved login");
     let _server = start_server_at(&data, addr);
     alice.expect("* talking to bob");
     alice.type_line("made it");

@@ -95,7 +95,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.register {
         register(&anon, &args).await?;
     }
-    let (client, login) = authenticate(&anon, &state, &args).await?;
+    let (client, login, reachable) = authenticate(&anon, &state, &args).await?;
     let me = login.user_id().context("saved login has no user id")?;
     let config = SessionConfig {
         label: args.user.clone(),
@@ -124,21 +124,18 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         pending: None,
     };
     // Where to start: the conversation asked for, else the one the last run ended in. If
-    // the server cannot be reached yet, try again once the session connects.
-    if let Some(peer) = &args.to {
-        chat.switch_to(peer).await;
-        if chat.current.is_none() && chat.awaiting.is_empty() {
-            chat.pending = Some(Pending::To(peer.clone()));
+    // the server cannot be reached yet, that waits until the session connects.
+    let start = match (&args.to, chat.state.load_current()) {
+        (Some(peer), _) => Some(Pending::To(peer.clone())),
+        (None, Some(last)) => Some(Pending::Switch(last.to_string())),
+        (None, None) => None,
+    };
+    if reachable {
+        if let Some(start) = start {
+            chat.enter(start).await;
         }
-    } else if let Some(last) = chat.state.load_current() {
-        let target = last.to_string();
-        match chat.switch(&target).await {
-            // The server could not be asked: try again once connected.
-            None => chat.pending = Some(Pending::Switch(target)),
-            // Gone (left, removed): start without one next time too.
-            Some(false) => chat.state.forget_current(),
-            Some(true) => {}
-        }
+    } else {
+        chat.pending = start;
     }
     chat.run(events, spawn_stdin_reader()).await
 }
@@ -172,22 +169,23 @@ async fn register(anon: &Client, args: &ChatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reuses the saved login if the server still accepts it, else logs in (and saves).
+/// Reuses the saved login if the server still accepts it, else logs in (and saves). The
+/// flag says whether the server answered (false: an offline start with a saved login).
 async fn authenticate(
     anon: &Client,
     state: &StateDir,
     args: &ChatArgs,
-) -> anyhow::Result<(Client, SavedLogin)> {
+) -> anyhow::Result<(Client, SavedLogin, bool)> {
     if let Some(saved) = state.load_login(&args.user) {
         let client = anon.with_token(saved.token.clone());
         let me = saved.user_id().context("saved login has no user id")?;
         match client.user(me).await {
-            Ok(_) => return Ok((client, saved)),
+            Ok(_) => return Ok((client, saved, true)),
             Err(e) if e.is_unauthorized() => say!("* saved login no longer valid; logging in"),
             Err(e) => {
                 // Offline start: the session keeps retrying with the saved token.
                 say!("! cannot check the saved login ({e}); continuing with it");
-                return Ok((client, saved));
+                return Ok((client, saved, false));
             }
         }
     }
@@ -197,7 +195,7 @@ async fn authenticate(
         .context("logging in")?;
     let saved = SavedLogin::new(&args.user, &created);
     state.save_login(&saved)?;
-    Ok((anon.with_token(created.token), saved))
+    Ok((anon.with_token(created.token), saved, true))
 }
 
 /// Reads stdin on a plain thread: a blocking read there does not hold up process exit the
@@ -390,16 +388,8 @@ impl Chat {
                 }
                 self.connected_before = true;
                 self.online = true;
-                let resumed = match self.pending.take() {
-                    Some(Pending::To(peer)) => {
-                        self.switch_to(&peer).await;
-                        None
-                    }
-                    Some(Pending::Switch(target)) => self.switch(&target).await,
-                    None => None,
-                };
-                if resumed == Some(false) {
-                    self.state.forget_current();
+                if let Some(start) = self.pending.take() {
+                    self.enter(start).await;
                 }
             }
             SessionEvent::Disconnected { reason, retry_in } => {
@@ -924,6 +914,19 @@ impl Chat {
             self.labels.mark_group(row.conversation_id);
         }
         label
+    }
+
+    /// Enters the start-up conversation: `--to NAME`, or the one the last run ended in (which
+    /// is forgotten if it is gone).
+    async fn enter(&mut self, start: Pending) {
+        match start {
+            Pending::To(peer) => self.switch_to(&peer).await,
+            Pending::Switch(target) => {
+                if self.switch(&target).await == Some(false) {
+                    self.state.forget_current();
+                }
+            }
+        }
     }
 
     /// Enters `current`, and remembers it for the next start. A start-up switch still
