@@ -115,3 +115,34 @@ test('a new device starts at the inbox head and loads history over HTTP', async 
   await carol.context.close();
   await dave.context.close();
 });
+
+test('a cursor past the server inbox head (a restored backup) resumes from the head', async () => {
+  const alice = await person(browser, server);
+  const bob = await person(browser, server);
+  const a = alice.page;
+  const b = bob.page;
+  await friendsInChat([alice, bob], ['erin', 'frank']);
+  await sendAndWait(a, 'before the restore');
+  // As if the server had been restored from an older backup: the tab's stored cursor is far
+  // past anything the server's inbox holds, and a sync from it would be refused. Set before
+  // the page's scripts run (the page saves its own cursor when it unloads).
+  const keys = await a.evaluate(() =>
+    Object.keys(localStorage).filter((k) => k.startsWith('magpie.cursor.')).length);
+  assert.ok(keys >= 1, 'the tab stores its cursor');
+  await a.addInitScript(() => {
+    for (const k of Object.keys(localStorage)) {
+      if (k.startsWith('magpie.cursor.')) localStorage.setItem(k, '1000000');
+    }
+  });
+  const logged = [];
+  a.on('console', (m) => logged.push(m.text()));
+  await a.reload();
+  await online(a);
+  await openConv(a, 'frank');
+  await expectTexts(a, ['before the restore']);
+  // Live events flow again: the client resumed from the server's inbox head.
+  await sendAndWait(b, 'after the restore');
+  await expectTexts(a, ['before the restore', 'after the restore']);
+  assert.ok(logged.some((t) => t.includes("past the server's head")), 'the client said why');
+  assert.deepEqual(unexpectedErrors(a, /$^/), []);
+});
