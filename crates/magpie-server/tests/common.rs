@@ -171,6 +171,14 @@ pub async fn direct(base: &str, a: &Account, b: &Account) -> String {
     v["conversation_id"].as_str().unwrap().to_owned()
 }
 
+/// Registers alice and bob and opens their direct conversation: (alice, bob, conversation).
+pub async fn alice_and_bob(base: &str) -> (Account, Account, String) {
+    let alice = account(base, "alice").await;
+    let bob = account(base, "bob").await;
+    let conv = direct(base, &alice, &bob).await;
+    (alice, bob, conv)
+}
+
 /// Sends a message over HTTP.
 pub async fn send_http(base: &str, token: &str, conv: &str, id: &str, text: &str) -> (u16, Value) {
     post(

@@ -497,9 +497,7 @@ async fn the_send_limit_follows_the_device_across_sockets_and_http() {
     })
     .await;
     let base = s.base_url();
-    let alice = account(&base, "alice").await;
-    let bob = account(&base, "bob").await;
-    let conv = direct(&base, &alice, &bob).await;
+    let (alice, _bob, conv) = alice_and_bob(&base).await;
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
     for i in 0..BURST {
         a.send_text(&conv, &format!("s{i}"), "hi").await;
@@ -548,9 +546,7 @@ async fn the_send_limit_follows_the_device_across_sockets_and_http() {
 async fn a_flood_of_read_frames_is_paced_and_nothing_is_refused() {
     let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
-    let alice = account(&base, "alice").await;
-    let bob = account(&base, "bob").await;
-    let conv = direct(&base, &alice, &bob).await;
+    let (alice, _bob, conv) = alice_and_bob(&base).await;
     let (mut a, _) = Ws::connect(&s.ws_url(), &alice.token).await;
     let started = std::time::Instant::now();
     // 2,000 frames: 1,000 at once, the other 1,000 at 500/s, so about 2 s.
@@ -831,9 +827,7 @@ async fn pages_of_huge_messages_stop_at_the_byte_budget_and_say_so() {
 async fn pages_of_wide_characters_stop_in_the_store_and_catch_up_goes_on() {
     let s = TestServer::start_with(|c| c.allow_strangers = true).await;
     let base = s.base_url();
-    let alice = account(&base, "alice").await;
-    let bob = account(&base, "bob").await;
-    let conv = direct(&base, &alice, &bob).await;
+    let (alice, bob, conv) = alice_and_bob(&base).await;
     // 400,000 bytes each: the store stops a page at the third, the wire keeps two.
     let wide = "😀".repeat(100_000);
     for i in 1..=8u64 {

@@ -185,11 +185,7 @@ pub async fn send(
     }
     // Members only before the gate (the store checks again): an outsider's sends must not
     // take the conversation's in-flight slots and starve its members.
-    state
-        .store
-        .member(conversation_id, auth.user_id())
-        .await?
-        .ok_or_else(ApiError::forbidden)?;
+    member_conversation(&state, &auth, &raw).await?;
     check_direct_allowed(&state, auth.user_id(), conversation_id).await?;
     let _permit = state.gate.try_enter(conversation_id).ok_or_else(|| {
         ApiError::new(

@@ -617,7 +617,7 @@ impl Conn {
             return self.reply_conversation_error(conversation_id, e).await;
         }
         let me = self.device.user_id;
-        let recipients = match typing_recipients(&self.state, me, conversation_id).await {
+        let recipients = match typing_recipients(&self.state, conversation_id).await {
             Ok(r) => r,
             Err(e) => return self.reply_conversation_error(conversation_id, e).await,
         };
@@ -1086,11 +1086,11 @@ fn costs_a_store_op(frame: &ClientFrame) -> bool {
     )
 }
 
-/// Who gets a `typing` frame: the other members of a direct conversation or write-fan-out
-/// group. Read-fan-out groups are too large for typing indicators.
+/// Who gets a `typing` frame: the members of a direct conversation or write-fan-out group
+/// (the caller skips itself). Read-fan-out groups are too large for typing indicators. The
+/// caller has checked that `me` is a member (`Conn::may_send`, cached per connection).
 async fn typing_recipients(
     state: &AppState,
-    me: UserId,
     conversation_id: ConversationId,
 ) -> Result<Vec<UserId>, ApiError> {
     let store = &state.store;
@@ -1099,15 +1099,8 @@ async fn typing_recipients(
         .await?
         .ok_or_else(ApiError::forbidden)?;
     if conv.kind == ConversationKind::Direct {
-        // A direct conversation's two members never change, so its own row answers the
-        // membership question: one store read per typing frame instead of two.
-        if !conv.members.contains(&me) {
-            return Err(ApiError::forbidden());
-        }
+        // A direct conversation's two members never change: its own row names them.
         return Ok(conv.members);
-    }
-    if store.member(conversation_id, me).await?.is_none() {
-        return Err(ApiError::forbidden());
     }
     let policy = state.config.policy;
     if !policy.writes_fanout(conv.member_count) {
