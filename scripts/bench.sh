@@ -13,7 +13,8 @@
 # appended to $RESULTS. Everything is bounded in time and talks to loopback only.
 #
 # Knobs (environment): PORT, DURATION_S, WARMUP_S, PAIRS_LIST, WINDOW_LIST, LATENCY_PAIRS,
-# HALF_RATE (skip the throughput matrix for the half-max latency run), DISK_ROUNDS, IDLE_CONNECTIONS,
+# HALF_RATE (skip the throughput matrix for the half-max latency runs), HALF_PAIRS_LIST (pairs
+# of those runs; default 10 and the best throughput's), DISK_ROUNDS, IDLE_CONNECTIONS,
 # IDLE_HOLD_S, RESULTS, QUIET_WAIT_S / QUIET_BUSY_PERCENT / QUIET_IO_PERCENT (before each run,
 # wait up to QUIET_WAIT_S seconds for CPU use and I/O pressure to drop below these), MAGPIE_BIN (use
 # this binary instead of building target/release/magpie).
@@ -191,7 +192,13 @@ latency() {
     run_bench latency --pairs 1 --rate 200 --duration-s "$DURATION_S"
     local half=${HALF_RATE:-$((BEST_RATE / 2))}
     if [ "$half" -gt 0 ]; then
-        run_bench latency --pairs "$BEST_PAIRS" --rate "$half" --duration-s "$DURATION_S"
+        # The same total rate spread over few and over many connections: paced sends of many
+        # connections each carry one message per frame and per write op, so they cost the
+        # server more per message than the few busy connections do.
+        local pairs
+        for pairs in ${HALF_PAIRS_LIST:-10 $BEST_PAIRS}; do
+            run_bench latency --pairs "$pairs" --rate "$half" --duration-s "$DURATION_S"
+        done
     else
         echo "(no throughput result and no HALF_RATE: skipping the half-max latency run)"
     fi

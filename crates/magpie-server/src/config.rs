@@ -332,7 +332,7 @@ mod tests {
         let path = dir.path().join("magpie.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\nstore_commit_interval_us = 500\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
+            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\nstore_commit_interval_us = 700\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -351,12 +351,12 @@ mod tests {
             Some("http://127.0.0.1:1/hook")
         );
         assert_eq!(c.push_coalesce_ms, 50);
-        assert_eq!(c.store_commit_interval_us, 500, "from the file");
+        assert_eq!(c.store_commit_interval_us, 700, "from the file");
         assert_eq!(
             Config::resolve(ServeArgs::default())
                 .unwrap()
                 .store_commit_interval_us,
-            2_000,
+            500,
             "the store's default"
         );
         assert_eq!(

@@ -94,12 +94,17 @@ pub const BACKGROUND_NICE_DEFAULT: i32 = 10;
 
 pub use commit::COMMIT_BUSY_OPS_MIN;
 
-/// Default of [`FjallConfig::commit_interval_min`]. At 61,401 msg/s paced over 50 pairs on a
-/// two-core VM, four alternating runs each with the interval applied to every commit: 0 gave
-/// 844–1,170 fsyncs/s, server CPU 132–143% of a core and send→deliver p99 38–62 ms; 2 ms gave
-/// about 400 fsyncs/s, 121–127% and 26–38 ms (p50 11–12 against 7–12 ms). Applied only after
-/// busy commits, as now: 542–578 fsyncs/s. Each `fdatasync` costs that VM about 65 µs of CPU.
-pub const COMMIT_INTERVAL_MIN_DEFAULT: Duration = Duration::from_millis(2);
+/// Default of [`FjallConfig::commit_interval_min`]. A busy store's commits then start at
+/// least this far apart, so a message waits on average about half of it for its commit: the
+/// interval is a floor under the median latency, which the foundation's target puts at 2 ms.
+/// On a two-core AMD EPYC VM at 67,000 msg/s paced (half the maximum), two alternating runs
+/// each: over 10 pairs, 0.5 ms gave send→deliver p50 1.11 and 1.16 ms, p99 6.8 and 8.5 ms,
+/// against p50 3.4 and 3.5, p99 9.4 and 9.6 ms at 2 ms; over 50 pairs, where the machine is
+/// saturated, p50 3.6–6.9 against 7.2–9.5 ms and p99 23–36 against 17–29 ms (four runs
+/// each). 2 ms had been chosen on an older VM for that saturated case: fewer
+/// fsyncs (each costs CPU, about 65 µs on that VM) gave its p99 26–38 against 38–62 ms with
+/// no interval. A deployment whose disk syncs slowly can raise it.
+pub const COMMIT_INTERVAL_MIN_DEFAULT: Duration = Duration::from_micros(500);
 /// Largest [`FjallConfig::commit_interval_min`]; larger values are clamped to it. A busy
 /// store commits at most `2 * batch_ops_max` ops per interval (about 20,000 ops/s with the
 /// default batch size at this bound, though an op may carry many messages), and each
