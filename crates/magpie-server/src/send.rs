@@ -2,7 +2,7 @@
 //! same answers to the same input.
 
 use magpie_core::{
-    validate_text, ClientMsgId, ConversationId, ConversationKind, TextError, UserId,
+    validate_text, ClientMsgId, ConversationId, ConversationKind, Message, TextError, UserId,
 };
 use magpie_protocol::ErrorCode;
 use magpie_store::{AppendError, AppendRequest};
@@ -36,6 +36,22 @@ pub async fn check_direct_allowed(
         ErrorCode::NotFriends,
         "you are no longer friends with this user",
     ))
+}
+
+/// Answers a send that an access check refused (`refusal`: not a member, no longer friends).
+/// A resend of a message stored before its sender lost access gets the stored message back
+/// (a duplicate), as the store itself would answer it: the sender must learn that it was
+/// delivered, not that it failed. Anything else gets the refusal.
+pub async fn stored_or_refused(
+    state: &AppState,
+    sender: UserId,
+    client_msg_id: &ClientMsgId,
+    refusal: ApiError,
+) -> Result<Message, ApiError> {
+    match state.store.sent_message(sender, client_msg_id).await? {
+        Some(message) => Ok(message),
+        None => Err(refusal),
+    }
 }
 
 /// Turns a client's send into a store request, or the error the client must get.

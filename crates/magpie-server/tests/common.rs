@@ -562,6 +562,21 @@ pub fn assert_send_refused(frame: &Value, code: &str, client_msg_id: &str, what:
     );
 }
 
+/// Asserts that `frame` answers a resend of `client_msg_id` with the original `seq`.
+#[track_caller]
+pub fn assert_duplicate(frame: &Value, client_msg_id: &str, seq: u64) {
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["client_msg_id"].as_str(),
+            frame["seq"].as_u64(),
+            frame["duplicate"].as_bool()
+        ),
+        (Some("sent"), Some(client_msg_id), Some(seq), Some(true)),
+        "{frame}"
+    );
+}
+
 /// Asserts that `frame` acknowledges a send with `seq`.
 #[track_caller]
 pub fn assert_sent(frame: &Value, seq: u64) {

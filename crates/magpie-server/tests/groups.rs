@@ -296,6 +296,17 @@ async fn group_lifecycle_roles_and_system_messages() {
     d_ws.send_text(&conv, "d3", "let me in").await;
     let e = d_ws.send_answer().await;
     assert_send_refused(&e, "forbidden", "d3", "WS send after removal");
+    // A resend of a message stored before the removal is a duplicate, not a refusal: dan's
+    // client must learn that it was delivered (over either path).
+    d_ws.send_text(&conv, "d1", "hi all").await;
+    let ack = d_ws.send_answer().await;
+    assert_duplicate(&ack, "d1", 7);
+    let (st, v) = send_http(&base, &dan.token, &conv, "d1", "hi all").await;
+    assert_eq!(
+        (st, v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (200, Some(7), Some(true)),
+        "HTTP resend after removal: {v}"
+    );
     let e = d_ws.pull(&conv, 0, 50).await;
     assert_eq!(
         (

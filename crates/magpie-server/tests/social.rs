@@ -347,6 +347,17 @@ async fn friend_list_removal_and_direct_gating() {
     b.send_text(&conv, "wb", "me neither").await;
     let e = b.send_answer().await;
     assert_eq!(e["code"], "not_friends", "{e}");
+    // Resends of messages stored while they were friends are duplicates, not refusals (over
+    // either path, whichever path sent the original).
+    a.send_text(&conv, "h1", "hello").await;
+    let ack = a.send_answer().await;
+    assert_duplicate(&ack, "h1", 1);
+    let (st, v) = send_http(&base, &alice.token, &conv, "w1", "hello again").await;
+    assert_eq!(
+        (st, v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (200, Some(2), Some(true)),
+        "HTTP resend after unfriending: {v}"
+    );
     let (st, v) = post(
         &base,
         &alice.token,

@@ -99,6 +99,7 @@ pub const CHECKS: &[&str] = &[
     "concurrent_duplicates_exactly_once",
     "inbox_cursors_gap_free",
     "dedup",
+    "resend_after_losing_access",
     "per_item_errors",
     "message_ranges",
     "events_paging",
@@ -172,6 +173,7 @@ where
         }
         "inbox_cursors_gap_free" => announce(name, inbox_cursors_gap_free(t)).await,
         "dedup" => announce(name, dedup(t)).await,
+        "resend_after_losing_access" => announce(name, resend_after_losing_access(t)).await,
         "per_item_errors" => announce(name, per_item_errors(t)).await,
         "message_ranges" => announce(name, message_ranges(t)).await,
         "events_paging" => announce(name, events_paging(t)).await,
@@ -1027,6 +1029,56 @@ async fn dedup<S: Store>(t: Ctx<S>) {
             .await
             .expect("read"),
         Vec::<Message>::new()
+    );
+}
+
+/// A resend is answered from the dedup index before any access check: a sender removed since
+/// must learn that the message was stored, not that it failed (its client would show a
+/// delivered message as failed, and a manual retry would duplicate it).
+async fn resend_after_losing_access<S: Store>(t: Ctx<S>) {
+    let s = &*t.store;
+    let us = users(s, &["ann", "bob", "cat"]).await;
+    let (ann, bob, cat) = (us[0].id, us[1].id, us[2].id);
+    let g = ok(s.create_group(ann, "team".into(), vec![bob, cat]).await);
+    let original = send(s, g.id, bob, "m1").await;
+    assert_eq!(
+        s.sent_message(bob, &cmid("m1")).await.expect("read"),
+        Some((*original.message).clone()),
+        "the dedup index finds the stored message"
+    );
+    assert_eq!(s.sent_message(ann, &cmid("m1")).await.expect("read"), None);
+    assert_eq!(s.sent_message(bob, &cmid("m2")).await.expect("read"), None);
+
+    ok(s.remove_member(ann, g.id, bob).await);
+    t.sink.take();
+    let last = s.last_seq(g.id).await.expect("read");
+    let resend = s
+        .append(vec![
+            req(g.id, bob, "m1", "text m1"),
+            req(g.id, bob, "m2", "a new message"),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(
+        resend[0].as_ref().map(|a| (a.duplicate, a.message.seq)),
+        Ok((true, original.message.seq)),
+        "a resend of a stored message is a duplicate, even after its sender lost access"
+    );
+    assert_eq!(
+        resend[1].as_ref().map(|_| ()),
+        Err(&AppendError::NotMember),
+        "a new message is refused"
+    );
+    assert_eq!(
+        s.last_seq(g.id).await.expect("read"),
+        last,
+        "nothing appended"
+    );
+    assert!(t.sink.take().is_empty(), "nothing announced");
+    assert_eq!(
+        s.sent_message(bob, &cmid("m1")).await.expect("read"),
+        Some((*original.message).clone()),
+        "still found after the removal"
     );
 }
 

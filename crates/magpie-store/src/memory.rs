@@ -326,25 +326,32 @@ impl State {
         self.append_message(policy, conv, actor, Err(event), out)
     }
 
+    /// The message `sender` sent with `client_msg_id`, if any.
+    fn sent_message(&self, sender: UserId, client_msg_id: &ClientMsgId) -> Option<Arc<Message>> {
+        let &(cid, seq) = self.dedup.get(&(sender, client_msg_id.clone()))?;
+        Some(self.timelines[&cid][(seq.0 - 1) as usize].clone())
+    }
+
     fn append_one(
         &mut self,
         policy: &GroupPolicy,
         req: AppendRequest,
         out: &mut Out,
     ) -> Result<Appended, AppendError> {
+        // A resend is answered before any access check: the message exists, and a sender
+        // who lost access since must still learn that it was stored, not that it failed.
+        if let Some(message) = self.sent_message(req.sender_id, &req.client_msg_id) {
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
+        }
         let conv = self
             .conv(req.conversation_id)
             .ok_or(AppendError::NoConversation)?
             .id;
         if self.member(conv, req.sender_id).is_none() {
             return Err(AppendError::NotMember);
-        }
-        if let Some(&(cid, seq)) = self.dedup.get(&(req.sender_id, req.client_msg_id.clone())) {
-            let message = self.timelines[&cid][(seq.0 - 1) as usize].clone();
-            return Ok(Appended {
-                message,
-                duplicate: true,
-            });
         }
         let message = self.append_message(
             policy,
@@ -607,6 +614,18 @@ impl Store for MemoryStore {
 
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError> {
         Ok(self.state.lock().last_seq(conversation))
+    }
+
+    async fn sent_message(
+        &self,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .sent_message(sender, client_msg_id)
+            .map(|m| (*m).clone()))
     }
 
     // --- Friends -----------------------------------------------------------------------------

@@ -227,6 +227,14 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_head(&self, user: UserId) -> Result<Cursor, StoreError>;
     /// The newest seq of a conversation (0 if empty).
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError>;
+    /// The durable message `sender` sent with `client_msg_id`, if any: what a resend of it is
+    /// answered with (`duplicate`), whatever access the sender has now. A message whose append
+    /// has not yet returned may not be found.
+    async fn sent_message(
+        &self,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError>;
 
     // --- Friends -------------------------------------------------------------------------
 

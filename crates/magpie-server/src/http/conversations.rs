@@ -23,7 +23,7 @@ use super::groups::fanout_name;
 use super::{parse_id, ApiJson, ApiPath, ApiQuery};
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::send::{append_error, build_request, check_direct_allowed};
+use crate::send::{append_error, build_request, check_direct_allowed, stored_or_refused};
 use crate::state::AppState;
 
 /// Members read per page when computing receipts.
@@ -185,8 +185,19 @@ pub async fn send(
     }
     // Members only before the gate (the store checks again): an outsider's sends must not
     // take the conversation's in-flight slots and starve its members.
-    member_conversation(&state, &auth, &raw).await?;
-    check_direct_allowed(&state, auth.user_id(), conversation_id).await?;
+    let access = async {
+        member_conversation(&state, &auth, &raw).await?;
+        check_direct_allowed(&state, auth.user_id(), conversation_id).await
+    };
+    if let Err(refusal) = access.await {
+        let m = stored_or_refused(&state, auth.user_id(), &req.client_msg_id, refusal).await?;
+        return Ok(Json(SendResult {
+            conversation_id: m.conversation_id,
+            seq: m.seq.0,
+            ts_ms: m.ts_ms,
+            duplicate: true,
+        }));
+    }
     let _permit = state.gate.try_enter(conversation_id).ok_or_else(|| {
         ApiError::new(
             ErrorCode::RateLimited,

@@ -37,7 +37,7 @@ use crate::http::group_error;
 use crate::hub::{
     LiveEvent, Outbound, Registration, Router as _, SharedMessageJson, DEVICE_QUEUE_EVENTS_MAX,
 };
-use crate::send::{append_error, build_request, check_direct_allowed};
+use crate::send::{append_error, build_request, check_direct_allowed, stored_or_refused};
 use crate::state::AppState;
 
 /// Sends accepted from the socket but not yet handed to the store. When full, the task stops
@@ -421,7 +421,21 @@ impl Conn {
                                 req,
                                 received,
                             },
-                            Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
+                            Err(refusal) => {
+                                let (sender, id) = (req.sender_id, &req.client_msg_id);
+                                match stored_or_refused(&self.state, sender, id, refusal).await {
+                                    Ok(m) => Queued::Answer(ServerFrame::Sent {
+                                        client_msg_id,
+                                        conversation_id: m.conversation_id,
+                                        seq: m.seq.0,
+                                        ts_ms: m.ts_ms,
+                                        duplicate: true,
+                                    }),
+                                    Err(e) => {
+                                        Queued::Answer(api_error_frame(e, Some(client_msg_id)))
+                                    }
+                                }
+                            }
                         },
                         Err(e) => Queued::Answer(api_error_frame(e, Some(client_msg_id))),
                     }

@@ -56,8 +56,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fjall::{Database, PersistMode, Snapshot};
 use magpie_core::{
-    Conversation, ConversationId, Cursor, Device, DeviceId, Event, FriendRequest, Member, Message,
-    RequestId, Role, Seq, User, UserId,
+    ClientMsgId, Conversation, ConversationId, Cursor, Device, DeviceId, Event, FriendRequest,
+    Member, Message, RequestId, Role, Seq, User, UserId,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
@@ -534,6 +534,15 @@ impl Store for FjallStore {
 
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError> {
         self.read(move |v| v.last_seq(conversation)).await
+    }
+
+    async fn sent_message(
+        &self,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError> {
+        let key = keys::dedup_key(sender, client_msg_id);
+        self.read(move |v| v.sent_message(&key)).await
     }
 
     async fn request_friend(

@@ -106,6 +106,20 @@ impl View<'_> {
         }
     }
 
+    /// The message a dedup key (sender ‖ client message id) points to.
+    pub(crate) fn sent_message(&self, dedup_key: &[u8]) -> Result<Option<Message>, StoreError> {
+        let Some(target) = self.get(Ks::Dedup, dedup_key)? else {
+            return Ok(None);
+        };
+        let (cid, seq) = parse_pair(&target, "dedup value")?;
+        match self.message(ConversationId(cid), Seq(seq))? {
+            Some(m) => Ok(Some(m)),
+            None => Err(StoreError::Corrupt(format!(
+                "dedup entry points to missing message {cid}/{seq}"
+            ))),
+        }
+    }
+
     pub(crate) fn message(
         &self,
         conv: ConversationId,

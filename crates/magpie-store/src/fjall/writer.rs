@@ -1146,14 +1146,8 @@ impl Writer {
         st: &mut Staged,
         req: &AppendRequest,
     ) -> Result<Result<Appended, AppendError>, StoreError> {
-        let Some(conv) = self.load_conversation(st, req.conversation_id)? else {
-            return Ok(Err(AppendError::NoConversation));
-        };
-        // The cached member list mirrors the member rows (including this batch's changes).
-        let members = self.member_list(st, &conv)?;
-        if members.binary_search(&req.sender_id).is_err() {
-            return Ok(Err(AppendError::NotMember));
-        }
+        // A resend is answered before any access check: the message exists, and a sender who
+        // lost access since must still learn that it was stored, not that it failed.
         let dedup = dedup_key(req.sender_id, &req.client_msg_id);
         if let Some(target) = self.get(st, Ks::Dedup, &dedup)? {
             let (cid, seq) = parse_pair(&target, "dedup value")?;
@@ -1168,6 +1162,14 @@ impl Writer {
                 message,
                 duplicate: true,
             }));
+        }
+        let Some(conv) = self.load_conversation(st, req.conversation_id)? else {
+            return Ok(Err(AppendError::NoConversation));
+        };
+        // The cached member list mirrors the member rows (including this batch's changes).
+        let members = self.member_list(st, &conv)?;
+        if members.binary_search(&req.sender_id).is_err() {
+            return Ok(Err(AppendError::NotMember));
         }
         let message = self.stage_message(
             st,
