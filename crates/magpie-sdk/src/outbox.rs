@@ -126,7 +126,7 @@ impl Outbox {
             .iter_mut()
             .find(|e| e.client_msg_id == client_msg_id)?;
         e.written = false;
-        e.refusals += 1;
+        e.refusals = e.refusals.saturating_add(1);
         e.not_before = Some(at(e.refusals));
         Some(e.refusals)
     }

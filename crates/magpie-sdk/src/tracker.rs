@@ -20,7 +20,8 @@ pub const PULL_PAGE_DEFAULT: usize = 200;
 pub const PULL_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// Unanswered pulls in a row after which a conversation's missing range is given up on until
 /// the next notify, event or reconnect (a refused pull is answered by an `error` frame that
-/// cannot be matched to it).
+/// cannot be matched to it). Only pulls that went unanswered while the connection was alive
+/// count: see [`ConversationTracker::poll_timeouts`].
 pub const PULL_ATTEMPTS_MAX: u32 = 3;
 
 /// The tracker's bounds and pull parameters.
@@ -571,22 +572,28 @@ impl ConversationTracker {
             .min()
     }
 
-    /// Re-issues pulls that have gone unanswered for too long.
-    pub fn poll_timeouts(&mut self, now: Instant) -> Effects {
+    /// Re-issues pulls that have gone unanswered for too long. `last_inbound` is when the
+    /// connection last brought any frame: a pull counts towards giving up (which skips the
+    /// missing range) only if a frame arrived after it was sent. On a stalled connection
+    /// nothing arrives, the pull is only issued again, and the dead-connection timer
+    /// reconnects; giving up there would skip messages the server was about to send.
+    pub fn poll_timeouts(&mut self, now: Instant, last_inbound: Instant) -> Effects {
         let timeout = self.limits.pull_timeout;
-        let expired: Vec<ConversationId> = self
+        let expired: Vec<(ConversationId, bool)> = self
             .convs
             .iter_mut()
-            .filter(|(_, c)| c.pull.is_some_and(|p| p.sent_at + timeout <= now))
-            .map(|(id, c)| {
+            .filter_map(|(id, c)| {
+                let p = c.pull.filter(|p| p.sent_at + timeout <= now)?;
                 c.pull = None;
-                *id
+                Some((*id, last_inbound > p.sent_at))
             })
             .collect();
         let mut fx = Effects::default();
-        for id in expired {
+        for (id, connection_alive) in expired {
             let c = self.entry(id);
-            c.timeouts += 1;
+            if connection_alive {
+                c.timeouts += 1;
+            }
             if c.timeouts >= PULL_ATTEMPTS_MAX {
                 c.timeouts = 0;
                 c.give_up(id, &mut fx);
@@ -1014,15 +1021,30 @@ mod tests {
         assert_eq!(h.apply(fx).pulls, [pull(A, 1)]);
         h.take_pulls();
         assert_eq!(h.t.next_deadline(), Some(h.now + Duration::from_secs(5)));
-        assert!(h.t.poll_timeouts(h.now + Duration::from_secs(4)).is_empty());
-        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(5));
+        assert!(h
+            .t
+            .poll_timeouts(
+                h.now + Duration::from_secs(4),
+                h.now + Duration::from_secs(4)
+            )
+            .is_empty());
+        let fx = h.t.poll_timeouts(
+            h.now + Duration::from_secs(5),
+            h.now + Duration::from_secs(5),
+        );
         assert_eq!(fx.pulls.len(), 1);
         assert_eq!(fx.pulls[0].after_seq, 1);
         // A pull that is never answered (refused) is not retried forever: after a few
         // attempts the held message is handed out past the gap.
-        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(10));
+        let fx = h.t.poll_timeouts(
+            h.now + Duration::from_secs(10),
+            h.now + Duration::from_secs(10),
+        );
         assert_eq!(fx.pulls.len(), 1);
-        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(15));
+        let fx = h.t.poll_timeouts(
+            h.now + Duration::from_secs(15),
+            h.now + Duration::from_secs(15),
+        );
         assert!(fx.pulls.is_empty());
         assert_eq!(
             fx.skipped,
@@ -1035,6 +1057,46 @@ mod tests {
         h.apply(fx);
         assert_eq!(h.got(A), [1, 3]);
         assert_eq!(h.t.next_deadline(), None);
+    }
+
+    #[test]
+    fn pulls_unanswered_on_a_silent_connection_are_reissued_never_given_up() {
+        let limits = TrackerLimits {
+            pull_timeout: Duration::from_secs(5),
+            ..TrackerLimits::default()
+        };
+        let mut h = Harness::new(limits);
+        h.event(A, 1);
+        h.event(A, 3);
+        assert_eq!(h.take_pulls(), [pull(A, 1)]);
+        let start = h.now;
+        let secs = |n| start + Duration::from_secs(n);
+        // Nothing arrives after the first pull (a stalled network): each timeout only issues
+        // the pull again, however many there are; message 3 stays held behind the gap.
+        let silent_since = h.now;
+        for n in 1..=(2 * u64::from(PULL_ATTEMPTS_MAX)) {
+            let fx = h.t.poll_timeouts(secs(5 * n), silent_since);
+            assert!(fx.skipped.is_empty(), "timeout {n}: {:?}", fx.skipped);
+            assert_eq!(fx.pulls.len(), 1, "timeout {n}");
+            h.apply(fx);
+        }
+        assert_eq!(h.got(A), [1]);
+        // Once frames flow again, unanswered pulls count, and the range is given up on.
+        let mut skipped = Vec::new();
+        for n in 7..=9 {
+            let fx = h.t.poll_timeouts(secs(5 * n), secs(5 * n));
+            skipped.extend(fx.skipped.iter().copied());
+            h.apply(fx);
+        }
+        assert_eq!(
+            skipped,
+            [SkippedRange {
+                conversation_id: A,
+                from: 2,
+                to: 2
+            }]
+        );
+        assert_eq!(h.got(A), [1, 3]);
     }
 
     #[test]
@@ -1065,7 +1127,10 @@ mod tests {
         let p1 = h.take_pulls();
         assert_eq!(p1, [pull(A, 1)]);
         // P1 goes unanswered for too long and is issued again as P2 (same range).
-        let fx = h.t.poll_timeouts(h.now + Duration::from_secs(5));
+        let fx = h.t.poll_timeouts(
+            h.now + Duration::from_secs(5),
+            h.now + Duration::from_secs(5),
+        );
         let p2 = h.apply(fx).pulls;
         h.take_pulls();
         assert_eq!(p2, [pull(A, 1)]);

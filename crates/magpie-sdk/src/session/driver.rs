@@ -463,7 +463,7 @@ impl Driver {
                     }
                 }
                 _ = maybe_sleep_until(pull_at) => {
-                    let fx = self.delivery.tracker.poll_timeouts(Instant::now());
+                    let fx = self.delivery.tracker.poll_timeouts(Instant::now(), last_inbound);
                     self.delivery.apply(fx).await.map_err(Ending::from)
                 }
                 _ = sleep_until(last_inbound + dead_after) => {

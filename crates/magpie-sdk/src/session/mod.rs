@@ -56,10 +56,13 @@ pub enum AckMode {
 
 /// First delay before re-sending a refused send, in milliseconds.
 pub const SEND_RETRY_BASE_MS_DEFAULT: u64 = 1_000;
-/// Transient refusals of one send before the session gives up on it (two to three minutes of
-/// retrying at the default delays: a server full or failed for longer needs the application,
-/// or the user, to decide).
-pub const SEND_REFUSALS_MAX_DEFAULT: u32 = 10;
+/// Transient refusals of one send before the session gives up on it: none, by default. A
+/// transient refusal (`rate_limited`, `unavailable`, `internal`) does not say the message was
+/// not stored: the server may have stored it before a failure, or before a resend was
+/// refused for load. Giving up would report a delivered message as failed (and a retyped copy
+/// would be a duplicate), so the send stays pending, retried at most every 30 s, until the
+/// server answers it; the application shows it as sending, as chat apps do.
+pub const SEND_REFUSALS_MAX_DEFAULT: u32 = u32::MAX;
 
 /// Tuning knobs of a session; `Default` suits an interactive client.
 #[derive(Debug, Clone)]
@@ -90,7 +93,8 @@ pub struct SessionConfig {
     /// First delay before re-sending a send the server refused for now (`rate_limited`,
     /// `unavailable`, `internal`), in milliseconds; doubles per refusal up to 30 s, jittered.
     pub send_retry_base_ms: u64,
-    /// Refusals of one send before it fails with [`SessionEvent::SendFailed`].
+    /// Transient refusals of one send before it fails with [`SessionEvent::SendFailed`];
+    /// unlimited by default (see [`SEND_REFUSALS_MAX_DEFAULT`]).
     pub send_refusals_max: u32,
 }
 
@@ -173,7 +177,14 @@ pub enum SessionEvent {
         /// Whether the server had already stored this `client_msg_id`.
         duplicate: bool,
     },
-    /// The server definitively refused a send; it will not be retried.
+    /// The session stopped trying a send; it will not be retried.
+    ///
+    /// With a permanent code (`forbidden`, `not_friends`, `message_too_long`,
+    /// `invalid_request`, `bad_frame`) the server refused it and stored nothing. With a
+    /// transient code (only if [`SessionConfig::send_refusals_max`] was lowered) or
+    /// `unauthorized` (the session was revoked while it was unanswered) the message **may have
+    /// been stored**: sending it again later with [`Session::send_with_id`] and the same id
+    /// answers `Sent { duplicate: true, .. }` if so.
     SendFailed {
         /// The id the send was made with.
         client_msg_id: String,

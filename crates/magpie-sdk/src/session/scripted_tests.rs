@@ -662,6 +662,63 @@ async fn a_send_refused_too_often_fails_instead_of_retrying_forever() {
 }
 
 #[tokio::test]
+async fn by_default_transient_refusals_never_fail_a_send() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig {
+        send_retry_base_ms: 1,
+        ..SessionConfig::default()
+    };
+    let (session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    recv(&mut ws).await; // sync
+    let id = session.send(ConversationId(1), "hi").unwrap();
+    // More refusals than the old limit of 10, each of a kind that leaves the outcome open
+    // (the message may have been stored): the send stays pending and is written again.
+    let codes = [
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::RateLimited,
+    ];
+    for attempt in 0..12 {
+        let frame = recv(&mut ws).await;
+        assert!(
+            matches!(&frame, ClientFrame::Send { client_msg_id, .. } if *client_msg_id == id),
+            "attempt {attempt}: {frame:?}"
+        );
+        let refuse = ServerFrame::Error {
+            code: codes[attempt % codes.len()],
+            message: "not now".into(),
+            client_msg_id: Some(id.clone()),
+            conversation_id: None,
+        };
+        push(&mut ws, refuse).await;
+    }
+    assert_eq!(session.pending_sends(), 1);
+    recv(&mut ws).await; // the 13th attempt
+    let sent = ServerFrame::Sent {
+        client_msg_id: id.clone(),
+        conversation_id: ConversationId(1),
+        seq: 5,
+        ts_ms: 1,
+        duplicate: true,
+    };
+    push(&mut ws, sent).await;
+    let e = next_where(&mut rx, |e| {
+        matches!(
+            e,
+            SessionEvent::Sent { .. } | SessionEvent::SendFailed { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(&e, SessionEvent::Sent { client_msg_id, seq: 5, duplicate: true, .. } if *client_msg_id == id),
+        "{e:?}"
+    );
+    assert_eq!(session.pending_sends(), 0);
+}
+
+#[tokio::test]
 async fn unanswered_sends_are_returned_by_close_and_failed_on_revocation() {
     // close(): the application gets them back to send again later with the same ids.
     let mut server = FakeServer::start().await;
