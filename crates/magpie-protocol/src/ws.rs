@@ -60,6 +60,10 @@ pub enum WireSystem {
     OwnerChanged {
         user_id: String,
     },
+    /// An action this version does not know (a newer server's). Clients show the message
+    /// generically instead of failing to read it, or the whole page or event carrying it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// An event object: `{"cursor","kind":"message","message":{...}}`.
@@ -282,6 +286,27 @@ pub fn sent_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_action_from_a_newer_server_reads_as_unknown_and_keeps_its_page() {
+        let frame = r#"{"type":"messages","conversation_id":"4","messages":[
+            {"conversation_id":"4","seq":7,"sender_id":"1","client_msg_id":"sys-4-7",
+             "text":"","ts_ms":1,"kind":"system",
+             "system":{"action":"pinned","actor_id":"1","seq":3}},
+            {"conversation_id":"4","seq":8,"sender_id":"2","client_msg_id":"c8",
+             "text":"hi","ts_ms":2}]}"#;
+        let parsed: ServerFrame = serde_json::from_str(frame).expect("the page still parses");
+        let ServerFrame::Messages { messages, .. } = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(
+            messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [7, 8],
+            "no message is lost"
+        );
+        assert_eq!(messages[0].system, Some(WireSystem::Unknown));
+        assert_eq!(messages[1].system, None);
+    }
 
     /// A message that exercises every part of the object: escapes, non-ASCII text, a system
     /// payload, and the largest ids.

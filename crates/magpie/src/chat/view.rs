@@ -212,6 +212,7 @@ pub fn system_user_ids(s: &WireSystem) -> Vec<&str> {
             vec![user_id]
         }
         WireSystem::Renamed { actor_id, .. } => vec![actor_id],
+        WireSystem::Unknown => Vec::new(),
     }
 }
 
@@ -262,6 +263,7 @@ pub fn system_text(s: &WireSystem, name: impl Fn(&str) -> String) -> String {
             name: group,
         } => format!("{} renamed the group to {group}", name(actor_id)),
         WireSystem::OwnerChanged { user_id } => format!("{} is now the owner", name(user_id)),
+        WireSystem::Unknown => "the group changed (an update this client cannot show)".into(),
     }
 }
 
