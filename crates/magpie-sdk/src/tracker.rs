@@ -295,6 +295,13 @@ impl ConversationTracker {
         }
     }
 
+    /// Forgets every conversation, as on a first run. For a server restored from an older
+    /// backup: its timelines may reuse seqs this tracker counts as handed out, and every new
+    /// message at such a seq would be dropped as old.
+    pub fn forget_all(&mut self) {
+        self.convs.clear();
+    }
+
     /// Seeds the tracker with progress persisted by an earlier run: everything up to
     /// `delivered` in `conversation` was handed out before.
     pub fn restore(&mut self, conversation: ConversationId, delivered: u64) {

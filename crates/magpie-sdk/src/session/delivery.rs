@@ -87,6 +87,16 @@ impl Delivery {
         self.progress = InboxProgress::new(cursor, self.unsettled_max);
     }
 
+    /// Forgets every conversation's progress (see [`ConversationTracker::forget_all`]); the
+    /// emptied progress is persisted with the next cursor.
+    pub(super) fn forget_conversations(&mut self, now: Instant) {
+        self.tracker.forget_all();
+        self.message_acks.clear();
+        self.not_handed_over.clear();
+        self.pulls.clear();
+        self.seqs_dirty_since = Some(now);
+    }
+
     /// Seeds per-conversation progress persisted by an earlier run.
     pub(super) fn restore(&mut self, seqs: &[(ConversationId, u64)]) {
         for &(conversation, seq) in seqs {

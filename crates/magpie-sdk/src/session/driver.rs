@@ -352,7 +352,9 @@ impl Driver {
             // The saved cursor is past everything this user's inbox holds: it was saved for
             // another account, or the server was restored from an older backup. The server
             // would refuse to sync from it and the session would wait forever; nothing beyond
-            // the head exists to be missed, so start from there.
+            // the head exists to be missed, so start from there. The conversations' saved
+            // progress is just as stale (a restored timeline reuses seqs, and new messages at
+            // them would be dropped as already handed out), so it starts afresh too.
             warn!(
                 label = %self.config.label,
                 saved = self.seq.last_delivered(),
@@ -360,6 +362,7 @@ impl Driver {
                 "the saved cursor is ahead of the server's inbox; resuming from its head"
             );
             self.resume_at(inbox_head);
+            self.delivery.forget_conversations(Instant::now());
         }
         let resumed_from = self.seq.last_delivered();
         let heartbeat_ms = match heartbeat_ms {

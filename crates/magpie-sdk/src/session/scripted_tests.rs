@@ -601,6 +601,8 @@ async fn pulls_lost_with_the_connection_are_repeated_after_reconnecting() {
 async fn a_saved_cursor_ahead_of_the_inbox_resumes_from_the_inbox_head() {
     let mut server = FakeServer::start().await;
     let store = Arc::new(MemoryCursorStore::with_cursor(50));
+    // Conversation 1 was handed out up to seq 40 before the restore.
+    crate::CursorStore::save_seqs(&*store, &[(ConversationId(1), 40)]).unwrap();
     let client = Client::new(&server.base_url).unwrap().with_token("tok");
     let (_session, mut rx) = Session::start(client, store, SessionConfig::default()).unwrap();
     let mut ws = server.accept().await;
@@ -619,7 +621,12 @@ async fn a_saved_cursor_ahead_of_the_inbox_resumes_from_the_inbox_head() {
         "a sync from 50 would be refused"
     );
     push(&mut ws, ServerFrame::Event(event(8))).await;
-    assert_eq!(cursors(&mut rx, 1).await, [8], "new events arrive");
+    assert_eq!(
+        cursors(&mut rx, 1).await,
+        [8],
+        "new events arrive, and the restored timeline's seq 8 is not taken for one of the \
+         40 handed out before"
+    );
 }
 
 #[tokio::test]

@@ -192,6 +192,13 @@ export class Client {
       console.warn(`inbox: cursor ${this.inbox.last} is past the server's head ${ready.inbox_head}; resuming there`);
       this.inbox.last = ready.inbox_head;
       this.acked = Math.min(this.acked, ready.inbox_head);
+      // The conversations are as stale: a restored timeline reuses seqs this tab already
+      // holds, and the tracker would drop every new message at one of them as old (and a
+      // timeline would refuse it). Start them afresh; the open one reloads below.
+      this.tracker = new Tracker({ pullPage: config.pullPage, pullTimeoutMs: config.pullTimeoutMs });
+      this.timelines.clear();
+      this.events.changed('conversations');
+      if (this.openId) this.events.changed(`timeline:${this.openId}`);
     }
     this.socket.send({ type: 'sync', cursor: this.inbox.last });
     // Progress made while offline (or persisted by an earlier page load) the server has not seen.
