@@ -36,6 +36,13 @@ pub const GROUP_MEMBERS_MAX_DEFAULT: u32 = 10_000;
 /// Default largest group that still uses write fan-out, in members.
 pub const FANOUT_WRITE_MAX_DEFAULT: u32 = 500;
 
+/// Default largest group whose read receipts are pushed as events, in members. Each read
+/// action writes one `receipt` event into every other member's inbox, so a group of n members
+/// whose members all read every message writes about n² events per message: 9,900 at 100
+/// members, 249,500 at 500. Larger groups answer receipt queries instead, as read-fan-out
+/// groups do.
+pub const RECEIPT_EVENTS_MAX_DEFAULT: u32 = 100;
+
 /// The most user ids one request may name (group creation, adding members, presence).
 pub const USER_IDS_PER_REQUEST_MAX: usize = 10_000;
 

@@ -135,6 +135,11 @@ pub struct ConversationRow {
     pub peer_id: Option<String>,
     pub member_count: u32,
     pub fanout: String,
+    /// `"events"`: reads by the other members arrive as `receipt` events; `"query"`: they do
+    /// not (large groups), ask `GET /v1/conversations/{id}/receipts`. Empty from servers
+    /// before this field: then `fanout` `"read"` means query.
+    #[serde(default)]
+    pub receipts: String,
     pub last_seq: u64,
     pub last_message: Option<WireMessage>,
     pub read_seq: u64,

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Largest group that uses write fan-out, in members.
     #[arg(long, env = "MAGPIE_FANOUT_WRITE_MAX")]
     pub fanout_write_max: Option<u32>,
+    /// Largest group whose read receipts are pushed to the other members as events, in
+    /// members; larger groups answer receipt queries only.
+    #[arg(long, env = "MAGPIE_RECEIPT_EVENTS_MAX")]
+    pub receipt_events_max: Option<u32>,
     /// Largest group, in members.
     #[arg(long, env = "MAGPIE_GROUP_MEMBERS_MAX")]
     pub group_members_max: Option<u32>,
@@ -129,6 +133,7 @@ struct FileConfig {
     log: Option<String>,
     allow_strangers: Option<bool>,
     fanout_write_max: Option<u32>,
+    receipt_events_max: Option<u32>,
     group_members_max: Option<u32>,
     presence_grace_ms: Option<u64>,
     store_journal_mib: Option<u32>,
@@ -222,6 +227,10 @@ impl Config {
                     .fanout_write_max
                     .or(file.fanout_write_max)
                     .unwrap_or(magpie_core::limits::FANOUT_WRITE_MAX_DEFAULT),
+                receipt_events_max: args
+                    .receipt_events_max
+                    .or(file.receipt_events_max)
+                    .unwrap_or(magpie_core::limits::RECEIPT_EVENTS_MAX_DEFAULT),
             },
             presence_grace_ms: args
                 .presence_grace_ms
@@ -332,7 +341,7 @@ mod tests {
         let path = dir.path().join("magpie.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nallow_strangers = true\nstore_commit_interval_us = 700\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
+            "listen = \"127.0.0.1:9000\"\nfanout_write_max = 7\nreceipt_events_max = 50\nallow_strangers = true\nstore_commit_interval_us = 700\n\n[push]\nwebhook_url = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\ncoalesce_ms = 50\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -344,6 +353,14 @@ mod tests {
         let c = Config::resolve(args).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000", "from the file");
         assert_eq!(c.policy.fanout_write_max, 9, "flag beats file");
+        assert_eq!(c.policy.receipt_events_max, 50, "from the file");
+        assert_eq!(
+            Config::resolve(ServeArgs::default())
+                .unwrap()
+                .policy
+                .receipt_events_max,
+            magpie_core::limits::RECEIPT_EVENTS_MAX_DEFAULT
+        );
         assert_eq!(c.heartbeat_ms, 1234);
         assert!(c.allow_strangers);
         assert_eq!(

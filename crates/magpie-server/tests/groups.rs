@@ -768,6 +768,79 @@ async fn groups_are_capped_at_members_max() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_events_in_small_groups_and_queries_in_larger_ones() {
+    let s = TestServer::start_with(|c| c.policy.receipt_events_max = 2).await;
+    let base = s.base_url();
+    let ann = account(&base, "ann").await;
+    let ben = account(&base, "ben").await;
+    let cat = account(&base, "cat").await;
+    let (pair, _) = create_group(&base, &ann, "pair", &[ben.user_id.as_str()]).await;
+    let (trio, _) = create_group(
+        &base,
+        &ann,
+        "trio",
+        &[ben.user_id.as_str(), cat.user_id.as_str()],
+    )
+    .await;
+    let (_, list) = get(&base, &ann.token, "/v1/conversations").await;
+    let row = |conv: &str| {
+        list["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["conversation_id"] == conv)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {conv}: {list}"))
+    };
+    assert_eq!(
+        (
+            row(&pair)["fanout"].as_str(),
+            row(&pair)["receipts"].as_str()
+        ),
+        (Some("write"), Some("events"))
+    );
+    assert_eq!(
+        (
+            row(&trio)["fanout"].as_str(),
+            row(&trio)["receipts"].as_str()
+        ),
+        (Some("write"), Some("query"))
+    );
+
+    let mut a_ws = live(&s, &ann.token).await;
+    for conv in [&pair, &trio] {
+        let (st, v) = send_http(&base, &ann.token, conv, &format!("m-{conv}"), "hi").await;
+        assert_eq!((st, v["seq"].as_u64()), (200, Some(2)), "{v}");
+        let (st, v) = post(
+            &base,
+            &ben.token,
+            &format!("/v1/conversations/{conv}/read"),
+            json!({"seq": 2}),
+        )
+        .await;
+        assert_eq!((st, v["read_seq"].as_u64()), (200, Some(2)), "{v}");
+    }
+    // One receipt event, from the pair; the trio's read is only in the query.
+    let r = a_ws.next_event("receipt").await;
+    assert_eq!(
+        (r["conversation_id"].as_str(), r["user_id"].as_str()),
+        (Some(pair.as_str()), Some(ben.user_id.as_str())),
+        "{r}"
+    );
+    let later = a_ws.frames_for(300).await;
+    assert!(later.iter().all(|f| f["kind"] != "receipt"), "{later:?}");
+    let (st, v) = get(
+        &base,
+        &ann.token,
+        &format!("/v1/conversations/{trio}/receipts?seq=2"),
+    )
+    .await;
+    assert_eq!((st, &v["read"]), (200, &json!([ben.user_id])), "{v}");
+    assert_eq!(v["unread"], json!([cat.user_id]), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_fanout_notifies_instead_of_events() {
     let s = TestServer::start_with(|c| c.policy.fanout_write_max = 3).await;
     let base = s.base_url();

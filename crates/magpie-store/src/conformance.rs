@@ -115,6 +115,7 @@ pub const CHECKS: &[&str] = &[
     "write_and_read_fanout",
     "direct_always_writes_fanout",
     "unread_and_mark_read",
+    "receipt_events_only_in_small_groups",
     "mute",
     "members_paging",
     "last_seen",
@@ -124,6 +125,14 @@ pub const CHECKS: &[&str] = &[
 pub const SMALL_POLICY: GroupPolicy = GroupPolicy {
     members_max: 6,
     fanout_write_max: 3,
+    receipt_events_max: 3,
+};
+
+/// The policy of the receipt check: groups of up to 2 push receipts, up to 4 write fan-out.
+pub const RECEIPT_POLICY: GroupPolicy = GroupPolicy {
+    members_max: 6,
+    fanout_write_max: 4,
+    receipt_events_max: 2,
 };
 
 /// The policy a check runs with.
@@ -133,7 +142,9 @@ fn policy_of(check: &str) -> GroupPolicy {
         "direct_always_writes_fanout" => GroupPolicy {
             members_max: 6,
             fanout_write_max: 1,
+            receipt_events_max: 1,
         },
+        "receipt_events_only_in_small_groups" => RECEIPT_POLICY,
         _ => GroupPolicy::default(),
     }
 }
@@ -189,6 +200,9 @@ where
         "write_and_read_fanout" => announce(name, write_and_read_fanout(t)).await,
         "direct_always_writes_fanout" => announce(name, direct_always_writes_fanout(t)).await,
         "unread_and_mark_read" => announce(name, unread_and_mark_read(t)).await,
+        "receipt_events_only_in_small_groups" => {
+            announce(name, receipt_events_only_in_small_groups(t)).await
+        }
         "mute" => announce(name, mute(t)).await,
         "members_paging" => announce(name, members_paging(t)).await,
         "last_seen" => announce(name, last_seen(t)).await,
@@ -2075,6 +2089,45 @@ async fn direct_always_writes_fanout<S: Store>(t: Ctx<S>) {
     );
     assert_eq!(t.sink.take_notices().len(), 1);
     assert!(t.sink.notices().is_empty());
+}
+
+/// Read receipts are pushed as events only in groups of at most `receipt_events_max` members:
+/// beyond, every read would write an event for each other member (n² events per message if
+/// everyone reads everything). The read state itself is kept for queries.
+async fn receipt_events_only_in_small_groups<S: Store>(t: Ctx<S>) {
+    let s = &*t.store;
+    let us = users(s, &["ann", "bob", "cat"]).await;
+    let (ann, bob, cat) = (us[0].id, us[1].id, us[2].id);
+    assert_eq!(RECEIPT_POLICY.receipt_events_max, 2);
+
+    let pair = ok(s.create_group(ann, "pair".into(), vec![bob]).await);
+    send(s, pair.id, ann, "p1").await;
+    announced(&t).await;
+    assert_eq!(ok(s.mark_read(bob, pair.id, Seq(2)).await), Seq(2));
+    assert_eq!(
+        announced(&t).await,
+        vec![
+            (bob, format!("read {} 2", pair.id)),
+            (ann, format!("receipt {} {bob} 2", pair.id)),
+        ],
+        "a group of two pushes receipts"
+    );
+
+    let trio = ok(s.create_group(ann, "trio".into(), vec![bob, cat]).await);
+    send(s, trio.id, ann, "t1").await;
+    assert_eq!(
+        announced(&t).await.len(),
+        3 * 3,
+        "three members still get write fan-out: each a `group_joined` and two messages"
+    );
+    assert_eq!(ok(s.mark_read(bob, trio.id, Seq(2)).await), Seq(2));
+    assert_eq!(
+        announced(&t).await,
+        vec![(bob, format!("read {} 2", trio.id))],
+        "a group of three only tells the reader's own devices"
+    );
+    let member = s.member(trio.id, bob).await.expect("read").expect("member");
+    assert_eq!(member.read_seq, Seq(2), "kept for receipt queries");
 }
 
 async fn unread_and_mark_read<S: Store>(t: Ctx<S>) {

@@ -132,6 +132,11 @@ pub(crate) fn writes_fanout(policy: &GroupPolicy, conv: &Conversation) -> bool {
     conv.kind == ConversationKind::Direct || policy.writes_fanout(conv.member_count)
 }
 
+/// Whether a read in `conv` writes a `Receipt` event for every other member.
+pub(crate) fn pushes_receipts(policy: &GroupPolicy, conv: &Conversation) -> bool {
+    conv.kind == ConversationKind::Direct || policy.pushes_receipts(conv.member_count)
+}
+
 #[derive(Default)]
 struct State {
     users: Vec<User>,
@@ -1032,7 +1037,7 @@ impl Store for MemoryStore {
                 read_seq: read,
             };
             s.push_event(user, payload, out);
-            if writes_fanout(policy, &s.conversations[index(conversation.0)]) {
+            if pushes_receipts(policy, &s.conversations[index(conversation.0)]) {
                 for other in s.member_ids(conversation).iter() {
                     if *other != user {
                         let payload = EventPayload::Receipt {

@@ -64,6 +64,10 @@ pub struct GroupPolicy {
     /// larger groups use read fan-out (no inbox events; a [`ConversationNotice`] instead).
     /// Direct conversations always use write fan-out.
     pub fanout_write_max: u32,
+    /// Groups with at most this many members (and write fan-out) push read receipts as
+    /// `Receipt` events to the other members; larger groups only answer queries. Direct
+    /// conversations always push them.
+    pub receipt_events_max: u32,
 }
 
 impl Default for GroupPolicy {
@@ -71,6 +75,7 @@ impl Default for GroupPolicy {
         Self {
             members_max: magpie_core::limits::GROUP_MEMBERS_MAX_DEFAULT,
             fanout_write_max: magpie_core::limits::FANOUT_WRITE_MAX_DEFAULT,
+            receipt_events_max: magpie_core::limits::RECEIPT_EVENTS_MAX_DEFAULT,
         }
     }
 }
@@ -79,6 +84,11 @@ impl GroupPolicy {
     /// Whether a conversation with `member_count` members uses write fan-out.
     pub fn writes_fanout(&self, member_count: u32) -> bool {
         member_count <= self.fanout_write_max
+    }
+
+    /// Whether a group with `member_count` members pushes read receipts as events.
+    pub fn pushes_receipts(&self, member_count: u32) -> bool {
+        self.writes_fanout(member_count) && member_count <= self.receipt_events_max
     }
 }
 

@@ -26,6 +26,7 @@ fn open(dir: &Path, sink: Arc<RecordingSink>) -> FjallStore {
 const MODEL_POLICY: GroupPolicy = GroupPolicy {
     members_max: 4,
     fanout_write_max: 3,
+    receipt_events_max: 3,
 };
 
 /// A directory holding a new, empty, closed database. Creating a database costs about a second

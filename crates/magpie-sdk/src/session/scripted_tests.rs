@@ -423,6 +423,7 @@ fn row(conversation: u64, last_seq: u64, fanout: &str) -> ConversationRow {
         peer_id: None,
         member_count: 600,
         fanout: fanout.into(),
+        receipts: String::new(),
         last_seq,
         last_message: None,
         read_seq: 0,

@@ -19,7 +19,7 @@ use magpie_store::MessageRange;
 use serde::Deserialize;
 
 use super::errors::group_error;
-use super::groups::fanout_name;
+use super::groups::{fanout_name, receipts_name};
 use super::{parse_id, ApiJson, ApiPath, ApiQuery};
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -245,6 +245,7 @@ pub async fn list(
                     .flatten(),
                 member_count: c.member_count,
                 fanout: fanout_name(&state, c).into(),
+                receipts: receipts_name(&state, c).into(),
                 last_seq: r.last_message.as_ref().map_or(0, |m| m.seq.0),
                 last_message: r.last_message.as_deref().map(message_to_wire),
                 read_seq: r.member.read_seq.0,

@@ -31,6 +31,15 @@ pub fn fanout_name(state: &AppState, c: &Conversation) -> &'static str {
     }
 }
 
+/// How the other members' reads reach a member: `"events"` (`receipt` events) or `"query"`.
+pub fn receipts_name(state: &AppState, c: &Conversation) -> &'static str {
+    if c.kind == ConversationKind::Direct || state.config.policy.pushes_receipts(c.member_count) {
+        "events"
+    } else {
+        "query"
+    }
+}
+
 fn info(state: &AppState, c: &Conversation, with_fanout: bool) -> GroupInfo {
     GroupInfo {
         conversation_id: c.id,

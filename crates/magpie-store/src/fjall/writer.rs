@@ -42,7 +42,9 @@ use crate::fjall::keys::{
 };
 use crate::fjall::read::{inbox_head_of, last_message_of};
 use crate::fjall::{FastMap, Shared};
-use crate::memory::{new_member, removal_event, successor, system_msg_id, writes_fanout};
+use crate::memory::{
+    new_member, pushes_receipts, removal_event, successor, system_msg_id, writes_fanout,
+};
 use crate::{
     AppendError, AppendRequest, Appended, CommitSink, ConversationNotice, FriendError, GroupError,
     GroupPolicy, StoreError,
@@ -1655,8 +1657,8 @@ impl Writer {
                 read_seq: read,
             },
         )?;
-        if writes_fanout(&self.policy, &conv) {
-            // Read fan-out groups get no receipts, so only these need the member list.
+        if pushes_receipts(&self.policy, &conv) {
+            // Larger groups get no receipt events, so only these need the member list.
             let members = self.member_list(st, &conv)?;
             let receipt = EventPayload::Receipt {
                 conversation_id: conv.id,
@@ -1901,6 +1903,7 @@ mod tests {
         let policy = GroupPolicy {
             members_max: 10,
             fanout_write_max: 2,
+            receipt_events_max: 2,
         };
         let mut h = harness_with(policy);
         users(&mut h, 4);
@@ -2053,6 +2056,7 @@ mod tests {
         let policy = GroupPolicy {
             members_max: 10,
             fanout_write_max: 2,
+            receipt_events_max: 2,
         };
         let mut h = harness_with(policy);
         users(&mut h, 5);

@@ -25,7 +25,7 @@ const TRANSIENT = new Set(['rate_limited', 'unavailable', 'internal']);
 const OUTBOX_MAX = 1_000;
 /** Opened conversations whose window is kept in memory; older ones are reloaded on open. */
 const WINDOWS_KEPT_MAX = 20;
-/** How often receipts of an open read-fan-out group are asked for (they have no events). */
+/** How often receipts of an open large group are asked for (they have no receipt events). */
 const READ_FANOUT_RECEIPTS_POLL_MS = 3_000;
 
 const now = () => performance.now();
@@ -655,9 +655,11 @@ export class Client {
       this.events.changed(`timeline:${e.conversation_id}`);
     }
     this.applyEffects(this.tracker.pollTimeouts(t));
-    // Read-fan-out groups send no receipt events: ask now and then while one is open.
+    // Large groups send no receipt events: ask now and then while one is open. (`receipts`
+    // is absent from older servers, whose read-fan-out groups were the ones without events.)
     const open = this.openId && this.conversations.get(this.openId);
-    if (open?.kind === 'group' && open.fanout === 'read' && t - (this.receiptPolledAt || 0) > READ_FANOUT_RECEIPTS_POLL_MS) {
+    const queryReceipts = open?.receipts ? open.receipts === 'query' : open?.fanout === 'read';
+    if (open?.kind === 'group' && queryReceipts && t - (this.receiptPolledAt || 0) > READ_FANOUT_RECEIPTS_POLL_MS) {
       this.receiptPolledAt = t;
       if (this.socket?.online) this.refreshReceipts(open.conversation_id);
     }
