@@ -126,9 +126,8 @@ test('a cursor past the server inbox head (a restored backup) resumes from the h
   // As if the server had been restored from an older backup: the tab's stored cursor is far
   // past anything the server's inbox holds, and a sync from it would be refused. Set before
   // the page's scripts run (the page saves its own cursor when it unloads).
-  const keys = await a.evaluate(() =>
-    Object.keys(localStorage).filter((k) => k.startsWith('magpie.cursor.')).length);
-  assert.ok(keys >= 1, 'the tab stores its cursor');
+  // The tab stores its cursor once its ack debounce runs out.
+  await a.waitForFunction(() => Object.keys(localStorage).some((k) => k.startsWith('magpie.cursor.')));
   await a.addInitScript(() => {
     for (const k of Object.keys(localStorage)) {
       if (k.startsWith('magpie.cursor.')) localStorage.setItem(k, '1000000');

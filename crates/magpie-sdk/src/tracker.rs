@@ -579,12 +579,15 @@ impl ConversationTracker {
             .min()
     }
 
-    /// Re-issues pulls that have gone unanswered for too long. `last_inbound` is when the
-    /// connection last brought any frame: a pull counts towards giving up (which skips the
-    /// missing range) only if a frame arrived after it was sent. On a stalled connection
-    /// nothing arrives, the pull is only issued again, and the dead-connection timer
-    /// reconnects; giving up there would skip messages the server was about to send.
-    pub fn poll_timeouts(&mut self, now: Instant, last_inbound: Instant) -> Effects {
+    /// Re-issues pulls that have gone unanswered for too long. `server_read_upto`: the
+    /// server is known to have read every frame written before this instant (the send time
+    /// of the newest ping it answered; it handles a connection's frames in order and answers
+    /// a pull before reading the next frame). A pull counts towards giving up (which skips
+    /// the missing range) only if it was written before that: the server read it and did not
+    /// answer it. Otherwise it is only issued again. A stalled connection, or a server still
+    /// replaying a long inbox before it reads more frames, would answer it later; giving up
+    /// there would skip messages the server was about to send.
+    pub fn poll_timeouts(&mut self, now: Instant, server_read_upto: Option<Instant>) -> Effects {
         let timeout = self.limits.pull_timeout;
         let expired: Vec<(ConversationId, bool)> = self
             .convs
@@ -592,13 +595,13 @@ impl ConversationTracker {
             .filter_map(|(id, c)| {
                 let p = c.pull.filter(|p| p.sent_at + timeout <= now)?;
                 c.pull = None;
-                Some((*id, last_inbound > p.sent_at))
+                Some((*id, server_read_upto.is_some_and(|t| t > p.sent_at)))
             })
             .collect();
         let mut fx = Effects::default();
-        for (id, connection_alive) in expired {
+        for (id, read_by_server) in expired {
             let c = self.entry(id);
-            if connection_alive {
+            if read_by_server {
                 c.timeouts += 1;
             }
             if c.timeouts >= PULL_ATTEMPTS_MAX {
@@ -1032,12 +1035,12 @@ mod tests {
             .t
             .poll_timeouts(
                 h.now + Duration::from_secs(4),
-                h.now + Duration::from_secs(4)
+                Some(h.now + Duration::from_secs(4))
             )
             .is_empty());
         let fx = h.t.poll_timeouts(
             h.now + Duration::from_secs(5),
-            h.now + Duration::from_secs(5),
+            Some(h.now + Duration::from_secs(5)),
         );
         assert_eq!(fx.pulls.len(), 1);
         assert_eq!(fx.pulls[0].after_seq, 1);
@@ -1045,12 +1048,12 @@ mod tests {
         // attempts the held message is handed out past the gap.
         let fx = h.t.poll_timeouts(
             h.now + Duration::from_secs(10),
-            h.now + Duration::from_secs(10),
+            Some(h.now + Duration::from_secs(10)),
         );
         assert_eq!(fx.pulls.len(), 1);
         let fx = h.t.poll_timeouts(
             h.now + Duration::from_secs(15),
-            h.now + Duration::from_secs(15),
+            Some(h.now + Duration::from_secs(15)),
         );
         assert!(fx.pulls.is_empty());
         assert_eq!(
@@ -1067,7 +1070,7 @@ mod tests {
     }
 
     #[test]
-    fn pulls_unanswered_on_a_silent_connection_are_reissued_never_given_up() {
+    fn pulls_the_server_has_not_read_are_reissued_never_given_up() {
         let limits = TrackerLimits {
             pull_timeout: Duration::from_secs(5),
             ..TrackerLimits::default()
@@ -1078,20 +1081,22 @@ mod tests {
         assert_eq!(h.take_pulls(), [pull(A, 1)]);
         let start = h.now;
         let secs = |n| start + Duration::from_secs(n);
-        // Nothing arrives after the first pull (a stalled network): each timeout only issues
-        // the pull again, however many there are; message 3 stays held behind the gap.
-        let silent_since = h.now;
+        // The server reads nothing written after the first pull (a stalled network, or a long
+        // inbox replay before it reads more frames): each timeout only issues the pull again,
+        // however many there are; message 3 stays held behind the gap.
         for n in 1..=(2 * u64::from(PULL_ATTEMPTS_MAX)) {
-            let fx = h.t.poll_timeouts(secs(5 * n), silent_since);
+            let read_upto = (n > 2).then_some(start);
+            let fx = h.t.poll_timeouts(secs(5 * n), read_upto);
             assert!(fx.skipped.is_empty(), "timeout {n}: {:?}", fx.skipped);
             assert_eq!(fx.pulls.len(), 1, "timeout {n}");
             h.apply(fx);
         }
         assert_eq!(h.got(A), [1]);
-        // Once frames flow again, unanswered pulls count, and the range is given up on.
+        // Once the server answers pings written after the pulls, unanswered pulls count, and
+        // the range is given up on.
         let mut skipped = Vec::new();
         for n in 7..=9 {
-            let fx = h.t.poll_timeouts(secs(5 * n), secs(5 * n));
+            let fx = h.t.poll_timeouts(secs(5 * n), Some(secs(5 * n)));
             skipped.extend(fx.skipped.iter().copied());
             h.apply(fx);
         }
@@ -1136,7 +1141,7 @@ mod tests {
         // P1 goes unanswered for too long and is issued again as P2 (same range).
         let fx = h.t.poll_timeouts(
             h.now + Duration::from_secs(5),
-            h.now + Duration::from_secs(5),
+            Some(h.now + Duration::from_secs(5)),
         );
         let p2 = h.apply(fx).pulls;
         h.take_pulls();

@@ -1,7 +1,7 @@
 //! The background task behind a [`Session`](super::Session): one loop of connect → run →
 //! back off, and the per-connection frame loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +113,18 @@ pub(super) struct Driver {
     retry_at: Option<Instant>,
     /// The conversation list fetched after connecting, to catch up read-fan-out groups.
     catch_up: Option<JoinHandle<Result<Vec<ConversationRow>>>>,
+    /// When each ping of this connection still waiting for its pong was written, oldest
+    /// first (the server answers frames in order). At most [`PINGS_TRACKED_MAX`].
+    pings: VecDeque<Instant>,
+    /// When the newest answered ping was written: the server has read every frame written
+    /// before it, pulls included (see `ConversationTracker::poll_timeouts`).
+    server_read_upto: Option<Instant>,
 }
+
+/// Unanswered pings remembered per connection. A connection is declared dead after
+/// `DEAD_AFTER_HEARTBEATS` heartbeats of silence, with pings every half heartbeat, so fewer
+/// than this are ever outstanding on a live one; the oldest are forgotten beyond.
+const PINGS_TRACKED_MAX: usize = 16;
 
 impl Driver {
     pub(super) fn new(
@@ -146,6 +157,8 @@ impl Driver {
             cursor_known: false,
             retry_at: None,
             catch_up: None,
+            pings: VecDeque::new(),
+            server_read_upto: None,
         }
     }
 
@@ -419,6 +432,9 @@ impl Driver {
         let mut ping = interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_inbound = Instant::now();
+        // Pongs of an earlier connection answer nothing written on this one.
+        self.pings.clear();
+        self.server_read_upto = None;
         loop {
             let flush_at = self.flush_deadline();
             let retry_at = self.retry_at;
@@ -435,7 +451,13 @@ impl Driver {
                     self.delivery.closers.extend(req);
                     Err(Ending::Closed)
                 }
-                _ = ping.tick() => write(sink, &ClientFrame::Ping).await,
+                _ = ping.tick() => {
+                    if self.pings.len() >= PINGS_TRACKED_MAX {
+                        self.pings.pop_front();
+                    }
+                    self.pings.push_back(Instant::now());
+                    write(sink, &ClientFrame::Ping).await
+                }
                 _ = self.shared.wake.notified() => {
                     self.note_app_acks();
                     match self.write_outbox(sink).await {
@@ -466,7 +488,8 @@ impl Driver {
                     }
                 }
                 _ = maybe_sleep_until(pull_at) => {
-                    let fx = self.delivery.tracker.poll_timeouts(Instant::now(), last_inbound);
+                    let now = Instant::now();
+                    let fx = self.delivery.tracker.poll_timeouts(now, self.server_read_upto);
                     self.delivery.apply(fx).await.map_err(Ending::from)
                 }
                 _ = sleep_until(last_inbound + dead_after) => {
@@ -647,7 +670,12 @@ impl Driver {
                 }
                 Ok(())
             }
-            ServerFrame::Pong => Ok(()),
+            ServerFrame::Pong => {
+                if let Some(sent_at) = self.pings.pop_front() {
+                    self.server_read_upto = Some(sent_at);
+                }
+                Ok(())
+            }
             ServerFrame::Ready { .. } => {
                 debug!("duplicate ready ignored");
                 Ok(())

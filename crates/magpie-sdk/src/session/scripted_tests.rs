@@ -463,6 +463,45 @@ fn pull_frame(conversation: u64, after_seq: u64) -> ClientFrame {
 }
 
 #[tokio::test]
+async fn pulls_are_not_given_up_while_the_server_has_not_read_them() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig {
+        tracker: crate::TrackerLimits {
+            pull_timeout: Duration::from_millis(100),
+            ..crate::TrackerLimits::default()
+        },
+        ..SessionConfig::default()
+    };
+    let (_session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 2_000).await; // a ping every second
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+    let event = |cursor, m| {
+        ServerFrame::Event(WireEvent {
+            cursor,
+            body: EventBody::Message { message: m },
+        })
+    };
+    push(&mut ws, event(1, message(7, 1))).await;
+    push(&mut ws, event(2, message(7, 3))).await; // 2 is missing: a pull goes out
+                                                  // The server is busy (replaying a long inbox, say) and reads no frame for a second: no
+                                                  // pong and no pull answer, though its events keep coming. Ten pull timeouts pass.
+    for cursor in 3..=12 {
+        push(&mut ws, event(cursor, message(8, cursor))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then it reads the pulls and answers.
+    answer_pull(&mut ws, 7, 2..=3).await;
+    let got = texts(&mut rx, 13).await;
+    let seven: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("7/"))
+        .collect();
+    assert_eq!(seven, ["7/1", "7/2", "7/3"], "nothing skipped: {got:?}");
+}
+
+#[tokio::test]
 async fn notifies_pulls_catch_up_and_inbox_events_make_one_ordered_stream() {
     let mut server = FakeServer::start().await;
     // Conversation 7 is a read-fan-out group with two messages this device never saw.
