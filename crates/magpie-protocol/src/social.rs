@@ -86,6 +86,9 @@ pub struct GroupInfo {
     /// `"write"` or `"read"`; present on `GET /v1/groups/{id}` and membership changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fanout: Option<String>,
+    /// `"events"` or `"query"` (as in the conversation list); present with `fanout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<String>,
 }
 
 /// `PATCH /v1/groups/{id}` request.

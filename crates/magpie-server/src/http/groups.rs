@@ -48,6 +48,7 @@ fn info(state: &AppState, c: &Conversation, with_fanout: bool) -> GroupInfo {
         owner_id: c.owner.map(|o| o.to_string()),
         member_count: c.member_count,
         fanout: with_fanout.then(|| fanout_name(state, c).to_owned()),
+        receipts: with_fanout.then(|| receipts_name(state, c).to_owned()),
     }
 }
 

@@ -27,6 +27,8 @@ const OUTBOX_MAX = 1_000;
 const WINDOWS_KEPT_MAX = 20;
 /** How often receipts of an open large group are asked for (they have no receipt events). */
 const READ_FANOUT_RECEIPTS_POLL_MS = 3_000;
+/** Longest random delay before re-reading a group after one of its system messages. */
+const GROUP_REFRESH_SPREAD_MS_MAX = 5_000;
 
 const now = () => performance.now();
 
@@ -312,9 +314,37 @@ export class Client {
         c.renamedAt = m.seq;
         this.events.changed('conversations');
       }
-      this.refreshSoon('conversations');
+      this.refreshGroupSoon(id);
       this.events.changed(`group:${id}`);
     }
+  }
+
+  /**
+   * Re-reads one group's row fields (member count, fan-out, receipts) after a system message.
+   * Every online member gets the message at once, so the reads are spread over up to
+   * GROUP_REFRESH_SPREAD_MS_MAX in large groups; and only the group is read: the whole list
+   * costs the server an unread count per conversation, per member.
+   */
+  refreshGroupSoon(id) {
+    this.groupTimers ||= new Map();
+    if (this.groupTimers.has(id)) return;
+    const spread = Math.min(GROUP_REFRESH_SPREAD_MS_MAX, this.conversations.get(id)?.member_count ?? 0);
+    const run = async () => {
+      this.groupTimers.delete(id);
+      let info;
+      try {
+        info = await this.api.group(id);
+      } catch {
+        return; // Left meanwhile (the group_left event cleans up), or offline (the list is re-read on reconnect).
+      }
+      const c = this.conversations.get(id);
+      if (!c) return;
+      c.member_count = info.member_count;
+      if (info.fanout) c.fanout = info.fanout;
+      if (info.receipts) c.receipts = info.receipts;
+      this.events.changed('conversations');
+    };
+    this.groupTimers.set(id, setTimeout(run, 100 + Math.random() * spread));
   }
 
   /** Updates the conversation row (preview, unread badge, order) for a message. */
