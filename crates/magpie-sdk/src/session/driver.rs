@@ -113,6 +113,8 @@ pub(super) struct Driver {
     retry_at: Option<Instant>,
     /// The conversation list fetched after connecting, to catch up read-fan-out groups.
     catch_up: Option<JoinHandle<Result<Vec<ConversationRow>>>>,
+    /// Failed catch-up fetches of this connection, for the retry delay.
+    catch_up_failures: u32,
     /// When each ping of this connection still waiting for its pong was written, oldest
     /// first (the server answers frames in order). At most [`PINGS_TRACKED_MAX`].
     pings: VecDeque<Instant>,
@@ -120,6 +122,10 @@ pub(super) struct Driver {
     /// before it, pulls included (see `ConversationTracker::poll_timeouts`).
     server_read_upto: Option<Instant>,
 }
+
+/// First delay before fetching the catch-up list again after a failure, in milliseconds;
+/// doubles per failure up to 30 s, jittered (as send retries do).
+const CATCH_UP_RETRY_BASE_MS: u64 = 500;
 
 /// Unanswered pings remembered per connection. A connection is declared dead after
 /// `DEAD_AFTER_HEARTBEATS` heartbeats of silence, with pings every half heartbeat, so fewer
@@ -157,6 +163,7 @@ impl Driver {
             cursor_known: false,
             retry_at: None,
             catch_up: None,
+            catch_up_failures: 0,
             pings: VecDeque::new(),
             server_read_upto: None,
         }
@@ -410,8 +417,8 @@ impl Driver {
         }
         self.write_outbox(sink).await?;
         // Catch up on what the inbox replay cannot bring: read-fan-out groups.
-        let client = self.client.clone();
-        self.catch_up = Some(tokio::spawn(async move { client.conversations().await }));
+        self.catch_up_failures = 0;
+        self.fetch_catch_up(Duration::ZERO);
         let fx = self.delivery.tracker.on_connected(Instant::now());
         self.delivery.apply(fx).await?;
         self.write_controls(sink).await?;
@@ -529,6 +536,15 @@ impl Driver {
     }
 
     /// The conversation list arrived: pull what it shows beyond what was delivered.
+    /// Fetches the conversation list for the catch-up after `delay`, on a task of its own.
+    fn fetch_catch_up(&mut self, delay: Duration) {
+        let client = self.client.clone();
+        self.catch_up = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            client.conversations().await
+        }));
+    }
+
     async fn on_catch_up(
         &mut self,
         rows: std::result::Result<Result<Vec<ConversationRow>>, JoinError>,
@@ -537,8 +553,16 @@ impl Driver {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) if e.is_unauthorized() => return Err(Ending::Revoked),
             Ok(Err(e)) => {
-                // Read-fan-out groups still catch up at their next notify.
-                warn!(error = %e, "cannot fetch the conversation list to catch up");
+                // Without it, a quiet read-fan-out group would stay behind until its next
+                // message: try again, backing off, for as long as the connection lasts.
+                self.catch_up_failures = self.catch_up_failures.saturating_add(1);
+                let delay = refusal_delay(
+                    CATCH_UP_RETRY_BASE_MS,
+                    self.catch_up_failures,
+                    &mut rand::rng(),
+                );
+                warn!(error = %e, ?delay, "cannot fetch the conversation list to catch up; retrying");
+                self.fetch_catch_up(delay);
                 return Ok(());
             }
             Err(e) => {

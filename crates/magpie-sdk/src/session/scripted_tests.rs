@@ -1,6 +1,7 @@
 //! Session behaviour the real server rarely shows on demand (gaps, resync closes, rate
 //! limits, silent connections), driven by a scripted fake server.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ struct FakeServer {
     sync_calls: Arc<Mutex<Vec<u64>>>,
     /// What `GET /v1/conversations` answers.
     rows: Arc<Mutex<ConversationList>>,
+    /// How many more `GET /v1/conversations` answer 503 before answering `rows`.
+    list_failures: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl FakeServer {
@@ -47,6 +50,8 @@ impl FakeServer {
             conversations: Vec::new(),
         }));
         let (inbox2, calls2, rows2) = (inbox.clone(), sync_calls.clone(), rows.clone());
+        let list_failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let failures2 = list_failures.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let head = peek_head(&tcp).await.to_ascii_lowercase();
@@ -54,8 +59,16 @@ impl FakeServer {
                     let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
                     let _ = tx.send(ws).await;
                 } else if head.starts_with("get /v1/conversations") {
-                    let body = serde_json::to_string(&*rows2.lock().unwrap()).unwrap();
-                    answer_json(tcp, &head, &body).await;
+                    let fail = failures2
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if fail {
+                        let body = r#"{"error":{"code":"unavailable","message":"busy"}}"#;
+                        answer(tcp, &head, "503 Service Unavailable", body).await;
+                    } else {
+                        let body = serde_json::to_string(&*rows2.lock().unwrap()).unwrap();
+                        answer_json(tcp, &head, &body).await;
+                    }
                 } else {
                     answer_sync(tcp, &head, &inbox2, &calls2).await;
                 }
@@ -67,6 +80,7 @@ impl FakeServer {
             inbox,
             sync_calls,
             rows,
+            list_failures,
         }
     }
 
@@ -125,11 +139,16 @@ async fn answer_sync(
 }
 
 /// Answers one HTTP request (whose head was peeked) with a JSON body.
-async fn answer_json(mut tcp: TcpStream, head: &str, body: &str) {
+async fn answer_json(tcp: TcpStream, head: &str, body: &str) {
+    answer(tcp, head, "200 OK", body).await;
+}
+
+/// Answers one HTTP request (whose head was peeked) with `status` and a JSON body.
+async fn answer(mut tcp: TcpStream, head: &str, status: &str, body: &str) {
     let mut buf = vec![0u8; head.len()];
     let _ = tcp.read_exact(&mut buf).await;
     let resp = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tcp.write_all(resp.as_bytes()).await;
@@ -499,6 +518,26 @@ async fn pulls_are_not_given_up_while_the_server_has_not_read_them() {
         .filter(|t| t.starts_with("7/"))
         .collect();
     assert_eq!(seven, ["7/1", "7/2", "7/3"], "nothing skipped: {got:?}");
+}
+
+#[tokio::test]
+async fn a_failed_catch_up_is_fetched_again() {
+    let mut server = FakeServer::start().await;
+    // A read-fan-out group with two messages this device never saw; the list fails twice.
+    server.rows.lock().unwrap().conversations = vec![row(7, 2, "read")];
+    server.list_failures.store(2, Ordering::SeqCst);
+    let (_session, mut rx) = server.session(SessionConfig::default());
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 30_000).await;
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+    assert_eq!(
+        recv(&mut ws).await,
+        pull_frame(7, 0),
+        "the third fetch succeeds"
+    );
+    assert_eq!(server.list_failures.load(Ordering::SeqCst), 0);
+    answer_pull(&mut ws, 7, 1..=2).await;
+    assert_eq!(texts(&mut rx, 2).await, ["7/1", "7/2"]);
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ const OUTBOX_MAX = 1_000;
 const WINDOWS_KEPT_MAX = 20;
 /** How often receipts of an open large group are asked for (they have no receipt events). */
 const READ_FANOUT_RECEIPTS_POLL_MS = 3_000;
+/** First delay before fetching the catch-up list again after a failure (ms); doubles up to the max. */
+const CATCH_UP_RETRY_MS = 500;
+const CATCH_UP_RETRY_MS_MAX = 30_000;
 /** Longest random delay before re-reading a group after one of its system messages. */
 const GROUP_REFRESH_SPREAD_MS_MAX = 5_000;
 
@@ -212,7 +215,7 @@ export class Client {
     this.applyEffects(this.tracker.onConnected(now()));
     // Catch up: read-fan-out messages are not in the inbox, so compare each conversation's
     // last_seq with what we have and pull the difference. Presence may have changed too.
-    this.refreshConversations().catch(() => {});
+    this.catchUp(this.gen, 1);
     this.refreshFriends();
     this.refreshRequests();
     if (this.openId) {
@@ -493,6 +496,21 @@ export class Client {
     this.outbox.fail(f.client_msg_id, describeError(new ApiError(0, f.code, f.message)));
     this.events.changed(`timeline:${e.conversation_id}`);
     this.notify(`Message not sent: ${describeError(new ApiError(0, f.code, f.message))}`, 'error');
+  }
+
+  /**
+   * Fetches the conversation list after connecting, again and again (backing off) while the
+   * connection `gen` lasts if it fails: without it, a quiet read-fan-out group would stay
+   * behind until its next message.
+   */
+  catchUp(gen, attempt) {
+    this.refreshConversations().catch(() => {
+      if (gen !== this.gen) return; // A new connection does its own catch-up.
+      const full = Math.min(CATCH_UP_RETRY_MS_MAX, CATCH_UP_RETRY_MS * 2 ** Math.min(attempt - 1, 10));
+      setTimeout(() => {
+        if (gen === this.gen) this.catchUp(gen, attempt + 1);
+      }, full / 2 + Math.random() * (full / 2));
+    });
   }
 
   // ---------------------------------------------------------------- opening and paging
