@@ -603,6 +603,15 @@ impl Database {
 
         let sealed_journals = journal_recovery.sealed;
 
+        // Patched (Magpie): a sealed journal may hold bytes that were written but never
+        // synced: a process killed between a commit's write and its fsync, with a spare
+        // (zero-filled) journal already next, recovers its last journal as sealed, and a real
+        // rotation had synced it. Its batches are replayed and become visible (a retry of one
+        // answers "duplicate"), so they must be durable before anything new is acknowledged.
+        for (_, path) in &sealed_journals {
+            std::fs::File::open(path)?.sync_all()?;
+        }
+
         let journal_manager = JournalManager::new();
 
         let seqno = SequenceNumberCounter::default();

@@ -486,3 +486,26 @@ fn journal_truncation_repeating_item_marker() -> crate::Result<()> {
 
     Ok(())
 }
+
+/// Patched (Magpie): a failed flush or sync is sticky. `/dev/full` takes writes into the
+/// buffer and refuses them (ENOSPC) when it is flushed: after that, a batch must not be taken
+/// into the buffer as if nothing happened. (The other half, a later persist failing after a
+/// failed `fsync` whose data was flushed, needs a disk that fails one `fsync`; it is the same
+/// flag, checked first thing in `persist`.)
+#[test]
+fn a_failed_persist_fails_every_later_write_and_persist() -> crate::Result<()> {
+    let dir = tempdir()?;
+    let db = crate::Database::builder(&dir).open()?;
+    let keyspace = db.keyspace("default", Default::default)?;
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full")?;
+    let mut writer = writer::Writer::with_file("/dev/full".into(), full);
+    let item = [BatchItem::new(keyspace.clone(), *b"a", *b"a", ValueType::Value)];
+    writer.write_batch(item.iter(), 1, 0)?;
+    assert!(writer.persist(PersistMode::SyncData).is_err(), "the flush fails");
+    assert!(
+        writer.write_batch(item.iter(), 1, 1).is_err(),
+        "a batch after it is refused, not buffered"
+    );
+    assert!(writer.persist(PersistMode::SyncData).is_err());
+    Ok(())
+}

@@ -204,6 +204,13 @@ pub struct Writer {
     buf: Vec<u8>,
     is_buffer_dirty: bool,
 
+    /// Patched (Magpie): a write, flush or sync of this journal failed. Every later write and
+    /// persist fails too. Linux reports a failed writeback to one `fsync` only, and a failed
+    /// flush clears `is_buffer_dirty`'s reason to flush again, so a later persist (the commit
+    /// thread's, after a flush worker's failed one) would otherwise return Ok for data that
+    /// never reached the disk; and a batch written after a torn one is invisible to recovery.
+    failed: bool,
+
     /// Patched (Magpie): the journal that rotation switches to, prepared ahead of time.
     spare: Option<Spare>,
     /// Patched (Magpie): size of each spare, and the journal size at which the database
@@ -290,10 +297,24 @@ impl Writer {
         if len < bytes {
             let mut file = OpenOptions::new().write(true).open(&self.path)?;
             file.seek(std::io::SeekFrom::Start(len))?;
-            fill_with_zeros(&mut file, bytes - len, None)?;
-            file.sync_all()?;
-            file.seek(std::io::SeekFrom::Start(len))?;
-            self.file = BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file);
+            let filled = fill_with_zeros(&mut file, bytes - len, None)
+                .and_then(|()| file.sync_all())
+                .and_then(|()| file.seek(std::io::SeekFrom::Start(len)).map(drop));
+            match filled {
+                Ok(()) => self.file = BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
+                Err(e) => {
+                    // A full disk, say: open anyway, appending to the journal as unpatched
+                    // fjall does, after cutting off the zeros written so far (batches
+                    // appended after zeros would be invisible to recovery). If even that
+                    // fails, the open fails.
+                    log::warn!(
+                        "could not zero-fill journal {} ({e}); appending to it instead",
+                        self.path.display()
+                    );
+                    file.set_len(len)?;
+                    file.sync_all()?;
+                }
+            }
         }
         // What it holds counts towards starting its spare.
         self.note_written(usize::try_from(len).unwrap_or(usize::MAX));
@@ -443,12 +464,13 @@ impl Writer {
     }
 
     /// Patched (Magpie): a writer at `file`'s current position, without a spare.
-    fn with_file(path: PathBuf, file: File) -> Self {
+    pub(crate) fn with_file(path: PathBuf, file: File) -> Self {
         Self {
             path,
             file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
             buf: Vec::new(),
             is_buffer_dirty: false,
+            failed: false,
             spare: None,
             file_bytes: None,
             fresh: false,
@@ -498,8 +520,28 @@ impl Writer {
         Ok(writer)
     }
 
+    /// Patched (Magpie): the error of every write and persist after one failed.
+    fn failed_before(&self) -> std::io::Error {
+        std::io::Error::other(format!(
+            "an earlier write or sync of journal {} failed; what it holds may not be durable",
+            self.path.display()
+        ))
+    }
+
     /// Persists the journal file.
     pub(crate) fn persist(&mut self, mode: PersistMode) -> std::io::Result<()> {
+        // Patched (Magpie): failures are sticky (see `failed`).
+        if self.failed {
+            return Err(self.failed_before());
+        }
+        let result = self.persist_once(mode);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn persist_once(&mut self, mode: PersistMode) -> std::io::Result<()> {
         log::trace!(
             "Persisting journal at {} with mode={mode:?}",
             self.path.display(),
@@ -625,6 +667,23 @@ impl Writer {
     }
 
     pub fn write_batch<'a>(
+        &mut self,
+        items: impl Iterator<Item = &'a BatchItem>,
+        batch_size: usize,
+        seqno: SeqNo,
+    ) -> crate::Result<usize> {
+        // Patched (Magpie): failures are sticky (see `failed`).
+        if self.failed {
+            return Err(self.failed_before().into());
+        }
+        let result = self.write_batch_once(items, batch_size, seqno);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn write_batch_once<'a>(
         &mut self,
         items: impl Iterator<Item = &'a BatchItem>,
         batch_size: usize,
