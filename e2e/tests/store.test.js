@@ -373,8 +373,18 @@ describe('outbox', () => {
     assert.equal(again.get(b.client_msg_id).state, 'failed', 'a failed one waits for the user');
     assert.equal(again.get(b.client_msg_id).error, 'refused');
     assert.deepEqual(again.expire(50_000 + 999, 1000), [], 'a fresh timeout after the load');
+    // Leaving the conversation fails what is pending instead of dropping it.
+    const c2 = again.add(A, 'typed after a re-join', 51_000);
+    again.failConversation(A, 'left');
+    assert.deepEqual(
+      saved.map((x) => [x.client_msg_id, x.state, x.error]),
+      [[a.client_msg_id, 'failed', 'left'], [b.client_msg_id, 'failed', 'refused'], [c2.client_msg_id, 'failed', 'left']],
+      'kept, and shown with a retry if the conversation comes back',
+    );
+    assert.equal(again.retry(c2.client_msg_id, 52_000).client_msg_id, c2.client_msg_id, 'same id on retry');
     again.complete(a.client_msg_id);
-    again.dropConversation(A);
+    again.complete(b.client_msg_id);
+    again.complete(c2.client_msg_id);
     assert.deepEqual(saved, [], 'nothing left to restore');
 
     // Garbage in storage is ignored, not fatal.

@@ -867,7 +867,7 @@ export class Client {
     const c = this.conversations.get(id);
     this.tracker.onLeft(id);
     this.timelines.delete(id);
-    this.outbox.dropConversation(id);
+    this.outbox.failConversation(id, 'You are not a member of this conversation.');
     if (c) {
       this.conversations.delete(id);
       this.events.changed('conversations');

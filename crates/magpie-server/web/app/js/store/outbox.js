@@ -186,12 +186,22 @@ export class Outbox {
     return t;
   }
 
-  /** Drops every entry of a conversation (the user left it). */
-  dropConversation(conversationId) {
-    let dropped = false;
-    for (const [id, e] of this.entries) {
-      if (e.conversation_id === conversationId) dropped = this.entries.delete(id) || dropped;
+  /**
+   * Marks a conversation's pending entries failed with `error` (the user left it, or an old
+   * `group_left` is replayed after a reload). They are kept, not dropped: a re-join (or the
+   * replayed `group_joined` that follows) shows them with a retry, and a retry with the same
+   * id answers `duplicate` if the message was stored after all.
+   */
+  failConversation(conversationId, error) {
+    let changed = false;
+    for (const e of this.entries.values()) {
+      if (e.conversation_id === conversationId && e.state === 'pending') {
+        e.state = 'failed';
+        e.written = false;
+        e.error = error;
+        changed = true;
+      }
     }
-    if (dropped) this.save();
+    if (changed) this.save();
   }
 }
