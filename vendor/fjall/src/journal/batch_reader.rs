@@ -61,6 +61,16 @@ impl JournalBatchReader {
         Ok(())
     }
 
+    /// Patched (Magpie): whether the journal holds no further valid entry (only the end of the
+    /// file, or bytes that do not decode, such as zeros). Consumes what it reads.
+    fn nothing_valid_follows(&mut self) -> crate::Result<bool> {
+        match self.reader.next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
     fn on_close(&self) -> crate::Result<()> {
         if self.is_in_batch {
             log::debug!("Invalid batch: missing terminator, but last batch, so probably incomplete, discarding to keep atomicity");
@@ -125,6 +135,16 @@ impl Iterator for JournalBatchReader {
                     self.checksum_builder = xxhash_rust::xxh3::Xxh3::new();
 
                     if got_checksum != expected_checksum {
+                        // Patched (Magpie): the last batch of a journal is a torn write (a
+                        // power loss kept a later page of it but not an earlier one): it was
+                        // never synced, so never acknowledged, and is discarded like a batch
+                        // without its end marker. A damaged batch with valid entries after
+                        // it still fails the recovery.
+                        if fail_iter!(self.nothing_valid_follows()) {
+                            log::warn!("Invalid batch: checksum check failed in the journal's last batch; discarding it as a torn write");
+                            fail_iter!(self.truncate_to(self.last_valid_pos));
+                            return None;
+                        }
                         log::error!("Invalid batch: checksum check failed, expected: {expected_checksum}, got: {got_checksum}");
                         return Some(Err(JournalRecovery(JournalRecoveryError::ChecksumMismatch)));
                     }

@@ -509,3 +509,45 @@ fn a_failed_persist_fails_every_later_write_and_persist() -> crate::Result<()> {
     assert!(writer.persist(PersistMode::SyncData).is_err());
     Ok(())
 }
+
+/// Patched (Magpie): a journal's last batch whose checksum fails (a torn write kept a later
+/// page but not an earlier one) is discarded as a torn tail; the same damage with a valid
+/// batch after it still fails the recovery.
+#[test]
+#[expect(clippy::unwrap_used)]
+fn a_torn_last_batch_is_discarded_but_a_damaged_middle_one_is_an_error() -> crate::Result<()> {
+    let dir1 = tempdir()?;
+    let db = crate::Database::builder(&dir1).open()?;
+    let keyspace = db.keyspace("default", Default::default)?;
+    let first = [BatchItem::new(keyspace.clone(), *b"k1", *b"first-value", ValueType::Value)];
+    let second = [BatchItem::new(keyspace.clone(), *b"k2", *b"other-value", ValueType::Value)];
+    let damage = |path: &std::path::Path, what: &[u8]| -> crate::Result<()> {
+        let mut bytes = std::fs::read(path)?;
+        let at = bytes.windows(what.len()).position(|w| w == what).unwrap();
+        bytes[at] ^= 0x20; // same length, still decodes: only the checksum tells
+        std::fs::write(path, bytes)?;
+        Ok(())
+    };
+
+    for (damaged, tail) in [(&b"other-value"[..], true), (&b"first-value"[..], false)] {
+        let dir2 = tempdir()?;
+        let path = dir2.path().join("0.jnl");
+        {
+            let journal = Journal::create_new(&path)?;
+            let mut writer = journal.get_writer()?;
+            writer.write_batch(first.iter(), 1, 0)?;
+            writer.write_batch(second.iter(), 1, 1)?;
+            writer.persist(PersistMode::SyncAll)?;
+        }
+        damage(&path, damaged)?;
+        let journal = Journal::from_file(&path)?;
+        let got: Vec<crate::Result<_>> = journal.get_reader()?.collect();
+        if tail {
+            assert_eq!(got.len(), 1, "only the first batch");
+            assert_eq!(first.to_vec(), got[0].as_ref().unwrap().items);
+        } else {
+            assert!(got.iter().any(Result::is_err), "a damaged batch before a valid one");
+        }
+    }
+    Ok(())
+}
