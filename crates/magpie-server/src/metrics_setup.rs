@@ -27,7 +27,7 @@ pub fn handle() -> Option<PrometheusHandle> {
 /// Counters docs/protocol.md names (and the push pipeline's), registered at zero when a server
 /// starts: Prometheus shows a metric only once it exists, and a dashboard or alert on, say,
 /// `magpie_ws_overflow_kicks_total` should see 0 rather than nothing on a healthy node.
-const COUNTERS_AT_START: [&str; 12] = [
+const COUNTERS_AT_START: [&str; 14] = [
     "magpie_messages_sent_total",
     "magpie_events_delivered_total",
     "magpie_ws_overflow_kicks_total",
@@ -37,6 +37,8 @@ const COUNTERS_AT_START: [&str; 12] = [
     "magpie_push_dropped_total",
     "magpie_push_online_total",
     "magpie_push_muted_total",
+    "magpie_push_read_total",
+    "magpie_push_stale_total",
     "magpie_push_delivered_total",
     "magpie_push_retries_total",
     "magpie_push_failed_total",

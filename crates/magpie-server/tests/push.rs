@@ -523,6 +523,31 @@ async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_before_the_window_ends_is_not_pushed() {
+    let (rx, s, alice, bob, dm) = alice_and_bob(1_000).await;
+    let base = s.base_url();
+    let (st, v) = send_http(&base, &alice.token, &dm, "d1", "read it over HTTP").await;
+    assert_eq!(st, 200, "{v}");
+    // Bob, offline on every socket, reads it over HTTP within the window.
+    let (st, v) = post(
+        &base,
+        &bob.token,
+        &format!("/v1/conversations/{dm}/read"),
+        json!({"seq": v["seq"]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(rx.hits().len(), 0, "pushed a message already read");
+    // The next, unread one is pushed (so the silence above was real).
+    let (st, _) = send_http(&base, &alice.token, &dm, "d2", "not read yet").await;
+    assert_eq!(st, 200);
+    let hits = rx.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(hits[0].json()["preview"], "not read yet");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_comes_online_within_the_window_gets_no_push() {
     // A window long enough that sends made one after the other fall into one window.
     let (rx, s, alice, bob, dm) = alice_and_bob(1_000).await;

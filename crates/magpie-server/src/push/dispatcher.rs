@@ -21,6 +21,11 @@ use super::{PushCandidate, PushError, PushNotification, PushProvider};
 /// for the newest one that is not muted; past this many, the oldest is forgotten.
 const CONVERSATIONS_PER_WINDOW_MAX: usize = 8;
 
+/// How long a user's window may wait for a delivery slot before it is dropped as stale. When
+/// the webhook is slow or down for long, windows pile up; pushed hours later, they would
+/// announce messages the user has long since seen on another device.
+const WINDOW_STALE_MS: u64 = 5 * 60 * 1_000;
+
 /// Whether a user has a connected device right now.
 pub type IsOnline = Arc<dyn Fn(UserId) -> bool + Send + Sync>;
 
@@ -154,9 +159,11 @@ async fn dispatch(
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency_max));
     let mut coalescer = Coalescer::new(Duration::from_millis(config.coalesce_ms), config.queue_max);
-    // Users whose window ended, waiting for a delivery slot. The intake keeps being read
-    // (and coalesced) while all slots are busy; this queue has the coalescer's bound.
-    let mut ready: VecDeque<Vec<PushCandidate>> = VecDeque::new();
+    // Users whose window ended, waiting for a delivery slot, with when they ended. The intake
+    // keeps being read (and coalesced) while all slots are busy; this queue has the
+    // coalescer's bound, and when it is full the oldest window makes room for the newest.
+    let mut ready: VecDeque<(Instant, Vec<PushCandidate>)> = VecDeque::new();
+    let stale_after = Duration::from_millis(WINDOW_STALE_MS);
     loop {
         let due = coalescer.next_due();
         tokio::select! {
@@ -165,16 +172,21 @@ async fn dispatch(
                 None => break,
             },
             _ = sleep_until_opt(due) => {
+                let now = Instant::now();
                 for user in coalescer.take_due() {
-                    if ready.len() < config.queue_max {
-                        ready.push_back(user);
-                    } else {
+                    if ready.len() >= config.queue_max.max(1) {
+                        ready.pop_front();
                         metrics::counter!("magpie_push_dropped_total").increment(1);
                     }
+                    ready.push_back((now, user));
                 }
             }
             permit = permits.clone().acquire_owned(), if !ready.is_empty() => {
-                let (Ok(permit), Some(candidates)) = (permit, ready.pop_front()) else { return };
+                let (Ok(permit), Some((ended, candidates))) = (permit, ready.pop_front()) else { return };
+                if ended.elapsed() > stale_after {
+                    metrics::counter!("magpie_push_stale_total").increment(1);
+                    continue;
+                }
                 let (provider, store, online, config) =
                     (provider.clone(), store.clone(), online.clone(), config.clone());
                 tokio::spawn(async move {
@@ -218,6 +230,11 @@ async fn enrich(store: &dyn Store, c: PushCandidate) -> Option<PushNotification>
         .ok()??;
     if summary.member.muted {
         metrics::counter!("magpie_push_muted_total").increment(1);
+        return None;
+    }
+    if summary.member.read_seq >= c.seq {
+        // Read meanwhile (on another device, over HTTP, or online and gone again).
+        metrics::counter!("magpie_push_read_total").increment(1);
         return None;
     }
     let sender_name = store
