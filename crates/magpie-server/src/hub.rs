@@ -404,6 +404,25 @@ impl Hub {
         !slot.devices.is_empty()
     }
 
+    /// Whether offline pushes are configured.
+    pub fn pushes(&self) -> bool {
+        self.push.get().is_some()
+    }
+
+    /// Offers a push for the newest of `events` (the user's, ascending) that would be pushed.
+    pub fn offer_push_for_newest(&self, user: UserId, events: &[Event]) {
+        let newest = events.iter().rev().find(|e| match &e.payload {
+            EventPayload::Message(m) => m.sender_id != user && m.system.is_none(),
+            _ => false,
+        });
+        if let Some(event) = newest {
+            self.offer_push(&UserEvent {
+                user_id: user,
+                event: event.clone(),
+            });
+        }
+    }
+
     fn offer_push(&self, ue: &UserEvent) {
         let Some(push) = self.push.get() else { return };
         let EventPayload::Message(m) = &ue.event.payload else {

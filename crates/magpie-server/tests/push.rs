@@ -523,6 +523,43 @@ async fn a_muted_conversation_posting_last_does_not_hide_a_push_from_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_closed_socket_never_acknowledged_is_pushed() {
+    let (rx, s, alice, bob, dm) = alice_and_bob(COALESCE_MS).await;
+    let base = s.base_url();
+
+    // Acknowledged before the socket closes: no push.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(0).await;
+    let (st, _) = send_http(&base, &alice.token, &dm, "d1", "seen and acknowledged").await;
+    assert_eq!(st, 200);
+    let e = b.next_event("message").await;
+    b.send(json!({"type": "ack", "cursor": e["cursor"]})).await;
+    b.send(json!({"type": "ping"})).await;
+    b.next_type("pong").await;
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        rx.hits().len(),
+        0,
+        "pushed a message the device acknowledged"
+    );
+
+    // Handed to a socket whose device never acknowledged it (as a phone that lost its
+    // network would not): no push while it is connected, one once it is gone.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(e["cursor"].as_u64().unwrap()).await;
+    let (st, _) = send_http(&base, &alice.token, &dm, "d2", "handed to a dying socket").await;
+    assert_eq!(st, 200);
+    b.next_event("message").await;
+    tokio::time::sleep(Duration::from_millis(3 * COALESCE_MS)).await;
+    assert_eq!(rx.hits().len(), 0, "pushed while the device was connected");
+    b.close().await;
+    let hits = rx.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(hits[0].json()["preview"], "handed to a dying socket");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_read_before_the_window_ends_is_not_pushed() {
     let (rx, s, alice, bob, dm) = alice_and_bob(1_000).await;
     let base = s.base_url();

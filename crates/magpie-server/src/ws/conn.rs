@@ -197,6 +197,32 @@ pub fn run(
     conn.run()
 }
 
+/// Newest inbox events looked at for a push when a user's last connection ends.
+const PUSH_ON_CLOSE_EVENTS_MAX: u64 = 64;
+
+/// A connection ended, maybe the user's last. Events handed to it that its device never
+/// acknowledged counted as delivered (the user was online, so nothing was pushed), but a
+/// socket that died without a close (a phone that lost its network) received nothing for up
+/// to the silence limit: if no device of the user is connected now, the newest such message
+/// is offered for a push. The push pipeline checks again, when the window ends, that the user
+/// is still offline and has not read it. Not at shutdown: every user goes offline at once.
+async fn push_unacknowledged(state: &AppState, user: UserId, acked: Cursor) {
+    if !state.hub.pushes() || state.shutdown_requested() || state.hub.is_online(user) {
+        return;
+    }
+    let Ok(head) = state.store.inbox_head(user).await else {
+        return;
+    };
+    let from = Cursor(acked.0.max(head.0.saturating_sub(PUSH_ON_CLOSE_EVENTS_MAX)));
+    let limit = (head.0 - from.0.min(head.0)) as usize;
+    if limit == 0 {
+        return;
+    }
+    if let Ok(events) = state.store.events(user, from, limit).await {
+        state.hub.offer_push_for_newest(user, &events);
+    }
+}
+
 fn silence_limit(state: &AppState) -> Duration {
     Duration::from_millis(state.config.heartbeat_ms.saturating_mul(3))
 }
@@ -207,6 +233,9 @@ impl Conn {
         // Boxed, like the handlers in `serve`: the future of a connection is as large as its
         // largest await, and closing happens once.
         Box::pin(self.finish(end)).await;
+        let (state, user, acked) = (self.state.clone(), self.device.user_id, self.ack_wanted);
+        drop(self); // Deregisters the device: the user may be offline from here on.
+        push_unacknowledged(&state, user, acked).await;
     }
 
     async fn serve(&mut self) -> End {
