@@ -28,6 +28,9 @@ use crate::recent::RecentMessages;
 /// event for this device, so the bound sits well above a batch. tokio allocates the queue in
 /// blocks of 32 as it fills, so an idle device pays for one block, not for the bound.
 pub const DEVICE_QUEUE_EVENTS_MAX: usize = 4096;
+/// Free places a device queue keeps for events: ephemeral frames (typing, presence) are
+/// queued only while more than this many are free.
+const EPHEMERAL_ROOM_MIN: usize = DEVICE_QUEUE_EVENTS_MAX / 2;
 /// Conversations with a pending notify per device; a device beyond it is told to resync.
 pub const NOTIFY_PENDING_CONVERSATIONS_MAX: usize = 4096;
 /// Read-fan-out conversations waiting for the notifier; beyond it the notice is merged into
@@ -587,9 +590,12 @@ impl Router for Hub {
         if let Some(slot) = shard.get_mut(&user) {
             for d in slot.devices.iter_mut() {
                 if let Some(tx) = &d.live {
-                    // Ephemeral frames are advisory: a full queue drops them rather than
-                    // kicking the device (its events are what must not be lost).
-                    if tx.try_send(Outbound::Frame(frame.clone())).is_err() {
+                    // Ephemeral frames are advisory: they are dropped rather than kick the
+                    // device, and they take only the first half of its queue, so that a flood
+                    // of them (typing from many sockets) cannot fill it and get the device
+                    // kicked by the next event (its events are what must not be lost).
+                    let room = tx.capacity() > EPHEMERAL_ROOM_MIN;
+                    if !room || tx.try_send(Outbound::Frame(frame.clone())).is_err() {
                         metrics::counter!("magpie_ephemeral_dropped_total").increment(1);
                     }
                 }
@@ -722,6 +728,42 @@ mod tests {
         assert_eq!(
             queued, DEVICE_QUEUE_EVENTS_MAX,
             "nothing queued past the overflow"
+        );
+    }
+
+    #[tokio::test]
+    async fn ephemeral_frames_take_only_half_of_a_device_queue() {
+        let (tx, _rx) = mpsc::channel(4);
+        let hub = Arc::new(Hub::new(Presence::new(Duration::from_secs(1), tx)));
+        let reg = hub.connect(UserId(1), DeviceId(7));
+        let (live_tx, mut live_rx) = mpsc::channel(DEVICE_QUEUE_EVENTS_MAX);
+        reg.go_live(live_tx);
+        let typing: Arc<str> = Arc::from(r#"{"type":"typing"}"#);
+        for _ in 0..DEVICE_QUEUE_EVENTS_MAX {
+            hub.send_frame(UserId(1), typing.clone());
+        }
+        // Half the queue is still free for events: a burst of that many does not kick.
+        let joined = event(EventPayload::GroupJoined {
+            conversation_id: ConversationId(3),
+        });
+        for _ in 0..EPHEMERAL_ROOM_MIN {
+            hub.committed(std::slice::from_ref(&joined), &[]);
+        }
+        assert_eq!(reg.kick.code.load(Ordering::Acquire), 0, "not kicked");
+        let (mut frames, mut events) = (0, 0);
+        while let Ok(item) = live_rx.try_recv() {
+            match item {
+                Outbound::Frame(_) => frames += 1,
+                Outbound::Event(_) => events += 1,
+                Outbound::NotifyWake => {}
+            }
+        }
+        assert_eq!(
+            (frames, events),
+            (
+                DEVICE_QUEUE_EVENTS_MAX - EPHEMERAL_ROOM_MIN,
+                EPHEMERAL_ROOM_MIN
+            )
         );
     }
 
