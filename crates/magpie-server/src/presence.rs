@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 /// Announcements waiting for the announcer task; beyond this they are dropped and counted
 /// (presence is advisory; clients can always ask `GET /v1/presence`).
 pub const PRESENCE_QUEUE_MAX: usize = 4096;
+/// How long an offline announcement that found the queue full waits before it is tried
+/// again (a mass disconnect expires thousands of grace timers at once).
+const ANNOUNCE_RETRY_MS: u64 = 1_000;
 
 /// A change to tell friends about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +114,7 @@ impl Presence {
         }
     }
 
-    fn grace_expired(&self, user: UserId, generation: u64) {
+    fn grace_expired(self: &Arc<Self>, user: UserId, generation: u64) {
         let mut users = self.users.lock();
         let Some(p) = users.get_mut(&user) else {
             return;
@@ -119,7 +122,6 @@ impl Presence {
         if p.generation != generation || p.connections > 0 || !p.announced_online {
             return;
         }
-        p.announced_online = false;
         let a = Announcement {
             user_id: user,
             online: false,
@@ -127,12 +129,23 @@ impl Presence {
         };
         // The announcer task records the last-seen time in the store, which answers for users
         // this map does not know; so the entry can go, and the map holds only users online or
-        // in their grace period, not everyone who connected since start. If the queue is full
-        // the entry stays, as the only record of the time.
+        // in their grace period, not everyone who connected since start.
         if self.announce.try_send(a).is_ok() {
             users.remove(&user);
-        } else {
-            metrics::counter!("magpie_presence_dropped_total").increment(1);
+            return;
+        }
+        // The queue is full (a mass disconnect): the user stays announced online (so friends
+        // are not left with a stale "online" that no announcement will correct, and shutdown
+        // still records the time) and the announcement is tried again shortly, unless the
+        // user reconnects meanwhile.
+        metrics::counter!("magpie_presence_retried_total").increment(1);
+        drop(users);
+        let this = self.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ANNOUNCE_RETRY_MS)).await;
+                this.grace_expired(user, generation);
+            });
         }
     }
 
@@ -181,6 +194,24 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offline_announcement_that_finds_the_queue_full_is_retried() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let p = Presence::new(Duration::from_millis(1000), tx);
+        let (u, v) = (UserId(1), UserId(2));
+        p.connected(u);
+        p.disconnected(u);
+        assert!(rx.recv().await.unwrap().online, "u online");
+        p.connected(v); // fills the queue
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(p.status(u).0, "still online while its announcement waits");
+        assert!(rx.recv().await.unwrap().online, "v online");
+        tokio::time::sleep(Duration::from_millis(ANNOUNCE_RETRY_MS + 100)).await;
+        let a = rx.try_recv().expect("u's offline announcement, retried");
+        assert_eq!((a.user_id, a.online), (u, false));
+        assert!(!p.status(u).0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn reconnect_within_grace_announces_nothing() {
