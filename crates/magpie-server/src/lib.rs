@@ -194,6 +194,10 @@ impl Server {
             argon2_permits: Arc::new(Semaphore::new(ARGON2_CONCURRENCY_MAX)),
             argon2_queue: Arc::new(Semaphore::new(ARGON2_QUEUE_MAX)),
             send_limits,
+            typing_limits: Arc::new(ws::ratelimit::SendLimits::new(
+                ws::TYPING_PER_SEC,
+                ws::TYPING_BURST,
+            )),
             shutdown: Default::default(),
         };
         let app = router(state.clone());

@@ -43,6 +43,8 @@ pub struct AppState {
     pub argon2_queue: Arc<Semaphore>,
     /// The send rate limit per device, for the socket and HTTP send paths.
     pub send_limits: Arc<crate::ws::ratelimit::SendLimits>,
+    /// Typing frames per user, over all of the user's sockets.
+    pub typing_limits: Arc<crate::ws::ratelimit::SendLimits<magpie_core::UserId>>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.
     pub shutdown: CancelToken,
 }

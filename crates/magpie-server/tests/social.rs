@@ -580,6 +580,43 @@ fn now_ms() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_limited_per_user_across_sockets() {
+    let s = server().await;
+    let base = s.base_url();
+    let alice = account(&base, "alice").await;
+    let bob = account(&base, "bob").await;
+    let conv = befriend(&base, &alice, &bob).await;
+    let alice2 = login(&base, "alice").await; // a second device, a second socket
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    let (mut a1, _) = Ws::connect(&s.ws_url(), &alice.token).await;
+    let (mut a2, _) = Ws::connect(&s.ws_url(), &alice2.token).await;
+    for ws in [&mut a1, &mut a2, &mut b] {
+        ws.sync(0).await;
+        ws.send(json!({"type":"ping"})).await;
+        ws.next_type("pong").await;
+    }
+    b.frames_for(200).await; // presence from the connects
+    let typing = json!({"type": "typing", "conversation_id": conv});
+    for _ in 0..15 {
+        a1.send(typing.clone()).await;
+        a2.send(typing.clone()).await;
+    }
+    for ws in [&mut a1, &mut a2] {
+        ws.send(json!({"type":"ping"})).await;
+        ws.next_type("pong").await;
+    }
+    let relayed = b
+        .frames_for(500)
+        .await
+        .iter()
+        .filter(|f| f["type"] == "typing")
+        .count();
+    // One burst of 10 for alice, not one per socket (plus at most a refill during the test).
+    assert!((10..=12).contains(&relayed), "relayed {relayed} of 30");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_is_relayed_to_the_peer_only() {
     let s = server().await;
     let base = s.base_url();

@@ -74,10 +74,6 @@ const SEND_OK_CACHE_MAX: usize = 1024;
 const STORE_FRAMES_PER_SEC: u32 = 500;
 /// See [`STORE_FRAMES_PER_SEC`].
 const STORE_FRAMES_BURST: u32 = 1_000;
-/// Typing frames a connection may relay per second (and its burst).
-const TYPING_PER_SEC: u32 = 5;
-/// See [`TYPING_PER_SEC`].
-const TYPING_BURST: u32 = 10;
 
 /// A send waiting for its turn, or an answer already decided (kept in line so that errors and
 /// acks reach the client in the order of its sends).
@@ -137,8 +133,6 @@ struct Conn {
     ack_wanted: Cursor,
     ack_written: Cursor,
     ack_flight: Option<AckFlight>,
-    /// Typing relay rate limit.
-    typing_bucket: TokenBucket,
     /// Rate limit of the frames that cost a store read or write (`sync`, `pull`, `read`).
     store_frames: TokenBucket,
     /// Conversations this device may send to, with the friendship epoch of the check.
@@ -185,7 +179,6 @@ pub fn run(
         // Allocated on the first send: an idle connection pays nothing for it.
         in_flight: VecDeque::new(),
         ack_flight: None,
-        typing_bucket: TokenBucket::new(TYPING_PER_SEC, TYPING_BURST),
         store_frames: TokenBucket::new(STORE_FRAMES_PER_SEC, STORE_FRAMES_BURST),
         send_ok: HashMap::new(),
         joined: HashMap::new(),
@@ -652,7 +645,9 @@ impl Conn {
     /// `typing`: relayed to the other members' online devices in direct conversations and
     /// write-fan-out groups; read-fan-out groups are too large for it and ignore it.
     async fn on_typing(&mut self, conversation_id: ConversationId) -> Result<(), End> {
-        if !self.typing_bucket.try_take() {
+        // Per user, over all of the user's sockets: each typing frame reads the conversation's
+        // members and fans out to all of them, so more sockets must not mean more frames.
+        if !self.state.typing_limits.try_take(self.device.user_id) {
             return Ok(());
         }
         // Whoever may not send to a direct conversation (former friends) may not type there.

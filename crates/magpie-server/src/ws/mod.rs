@@ -13,6 +13,11 @@ use crate::auth::{authenticate, Auth};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Typing frames a user may relay per second, over all of the user's sockets (and its burst).
+pub const TYPING_PER_SEC: u32 = 5;
+/// See [`TYPING_PER_SEC`].
+pub const TYPING_BURST: u32 = 10;
+
 /// Largest inbound frame: a 100,000-character message even if every character arrives as a
 /// six-byte `\uXXXX` escape, plus the JSON envelope.
 pub const FRAME_BYTES_MAX: usize = 100_000 * 6 + 4096;

@@ -1,10 +1,11 @@
-//! Token buckets: sends per device, typing frames per connection, each limited to a rate with
-//! a burst allowance.
+//! Token buckets: sends per device, typing frames per user, store frames per connection, each
+//! limited to a rate with a burst allowance.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Instant;
 
-use magpie_core::DeviceId;
+use magpie_core::{DeviceId, UserId};
 use parking_lot::Mutex;
 
 /// Tokens refill continuously at `rate_per_sec` up to `burst`.
@@ -70,20 +71,39 @@ const SEND_LIMIT_SHARDS: usize = 16;
 /// bucket is the same as none), so entries are dropped once refilled.
 const SEND_LIMIT_DEVICES_PER_SHARD_MAX: usize = 8192;
 
-/// The send rate limit, per device, shared by the socket and the HTTP send path. Per
-/// connection it could be reset by reconnecting (every socket started with a full burst), and
-/// HTTP sends had none at all.
-pub struct SendLimits {
-    /// device → its bucket, for devices that sent recently.
-    shards: Vec<Mutex<HashMap<DeviceId, TokenBucket>>>,
+/// What [`SendLimits`] limits: a device (sends) or a user (typing).
+pub trait LimitKey: Copy + Eq + Hash {
+    /// Spreads keys over the lock shards.
+    fn shard(&self) -> usize;
+}
+
+impl LimitKey for DeviceId {
+    fn shard(&self) -> usize {
+        (self.0 as usize) % SEND_LIMIT_SHARDS
+    }
+}
+
+impl LimitKey for UserId {
+    fn shard(&self) -> usize {
+        (self.0 as usize) % SEND_LIMIT_SHARDS
+    }
+}
+
+/// A rate limit per key shared by all of the key's connections: sends per device (socket and
+/// HTTP path), typing frames per user. Per connection it could be reset by reconnecting (every
+/// socket started with a full burst) or multiplied by opening more sockets, and HTTP sends had
+/// none at all.
+pub struct SendLimits<K: LimitKey = DeviceId> {
+    /// key → its bucket, for keys that used some of their allowance recently.
+    shards: Vec<Mutex<HashMap<K, TokenBucket>>>,
     /// Refill rate of every bucket.
     rate_per_sec: u32,
     /// Capacity of every bucket.
     burst: u32,
 }
 
-impl SendLimits {
-    /// Limits of `rate_per_sec` with bursts of `burst`, per device.
+impl<K: LimitKey> SendLimits<K> {
+    /// Limits of `rate_per_sec` with bursts of `burst`, per key.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
         Self {
             shards: (0..SEND_LIMIT_SHARDS)
@@ -94,9 +114,9 @@ impl SendLimits {
         }
     }
 
-    /// Takes one send from `device`'s allowance, if it has one left.
-    pub fn try_take(&self, device: DeviceId) -> bool {
-        let mut shard = self.shards[(device.0 as usize) % SEND_LIMIT_SHARDS].lock();
+    /// Takes one from `device`'s allowance (a device, or a user), if it has one left.
+    pub fn try_take(&self, device: K) -> bool {
+        let mut shard = self.shards[device.shard()].lock();
         if !shard.contains_key(&device) && shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
             shard.retain(|_, bucket| !bucket.is_full());
             if shard.len() >= SEND_LIMIT_DEVICES_PER_SHARD_MAX {
