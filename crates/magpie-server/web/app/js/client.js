@@ -796,8 +796,15 @@ export class Client {
       const activity = row.last_message?.ts_ms ?? (cur ? cur.activity : this.listLoaded ? Date.now() : -i);
       this.conversations.set(id, mergeRow(cur, row, activity));
       if (row.kind === 'direct' && row.peer_id) this.users.name(row.peer_id);
+      const delivered = this.tracker.delivered(id);
       if (!this.tracker.convs.has(id)) this.tracker.restore(id, row.last_seq);
-      else this.applyEffects(this.tracker.onCatchUp([row], t));
+      else if (row.fanout === 'read' && id !== this.openId && delivered !== null && row.last_seq - delivered > config.pullPage) {
+        // Far behind a large group that is not on screen (a tab asleep over a weekend): jump
+        // to its end instead of pulling the whole backlog page by page. Opening it loads the
+        // latest page, and older history loads on scroll, as after a fresh page load.
+        this.tracker.restore(id, row.last_seq);
+        this.timelines.delete(id);
+      } else this.applyEffects(this.tracker.onCatchUp([row], t));
     });
     for (const id of [...this.conversations.keys()]) if (!seen.has(id)) this.conversations.delete(id);
     this.listLoaded = true;
