@@ -105,7 +105,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MAGPIE_STORE_JOURNAL_MIB")]
     pub store_journal_mib: Option<u32>,
     /// Under load (a commit of at least 32 store operations), the least time between two
-    /// fsyncs of the store, in microseconds; 0 commits back to back (default 2000).
+    /// fsyncs of the store, in microseconds; 0 commits back to back (default 500).
     #[arg(long, env = "MAGPIE_STORE_COMMIT_INTERVAL_US")]
     pub store_commit_interval_us: Option<u32>,
 }

@@ -412,13 +412,27 @@ impl Hub {
         self.push.get().is_some()
     }
 
-    /// Offers a push for the newest of `events` (the user's, ascending) that would be pushed.
+    /// Offers for a push the newest message of each conversation among `events` (the
+    /// user's, ascending), oldest first, as the commits would have: the push window tries the
+    /// newest first, and a muted or read conversation cannot hide another.
     pub fn offer_push_for_newest(&self, user: UserId, events: &[Event]) {
-        let newest = events.iter().rev().find(|e| match &e.payload {
-            EventPayload::Message(m) => m.sender_id != user && m.system.is_none(),
-            _ => false,
-        });
-        if let Some(event) = newest {
+        let mut offered: Vec<ConversationId> = Vec::new();
+        let mut newest_first: Vec<&Event> = Vec::new();
+        for e in events.iter().rev() {
+            let EventPayload::Message(m) = &e.payload else {
+                continue;
+            };
+            // What `offer_push` would skip must not take its conversation's place.
+            if m.sender_id == user || m.system.is_some() || offered.contains(&m.conversation_id) {
+                continue;
+            }
+            offered.push(m.conversation_id);
+            newest_first.push(e);
+            if offered.len() >= crate::push::CONVERSATIONS_PER_WINDOW_MAX {
+                break;
+            }
+        }
+        for event in newest_first.into_iter().rev() {
             self.offer_push(&UserEvent {
                 user_id: user,
                 event: event.clone(),

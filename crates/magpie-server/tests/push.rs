@@ -237,6 +237,11 @@ async fn online_or_muted_recipients_get_no_push() {
     assert_eq!(e["message"]["text"], "you there?");
     tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
     assert_eq!(rx.hits().len(), 0, "pushed to an online user");
+    // Acknowledged before closing: a close offers a push for what was handed to the socket
+    // and never acknowledged.
+    b.send(json!({"type": "ack", "cursor": e["cursor"]})).await;
+    b.send(json!({"type": "ping"})).await;
+    b.next_type("pong").await;
     b.close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -556,6 +561,16 @@ async fn a_message_a_closed_socket_never_acknowledged_is_pushed() {
     b.close().await;
     let hits = rx.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(hits[0].json()["preview"], "handed to a dying socket");
+
+    // A connection that comes and goes without acknowledging anything was handed nothing new:
+    // the message pushed above is not pushed again.
+    let (mut b, _) = Ws::connect(&s.ws_url(), &bob.token).await;
+    b.sync(e["cursor"].as_u64().unwrap()).await;
+    b.send(json!({"type": "ping"})).await;
+    b.next_type("pong").await;
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(3 * COALESCE_MS)).await;
+    assert_eq!(rx.hits().len(), 1, "pushed again on a reconnect");
     s.stop().await;
 }
 

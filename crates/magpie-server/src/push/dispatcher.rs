@@ -19,7 +19,7 @@ use super::{PushCandidate, PushError, PushNotification, PushProvider};
 
 /// Conversations a user's window remembers (the newest candidate of each). A push goes out
 /// for the newest one that is not muted; past this many, the oldest is forgotten.
-const CONVERSATIONS_PER_WINDOW_MAX: usize = 8;
+pub const CONVERSATIONS_PER_WINDOW_MAX: usize = 8;
 
 /// How long a user's window may wait for a delivery slot before it is dropped as stale. When
 /// the webhook is slow or down for long, windows pile up; pushed hours later, they would

@@ -13,7 +13,7 @@ mod webhook;
 use async_trait::async_trait;
 use magpie_core::{ConversationId, Seq, UserId};
 
-pub use dispatcher::{IsOnline, PushConfig, PushQueue};
+pub use dispatcher::{IsOnline, PushConfig, PushQueue, CONVERSATIONS_PER_WINDOW_MAX};
 
 /// What the commit path hands over: cheap to build, no store reads. The dispatcher adds the
 /// sender's name and the unread count, and skips muted conversations, when it flushes.

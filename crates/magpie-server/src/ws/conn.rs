@@ -131,6 +131,9 @@ struct Conn {
     in_flight: VecDeque<Flight>,
     /// The highest cursor the client acknowledged and the ack write in progress.
     ack_wanted: Cursor,
+    /// The inbox head when `ready` was sent (`Cursor(u64::MAX)` before): events after it were
+    /// handed to this connection rather than pushed (see `push_unacknowledged`).
+    head_at_ready: Cursor,
     ack_written: Cursor,
     ack_flight: Option<AckFlight>,
     /// Rate limit of the frames that cost a store read or write (`sync`, `pull`, `read`).
@@ -168,6 +171,7 @@ pub fn run(
     let deadline = Instant::now() + silence_limit(&state);
     let conn = Box::new(Conn {
         ack_wanted: device.cursor,
+        head_at_ready: Cursor(u64::MAX),
         ack_written: device.cursor,
         state,
         device,
@@ -199,14 +203,14 @@ const PUSH_ON_CLOSE_EVENTS_MAX: u64 = 64;
 /// to the silence limit: if no device of the user is connected now, the newest such message
 /// is offered for a push. The push pipeline checks again, when the window ends, that the user
 /// is still offline and has not read it. Not at shutdown: every user goes offline at once.
-async fn push_unacknowledged(state: &AppState, user: UserId, acked: Cursor) {
+async fn push_unacknowledged(state: &AppState, user: UserId, after: Cursor) {
     if !state.hub.pushes() || state.shutdown_requested() || state.hub.is_online(user) {
         return;
     }
     let Ok(head) = state.store.inbox_head(user).await else {
         return;
     };
-    let from = Cursor(acked.0.max(head.0.saturating_sub(PUSH_ON_CLOSE_EVENTS_MAX)));
+    let from = Cursor(after.0.max(head.0.saturating_sub(PUSH_ON_CLOSE_EVENTS_MAX)));
     let limit = (head.0 - from.0.min(head.0)) as usize;
     if limit == 0 {
         return;
@@ -226,9 +230,12 @@ impl Conn {
         // Boxed, like the handlers in `serve`: the future of a connection is as large as its
         // largest await, and closing happens once.
         Box::pin(self.finish(end)).await;
-        let (state, user, acked) = (self.state.clone(), self.device.user_id, self.ack_wanted);
+        let (state, user) = (self.state.clone(), self.device.user_id);
+        // Only events this connection was handed and never acknowledged: older ones were
+        // offered for a push when they committed, if the user was offline then.
+        let from = self.ack_wanted.max(self.head_at_ready);
         drop(self); // Deregisters the device: the user may be offline from here on.
-        push_unacknowledged(&state, user, acked).await;
+        push_unacknowledged(&state, user, from).await;
     }
 
     async fn serve(&mut self) -> End {
@@ -258,6 +265,7 @@ impl Conn {
             heartbeat_ms: self.state.config.heartbeat_ms,
             inbox_head: Some(inbox_head.0),
         };
+        self.head_at_ready = inbox_head;
         if self.write(&ready).await.is_err() || self.flush().await.is_err() {
             return End::Gone;
         }
