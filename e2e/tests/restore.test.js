@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 
 import { CONNECTION_FAILURES, launch, person, unexpectedErrors } from '../lib/browser.js';
 import { MagpieServer } from '../lib/server.js';
-import { expectTexts, friendsInChat, online, sendAndWait } from '../lib/ui.js';
+import { convRow, expectTexts, friendsInChat, online, sendAndWait } from '../lib/ui.js';
 
 let server;
 let browser;
@@ -59,6 +59,10 @@ test('open pages keep working after the server is restored from an older backup'
   await sendAndWait(b, 'after the restore');
   await sendAndWait(a, 'and again');
   for (const p of [a, b]) await expectTexts(p, ['before 1', 'before 2', 'after the restore', 'and again']);
+  // The conversation rows follow the restored timeline too: the newest message is the preview
+  // on both sides (the rows' old seqs 3 and 4 do not hide seqs 3 and 4 of the restore).
+  await convRow(a, 'bob').filter({ hasText: 'and again' }).waitFor();
+  await convRow(b, 'alice').filter({ hasText: 'and again' }).waitFor();
 
   for (const p of [a, b]) assert.deepEqual(unexpectedErrors(p, CONNECTION_FAILURES), []);
   await alice.context.close();

@@ -202,6 +202,16 @@ export class Client {
       // timeline would refuse it). Start them afresh; the open one reloads below.
       this.tracker = new Tracker({ pullPage: config.pullPage, pullTimeoutMs: config.pullTimeoutMs });
       this.timelines.clear();
+      // So are the rows' seqs and read marks, and the receipts: the list fetched below must
+      // win over them (rows merge by the higher seq), or new messages at reused seqs would
+      // show no preview or badge and never be marked read.
+      for (const c of this.conversations.values()) {
+        c.last_seq = 0;
+        c.read_seq = 0;
+      }
+      this.peerReads.clear();
+      this.receipts.clear();
+      this.pendingReads.clear();
       this.events.changed('conversations');
       if (this.openId) this.events.changed(`timeline:${this.openId}`);
     }
