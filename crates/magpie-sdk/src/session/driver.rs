@@ -115,9 +115,15 @@ pub(super) struct Driver {
     catch_up: Option<JoinHandle<Result<Vec<ConversationRow>>>>,
     /// Failed catch-up fetches of this connection, for the retry delay.
     catch_up_failures: u32,
-    /// When each ping of this connection still waiting for its pong was written, oldest
-    /// first (the server answers frames in order). At most [`PINGS_TRACKED_MAX`].
-    pings: VecDeque<Instant>,
+    /// The newest pings of this connection still waiting for their pong, by number (the
+    /// first ping is 1) with when each was written, oldest first. At most
+    /// [`PINGS_TRACKED_MAX`]; an older one's pong then advances nothing.
+    pings: VecDeque<(u64, Instant)>,
+    /// Pings written on this connection.
+    pings_written: u64,
+    /// Pongs received on this connection. The server answers frames in order, so the n-th
+    /// pong answers the n-th ping.
+    pongs_received: u64,
     /// When the newest answered ping was written: the server has read every frame written
     /// before it, pulls included (see `ConversationTracker::poll_timeouts`).
     server_read_upto: Option<Instant>,
@@ -127,9 +133,8 @@ pub(super) struct Driver {
 /// doubles per failure up to 30 s, jittered (as send retries do).
 const CATCH_UP_RETRY_BASE_MS: u64 = 500;
 
-/// Unanswered pings remembered per connection. A connection is declared dead after
-/// `DEAD_AFTER_HEARTBEATS` heartbeats of silence, with pings every half heartbeat, so fewer
-/// than this are ever outstanding on a live one; the oldest are forgotten beyond.
+/// Unanswered pings remembered per connection; the oldest are forgotten beyond (a server busy
+/// replaying a long inbox keeps the connection alive with events while it answers none).
 const PINGS_TRACKED_MAX: usize = 16;
 
 impl Driver {
@@ -165,6 +170,8 @@ impl Driver {
             catch_up: None,
             catch_up_failures: 0,
             pings: VecDeque::new(),
+            pings_written: 0,
+            pongs_received: 0,
             server_read_upto: None,
         }
     }
@@ -441,6 +448,8 @@ impl Driver {
         let mut last_inbound = Instant::now();
         // Pongs of an earlier connection answer nothing written on this one.
         self.pings.clear();
+        self.pings_written = 0;
+        self.pongs_received = 0;
         self.server_read_upto = None;
         loop {
             let flush_at = self.flush_deadline();
@@ -462,7 +471,8 @@ impl Driver {
                     if self.pings.len() >= PINGS_TRACKED_MAX {
                         self.pings.pop_front();
                     }
-                    self.pings.push_back(Instant::now());
+                    self.pings_written += 1;
+                    self.pings.push_back((self.pings_written, Instant::now()));
                     write(sink, &ClientFrame::Ping).await
                 }
                 _ = self.shared.wake.notified() => {
@@ -695,8 +705,19 @@ impl Driver {
                 Ok(())
             }
             ServerFrame::Pong => {
-                if let Some(sent_at) = self.pings.pop_front() {
-                    self.server_read_upto = Some(sent_at);
+                self.pongs_received += 1;
+                while self
+                    .pings
+                    .front()
+                    .is_some_and(|&(n, _)| n < self.pongs_received)
+                {
+                    self.pings.pop_front();
+                }
+                if let Some(&(n, written_at)) = self.pings.front() {
+                    if n == self.pongs_received {
+                        self.pings.pop_front();
+                        self.server_read_upto = Some(written_at);
+                    }
                 }
                 Ok(())
             }

@@ -521,6 +521,53 @@ async fn pulls_are_not_given_up_while_the_server_has_not_read_them() {
 }
 
 #[tokio::test]
+async fn a_late_pong_answers_its_own_ping_not_a_newer_one() {
+    let mut server = FakeServer::start().await;
+    let config = SessionConfig {
+        tracker: crate::TrackerLimits {
+            pull_timeout: Duration::from_millis(1_000),
+            ..crate::TrackerLimits::default()
+        },
+        ..SessionConfig::default()
+    };
+    let (_session, mut rx) = server.session(config);
+    let mut ws = server.accept().await;
+    ready(&mut ws, 0, 100).await; // a ping every 50 ms: 16 of them in less than a pull timeout
+    assert_eq!(recv(&mut ws).await, ClientFrame::Sync { cursor: 0 });
+    let event = |cursor, m| {
+        ServerFrame::Event(WireEvent {
+            cursor,
+            body: EventBody::Message { message: m },
+        })
+    };
+    push(&mut ws, event(1, message(7, 1))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // pings go out before the pull
+    push(&mut ws, event(2, message(7, 3))).await; // 2 is missing: a pull goes out
+                                                  // The server is busy for 4.5 s: its events keep the connection alive, and now and then
+                                                  // it answers one of the first pings, all written before the pull. Those pongs must not
+                                                  // pass for pongs of pings written after the (re-issued) pulls, which would make the
+                                                  // unanswered pulls count and the gap be skipped.
+    let mut cursor = 2;
+    for round in 1..=90 {
+        cursor += 1;
+        push(&mut ws, event(cursor, message(8, cursor))).await;
+        // Just before each pull timeout (the pull went out at about 0.2 s, then every 1 s).
+        if round % 20 == 18 {
+            push(&mut ws, ServerFrame::Pong).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    answer_pull(&mut ws, 7, 2..=3).await;
+    let got = texts(&mut rx, 1 + 90 + 2).await;
+    let seven: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("7/"))
+        .collect();
+    assert_eq!(seven, ["7/1", "7/2", "7/3"], "nothing skipped");
+}
+
+#[tokio::test]
 async fn a_failed_catch_up_is_fetched_again() {
     let mut server = FakeServer::start().await;
     // A read-fan-out group with two messages this device never saw; the list fails twice.
