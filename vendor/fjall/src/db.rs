@@ -684,12 +684,17 @@ impl Database {
         recover_keyspaces(&db, &meta_keyspace)?;
 
         // Recover sealed memtables by walking through old journals
+        // Patched (Magpie): whether the active journal holds any entry (else the newest sealed
+        // one is the newest holding data).
+        let active_holds_data = !journal_recovery.was_active_created
+            && db.supervisor.journal.get_reader()?.next().is_some();
         recover_sealed_memtables(
             &db,
             &sealed_journals
                 .into_iter()
                 .map(|(_, x)| x)
                 .collect::<Vec<_>>(),
+            !active_holds_data,
         )?;
 
         {

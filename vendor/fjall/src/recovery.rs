@@ -125,6 +125,7 @@ pub fn recover_keyspaces(db: &Database, meta_keyspace: &MetaKeyspace) -> crate::
 pub fn recover_sealed_memtables(
     db: &Database,
     sealed_journal_paths: &[PathBuf],
+    last_is_newest_with_data: bool,
 ) -> crate::Result<()> {
     let mut highest_encountered_keyspace_id = 0;
 
@@ -149,6 +150,14 @@ pub fn recover_sealed_memtables(
 
         let raw_reader = JournalReader::new(journal_path)?;
         let reader = JournalBatchReader::new(raw_reader);
+        // Patched (Magpie): the newest sealed journal is the newest holding data when the
+        // active one holds none yet (a kill with a zero-filled spare next): its last batch may
+        // be a torn write.
+        let reader = if last_is_newest_with_data && sealed_journal_paths.last() == Some(journal_path) {
+            reader.allowing_torn_tail()
+        } else {
+            reader
+        };
 
         let mut watermarks: HashMap<_, EvictionWatermark> = HashMap::default();
 

@@ -32,6 +32,9 @@ pub struct JournalBatchReader {
     batch_seqno: SeqNo,
     last_valid_pos: u64,
     checksum_builder: xxhash_rust::xxh3::Xxh3,
+    /// Patched (Magpie): this is the newest journal holding data, whose last batch may be a
+    /// torn write (see `allowing_torn_tail`).
+    torn_tail_allowed: bool,
 }
 
 impl JournalBatchReader {
@@ -45,7 +48,18 @@ impl JournalBatchReader {
             batch_seqno: 0,
             last_valid_pos: 0,
             batch_counter: 0,
+            torn_tail_allowed: false,
         }
+    }
+
+    /// Patched (Magpie): a last batch whose checksum fails is discarded as a torn write instead
+    /// of failing the recovery. Only for the newest journal holding data: every older one was
+    /// synced when it was rotated (or at open), so damage there is damage to acknowledged
+    /// batches and must stop the recovery.
+    #[must_use]
+    pub fn allowing_torn_tail(mut self) -> Self {
+        self.torn_tail_allowed = true;
+        self
     }
 
     // TODO: reallocate space
@@ -140,7 +154,7 @@ impl Iterator for JournalBatchReader {
                         // never synced, so never acknowledged, and is discarded like a batch
                         // without its end marker. A damaged batch with valid entries after
                         // it still fails the recovery.
-                        if fail_iter!(self.nothing_valid_follows()) {
+                        if self.torn_tail_allowed && fail_iter!(self.nothing_valid_follows()) {
                             log::warn!("Invalid batch: checksum check failed in the journal's last batch; discarding it as a torn write");
                             fail_iter!(self.truncate_to(self.last_valid_pos));
                             return None;

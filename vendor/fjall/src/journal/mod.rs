@@ -129,7 +129,8 @@ impl Journal {
 
     pub fn get_reader(&self) -> crate::Result<JournalBatchReader> {
         let raw_reader = JournalReader::new(self.path()?)?;
-        Ok(JournalBatchReader::new(raw_reader))
+        // Patched (Magpie): used to replay the active journal, the newest one.
+        Ok(JournalBatchReader::new(raw_reader).allowing_torn_tail())
     }
 
     /// Persists the journal.
