@@ -381,9 +381,12 @@ describe('outbox', () => {
       [[a.client_msg_id, 'failed', 'left'], [b.client_msg_id, 'failed', 'refused'], [c2.client_msg_id, 'failed', 'left']],
       'kept, and shown with a retry if the conversation comes back',
     );
+    again.dropFailedOf((id) => id !== A);
+    assert.equal(again.entries.size, 3, 'only the named conversations lose their failed entries');
     assert.equal(again.retry(c2.client_msg_id, 52_000).client_msg_id, c2.client_msg_id, 'same id on retry');
     again.complete(a.client_msg_id);
-    again.complete(b.client_msg_id);
+    again.dropFailedOf((id) => id === A);
+    assert.deepEqual(saved.map((x) => x.client_msg_id), [c2.client_msg_id], 'the failed one of A is dropped, the pending retry stays');
     again.complete(c2.client_msg_id);
     assert.deepEqual(saved, [], 'nothing left to restore');
 

@@ -471,6 +471,8 @@ export class Client {
   onSent(f) {
     const e = this.outbox.complete(f.client_msg_id);
     if (!e) return; // answered twice (a retry of a stored message), or discarded
+    // A late answer for a conversation the user has left: nothing to show it in.
+    if (!this.conversations.has(f.conversation_id) && this.leftAt.has(f.conversation_id)) return;
     this.deliver({
       conversation_id: f.conversation_id,
       seq: f.seq,
@@ -490,6 +492,10 @@ export class Client {
     }
     const e = this.outbox.get(f.client_msg_id);
     if (!e) return;
+    if (!this.conversations.has(e.conversation_id) && this.leftAt.has(e.conversation_id)) {
+      this.outbox.fail(f.client_msg_id, describeError(new ApiError(0, f.code, f.message)));
+      return; // left meanwhile: kept failed, no toast (see `onLeft`)
+    }
     if (TRANSIENT.has(f.code)) {
       // Retried until the send times out, backing off (doubling, with jitter) so that many
       // clients refused together do not all come back together; a send that times out shows
@@ -817,6 +823,9 @@ export class Client {
       } else this.applyEffects(this.tracker.onCatchUp([row], t));
     });
     for (const id of [...this.conversations.keys()]) if (!seen.has(id)) this.conversations.delete(id);
+    // Failed messages of conversations the user left and did not come back to: nothing shows
+    // them any more, and they would count against the outbox bound forever.
+    this.outbox.dropFailedOf((id) => !seen.has(id) && this.leftAt.has(id) && this.leftAt.get(id) <= asked);
     this.listLoaded = true;
     this.events.changed('conversations');
     if (this.openId && !this.conversations.has(this.openId)) this.close();

@@ -186,6 +186,15 @@ export class Outbox {
     return t;
   }
 
+  /** Drops the failed entries of the conversations for which `gone(conversationId)` holds. */
+  dropFailedOf(gone) {
+    let dropped = false;
+    for (const [id, e] of this.entries) {
+      if (e.state === 'failed' && gone(e.conversation_id)) dropped = this.entries.delete(id) || dropped;
+    }
+    if (dropped) this.save();
+  }
+
   /**
    * Marks a conversation's pending entries failed with `error` (the user left it, or an old
    * `group_left` is replayed after a reload). They are kept, not dropped: a re-join (or the
