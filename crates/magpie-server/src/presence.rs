@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 /// (presence is advisory; clients can always ask `GET /v1/presence`).
 pub const PRESENCE_QUEUE_MAX: usize = 4096;
 /// How long an offline announcement that found the queue full waits before it is tried
-/// again (a mass disconnect expires thousands of grace timers at once).
+/// again, at least (a mass disconnect expires thousands of grace timers at once): up to twice
+/// this, at random, so that the retries of many users spread out instead of all coming back
+/// in the same instant.
 const ANNOUNCE_RETRY_MS: u64 = 1_000;
 
 /// A change to tell friends about.
@@ -143,7 +145,8 @@ impl Presence {
         let this = self.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(ANNOUNCE_RETRY_MS)).await;
+                let jitter = rand::random_range(0..=ANNOUNCE_RETRY_MS);
+                tokio::time::sleep(Duration::from_millis(ANNOUNCE_RETRY_MS + jitter)).await;
                 this.grace_expired(user, generation);
             });
         }
@@ -207,7 +210,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(p.status(u).0, "still online while its announcement waits");
         assert!(rx.recv().await.unwrap().online, "v online");
-        tokio::time::sleep(Duration::from_millis(ANNOUNCE_RETRY_MS + 100)).await;
+        tokio::time::sleep(Duration::from_millis(2 * ANNOUNCE_RETRY_MS + 100)).await;
         let a = rx.try_recv().expect("u's offline announcement, retried");
         assert_eq!((a.user_id, a.online), (u, false));
         assert!(!p.status(u).0);
