@@ -90,6 +90,26 @@ pub(crate) fn keys_written(writes: &WriteSet) -> usize {
     writes.iter().map(FastMap::len).sum()
 }
 
+/// Calls `f` with every key of keyspace `ks` written by any of `sets` and its value in the
+/// last set that writes it, each key once. `sets` are in sealing order.
+pub(crate) fn for_each_last_write(
+    sets: &[&WriteSet],
+    ks: usize,
+    mut f: impl FnMut(&Slice, &Option<Slice>),
+) {
+    for (i, set) in sets.iter().enumerate() {
+        let later = &sets[i + 1..];
+        for (key, value) in set[ks].iter() {
+            // A later set's write of the same key replaces this one; it is passed on when
+            // that set's turn comes. A single fjall batch holding both would give them one
+            // seqno, and which one then wins is not something to rely on.
+            if later.iter().all(|l| !l[ks].contains_key(key)) {
+                f(key, value);
+            }
+        }
+    }
+}
+
 /// A staged batch handed from the writer to the commit thread.
 pub(crate) struct Sealed {
     /// Position in sealing order, from 1; [`Progress`] reports in these numbers.
@@ -240,6 +260,8 @@ impl Committer {
                 }
             }
             group.push(first);
+            // Tests hold the thread here, so that batches sealed meanwhile form one group.
+            self.progress.wait_released();
             // Whatever else is already sealed shares this fsync, up to a bound.
             while group.len() < SEALED_BATCHES_MAX {
                 match rx.try_recv() {
@@ -247,7 +269,6 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            self.progress.wait_released();
             let ops = group.iter().map(|b| b.ops.len()).sum();
             let started = Instant::now();
             // Only a commit that fsynced counts: one that wrote nothing (duplicates only) or
@@ -273,16 +294,15 @@ impl Committer {
             return false;
         }
         let started = Instant::now();
-        let mut wrote = false;
-        for batch in group.iter() {
-            if !batch.is_empty() {
-                if let Err(e) = self.apply(batch) {
-                    self.poison(group, e);
-                    return false;
-                }
-                wrote = true;
+        let wrote = group.iter().any(|b| !b.is_empty());
+        if wrote {
+            if let Err(e) = self.apply(group) {
+                self.poison(group, e);
+                return false;
             }
-            self.progress.set_applied(batch.n);
+        }
+        if let Some(last) = group.last() {
+            self.progress.set_applied(last.n);
         }
         if wrote {
             let applied = Instant::now();
@@ -333,20 +353,26 @@ impl Committer {
         wrote
     }
 
-    /// Writes one batch into the memtables and the journal buffer (no fsync).
-    fn apply(&self, batch: &Sealed) -> Result<(), fjall::Error> {
+    /// Writes a commit group into the memtables and the journal buffer (no fsync), as **one**
+    /// fjall batch: one journal entry, one seqno. The group is made durable by one fsync, so
+    /// after a power loss during that fsync only its journal entry can be torn, and fjall's
+    /// recovery discards a torn *last* entry (never acknowledged). As two entries, a torn
+    /// write that damaged the first and kept the second left a damaged entry in the middle,
+    /// which fails the open. A key written by several batches of the group gets the last
+    /// batch's value, as applying them one after the other would give.
+    fn apply(&self, group: &[Sealed]) -> Result<(), fjall::Error> {
+        let sets: Vec<&WriteSet> = group.iter().map(|b| &*b.writes).collect();
+        let keys = group.iter().map(Sealed::keys).sum();
         // Sized up front: grown push by push, a large batch reallocated its item list
         // several times per commit, each time into freshly mapped memory.
-        let mut b = fjall::OwnedWriteBatch::with_capacity(self.shared.db.clone(), batch.keys())
-            .durability(None);
+        let mut b =
+            fjall::OwnedWriteBatch::with_capacity(self.shared.db.clone(), keys).durability(None);
         for ks in Ks::ALL {
             let handle = self.shared.ks.get(ks);
-            for (key, value) in batch.writes[ks as usize].iter() {
-                match value {
-                    Some(value) => b.insert(handle, key.clone(), value.clone()),
-                    None => b.remove(handle, key.clone()),
-                }
-            }
+            for_each_last_write(&sets, ks as usize, |key, value| match value {
+                Some(value) => b.insert(handle, key.clone(), value.clone()),
+                None => b.remove(handle, key.clone()),
+            });
         }
         b.commit()
     }
@@ -389,6 +415,42 @@ mod tests {
     use super::*;
 
     const INTERVAL: Duration = Duration::from_millis(2);
+
+    fn set(puts: &[(&str, Option<&str>)]) -> WriteSet {
+        let mut set: WriteSet = (0..Ks::ALL.len()).map(|_| FastMap::default()).collect();
+        for (k, v) in puts {
+            set[Ks::Inbox as usize]
+                .insert(Slice::from(k.as_bytes()), v.map(|v| v.as_bytes().into()));
+        }
+        set
+    }
+
+    #[test]
+    fn each_key_of_a_group_is_written_once_with_its_last_value() {
+        let first = set(&[("a", Some("a1")), ("b", Some("b1")), ("c", Some("c1"))]);
+        let second = set(&[("b", Some("b2")), ("c", None), ("d", Some("d2"))]);
+        let third = set(&[("d", Some("d3"))]);
+        let mut seen = Vec::new();
+        for_each_last_write(&[&first, &second, &third], Ks::Inbox as usize, |k, v| {
+            let v = v.as_ref().map(|v| String::from_utf8(v.to_vec()).unwrap());
+            seen.push((String::from_utf8(k.to_vec()).unwrap(), v));
+        });
+        seen.sort();
+        let want = [
+            ("a", Some("a1")),
+            ("b", Some("b2")),
+            ("c", None),
+            ("d", Some("d3")),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        assert_eq!(seen, want);
+        let mut other = 0;
+        for_each_last_write(&[&first, &second], Ks::Messages as usize, |_, _| other += 1);
+        assert_eq!(other, 0, "only the keyspace asked for");
+    }
 
     #[test]
     fn a_lightly_loaded_store_commits_at_once() {

@@ -1709,7 +1709,7 @@ mod tests {
     use crate::fjall::FjallConfig;
 
     struct Harness {
-        _dir: tempfile::TempDir,
+        _dir: Option<tempfile::TempDir>,
         shared: Arc<Shared>,
         sink: Arc<RecordingSink>,
         writer: Writer,
@@ -1721,7 +1721,14 @@ mod tests {
 
     fn harness_with(policy: GroupPolicy) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, ids) = Shared::open(&FjallConfig::for_tests(dir.path())).unwrap();
+        let mut h = harness_at(dir.path(), policy);
+        h._dir = Some(dir);
+        h
+    }
+
+    /// A harness on a data dir the caller owns, so that a test can reopen it.
+    fn harness_at(path: &std::path::Path, policy: GroupPolicy) -> Harness {
+        let (shared, ids) = Shared::open(&FjallConfig::for_tests(path)).unwrap();
         let sink = RecordingSink::new();
         let writer = Writer::new(
             shared.clone(),
@@ -1733,7 +1740,7 @@ mod tests {
         )
         .unwrap();
         Harness {
-            _dir: dir,
+            _dir: None,
             shared,
             sink,
             writer,
@@ -2216,6 +2223,36 @@ mod tests {
         h.run(vec![a5]);
         assert!(h.writer.inflight.is_empty());
         assert_eq!(appended(ra5), (1, true));
+    }
+
+    #[test]
+    fn a_commit_group_is_one_engine_batch_and_the_last_write_of_a_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut h = harness_at(dir.path(), GroupPolicy::default());
+            let seqno = h.shared.db.seqno();
+            // Held, the commit thread takes both batches as one group.
+            h.writer.progress.hold(true);
+            let (u1, r1) = user("ann");
+            h.writer.process(&mut vec![u1]);
+            let (u2, r2) = user("bob");
+            h.writer.process(&mut vec![u2]);
+            h.writer.progress.hold(false);
+            h.writer.settle();
+            assert_eq!(got(r1).unwrap().id, UserId(1));
+            assert_eq!(got(r2).unwrap().id, UserId(2));
+            assert_eq!(
+                h.shared.db.seqno(),
+                seqno + 1,
+                "two batches of one group are one fjall batch (one journal entry)"
+            );
+        }
+        // Both batches wrote the user id counter; the second batch's value must be the one
+        // kept, or the next user would be given bob's id.
+        let mut h = harness_at(dir.path(), GroupPolicy::default());
+        let (u3, r3) = user("carl");
+        h.run(vec![u3]);
+        assert_eq!(got(r3).unwrap().id, UserId(3));
     }
 
     #[test]
