@@ -23,6 +23,7 @@ const COALESCE_MS: u64 = 300;
 struct Hit {
     at: Instant,
     signature: Option<String>,
+    timestamp: Option<String>,
     content_type: Option<String>,
     body: Bytes,
 }
@@ -32,23 +33,48 @@ impl Hit {
         serde_json::from_slice(&self.body).expect("push body is JSON")
     }
 
-    /// Checks `x-magpie-signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+    /// Checks `x-magpie-signature: sha256=<hex HMAC-SHA256(secret, "{ts}.{body}")>` with
+    /// `x-magpie-timestamp: {ts}`, a recent Unix time in milliseconds.
     fn assert_signed(&self) {
         let sig = self
             .signature
             .as_deref()
             .expect("x-magpie-signature header");
+        let ts = self
+            .timestamp
+            .as_deref()
+            .expect("x-magpie-timestamp header");
+        let ts_ms: u64 = ts.parse().expect("timestamp is an integer");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            ts_ms <= now_ms && now_ms - ts_ms < 60_000,
+            "timestamp {ts_ms} is recent (now {now_ms})"
+        );
         let hex_sig = sig
             .strip_prefix("sha256=")
             .unwrap_or_else(|| panic!("signature format: {sig}"));
         let raw = hex::decode(hex_sig).expect("hex signature");
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(&self.body);
-        mac.verify_slice(&raw)
-            .expect("signature verifies against the raw body");
-        let mut wrong = Hmac::<Sha256>::new_from_slice(b"another secret").unwrap();
-        wrong.update(&self.body);
-        assert!(wrong.verify_slice(&raw).is_err());
+        let mac_of = |secret: &[u8], ts: &str| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+            mac.update(ts.as_bytes());
+            mac.update(b".");
+            mac.update(&self.body);
+            mac
+        };
+        mac_of(SECRET.as_bytes(), ts)
+            .verify_slice(&raw)
+            .expect("signature verifies against timestamp.body");
+        assert!(mac_of(b"another secret", ts).verify_slice(&raw).is_err());
+        let other_ts = (ts_ms - 1).to_string();
+        assert!(
+            mac_of(SECRET.as_bytes(), &other_ts)
+                .verify_slice(&raw)
+                .is_err(),
+            "another timestamp does not verify: a replay cannot claim a fresh time"
+        );
     }
 }
 
@@ -69,6 +95,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     r.hits.lock().push(Hit {
         at: Instant::now(),
         signature: header("x-magpie-signature"),
+        timestamp: header("x-magpie-timestamp"),
         content_type: header("content-type"),
         body,
     });

@@ -30,7 +30,7 @@ pub struct PushCandidate {
     /// The first `PREVIEW_CHARS_MAX` characters.
     pub preview: String,
 }
-pub use webhook::{sign, WebhookProvider, SIGNATURE_HEADER};
+pub use webhook::{sign, WebhookProvider, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// Characters of message text carried in a push preview.
 pub const PREVIEW_CHARS_MAX: usize = 100;
