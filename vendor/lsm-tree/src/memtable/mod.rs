@@ -4,11 +4,14 @@
 
 use crate::key::InternalKey;
 use crate::{
-    value::{InternalValue, SeqNo, UserValue},
+    value::{InternalValue, SeqNo},
     ValueType,
 };
-use crossbeam_skiplist::SkipMap;
 use std::ops::RangeBounds;
+
+mod arena;
+
+use arena::SkipList;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 pub use crate::tree::inner::MemtableId;
@@ -20,9 +23,9 @@ pub struct Memtable {
     #[doc(hidden)]
     pub id: MemtableId,
 
-    /// The actual content, stored in a lock-free skiplist.
-    #[doc(hidden)]
-    pub items: SkipMap<InternalKey, UserValue>,
+    /// The actual content, stored in a skip list whose nodes live in large arena chunks
+    /// (patched, Magpie: was a `crossbeam_skiplist::SkipMap`; see `arena.rs` for why).
+    items: SkipList,
 
     /// Approximate active memtable size.
     ///
@@ -60,7 +63,7 @@ impl Memtable {
     pub fn new(id: MemtableId) -> Self {
         Self {
             id,
-            items: SkipMap::default(),
+            items: SkipList::default(),
             approximate_size: AtomicU64::default(),
             highest_seqno: AtomicU64::default(),
             requested_rotation: AtomicBool::default(),
@@ -69,10 +72,7 @@ impl Memtable {
 
     /// Creates an iterator over all items.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = InternalValue> + '_ {
-        self.items.iter().map(|entry| InternalValue {
-            key: entry.key().clone(),
-            value: entry.value().clone(),
-        })
+        self.items.range(..)
     }
 
     /// Creates an iterator over a range of items.
@@ -80,10 +80,7 @@ impl Memtable {
         &'a self,
         range: R,
     ) -> impl DoubleEndedIterator<Item = InternalValue> + 'a {
-        self.items.range(range).map(|entry| InternalValue {
-            key: entry.key().clone(),
-            value: entry.value().clone(),
-        })
+        self.items.range(range)
     }
 
     /// Returns the item by key if it exists.
@@ -113,15 +110,10 @@ impl Memtable {
         //
         let lower_bound = InternalKey::new(key, seqno - 1, ValueType::Value);
 
-        let mut iter = self
-            .items
+        self.items
             .range(lower_bound..)
-            .take_while(|entry| &*entry.key().user_key == key);
-
-        iter.next().map(|entry| InternalValue {
-            key: entry.key().clone(),
-            value: entry.value().clone(),
-        })
+            .next()
+            .filter(|entry| &*entry.key.user_key == key)
     }
 
     /// Gets approximate size of memtable in bytes.
@@ -157,8 +149,12 @@ impl Memtable {
             .approximate_size
             .fetch_add(item_size, std::sync::atomic::Ordering::AcqRel);
 
-        let key = InternalKey::new(item.key.user_key, item.key.seqno, item.key.value_type);
-        self.items.insert(key, item.value);
+        self.items.insert(
+            &item.key.user_key,
+            item.key.seqno,
+            item.key.value_type,
+            &item.value,
+        );
 
         self.highest_seqno
             .fetch_max(item.key.seqno, std::sync::atomic::Ordering::AcqRel);
