@@ -36,6 +36,15 @@ pub struct LinkedFile {
     pub len: usize,
 }
 
+/// Patched (Magpie): while a table is written, its bytes are handed to the disk and waited
+/// for in steps of this size (`sync_file_range`), instead of all at once by the `fsync` at
+/// its end. A flush or compaction writes tens of MiB; left to that one `fsync`, they all sat
+/// in the disk's queue together, and the database journal's small `fdatasync` (which every
+/// acknowledged write waits for) queued behind them for 25-60 ms. In 1 MiB steps it waits for
+/// at most one step.
+#[cfg(target_os = "linux")]
+const WRITE_BACK_STEP_BYTES: u64 = 1024 * 1024;
+
 /// Serializes and compresses values into blocks and writes them to disk as a table
 pub struct Writer {
     /// Table file path
@@ -64,6 +73,9 @@ pub struct Writer {
     /// File writer
     #[expect(clippy::struct_field_names)]
     file_writer: sfa::Writer<ChecksummedWriter<BufWriter<File>>>,
+
+    /// Patched (Magpie): data bytes (`meta.file_pos`) already handed to the disk.
+    written_back: u64,
 
     /// Writer of index blocks
     #[expect(clippy::struct_field_names)]
@@ -127,6 +139,7 @@ impl Writer {
 
             block_buffer: Vec::new(),
             file_writer: writer,
+            written_back: 0,
             chunk: Vec::new(),
 
             prev_pos: (BlockOffset(0), BlockOffset(0)),
@@ -297,6 +310,32 @@ impl Writer {
 
     /// Writes a compressed block to disk.
     ///
+    /// Patched (Magpie): writes what is buffered into the file, starts the disk write of
+    /// everything not yet handed over, and waits for it (see `WRITE_BACK_STEP_BYTES`). Not a
+    /// durability point: the `fsync` in `finish` still is.
+    #[cfg(target_os = "linux")]
+    fn write_back(&mut self) -> crate::Result<()> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+
+        let file = self.file_writer.get_mut().inner_mut();
+        file.flush()?;
+        let fd = file.get_ref().as_raw_fd();
+        // From a little before what was handed over last (`file_pos` counts data bytes, not
+        // file offsets) to the end of the file (`nbytes` 0).
+        let from = i64::try_from(self.written_back.saturating_sub(64 * 1024)).unwrap_or(0);
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: `fd` is this writer's open table file; the call only starts and waits for
+        // write-back of its pages.
+        if unsafe { libc::sync_file_range(fd, from, 0, flags) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        self.written_back = *self.meta.file_pos;
+        Ok(())
+    }
+
     /// This is triggered when a `Writer::write` causes the buffer to grow to the configured `block_size`.
     ///
     /// Should only be called when the block has items in it.
@@ -338,6 +377,11 @@ impl Writer {
 
         // Adjust metadata
         self.meta.file_pos += u64::from(bytes_written);
+
+        #[cfg(target_os = "linux")]
+        if *self.meta.file_pos - self.written_back >= WRITE_BACK_STEP_BYTES {
+            self.write_back()?;
+        }
         self.meta.item_count += self.chunk.len();
         self.meta.data_block_count += 1;
 
