@@ -190,20 +190,18 @@ fn prefetch(ptr: *const NodeHeader) {
 /// short (Magpie's are 8 to 40 bytes), so the call into `memcmp` that the slice comparison
 /// makes cost more than the comparison itself on the hot search paths.
 fn cmp_bytes(a: &[u8], b: &[u8]) -> CmpOrdering {
-    let mut a_words = a.chunks_exact(8);
-    let mut b_words = b.chunks_exact(8);
-    for (x, y) in a_words.by_ref().zip(b_words.by_ref()) {
-        let x = u64::from_be_bytes(<[u8; 8]>::try_from(x).unwrap_or_default());
-        let y = u64::from_be_bytes(<[u8; 8]>::try_from(y).unwrap_or_default());
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, a_rest)), Some((y, b_rest))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
         if x != y {
             return x.cmp(&y);
         }
+        (a, b) = (a_rest, b_rest);
     }
-    // Equal so far: what is left of the shorter one is under 8 bytes.
-    let words = a.len().min(b.len()) / 8 * 8;
-    a.get(words..)
-        .unwrap_or_default()
-        .cmp(b.get(words..).unwrap_or_default())
+    // Equal so far, and one of them has fewer than 8 bytes left.
+    a.cmp(b)
 }
 
 /// Chunks that nodes are carved from; freed only when the list is dropped.
@@ -235,10 +233,16 @@ impl Arena {
     fn alloc(&mut self, bytes: usize) -> NonNull<u8> {
         let bytes = bytes.next_multiple_of(NODE_ALIGN);
         if bytes > NODE_BYTES_SHARED_MAX {
-            // Its own chunk, kept before the current one, which stays last.
+            // Its own chunk. Kept before the current one, which stays last; if there is no
+            // current one, it goes last as a full chunk, so that the next node starts a new
+            // chunk instead of being carved out of this node's bytes.
             let (ptr, layout) = Self::chunk(bytes);
-            let at = self.chunks.len().saturating_sub(1);
-            self.chunks.insert(at, (ptr, layout));
+            if let Some(at) = self.chunks.len().checked_sub(1) {
+                self.chunks.insert(at, (ptr, layout));
+            } else {
+                self.chunks.push((ptr, layout));
+                self.used = layout.size();
+            }
             return ptr;
         }
         let room = self
@@ -708,6 +712,30 @@ mod tests {
             for b in &strings {
                 assert_eq!(cmp_bytes(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
+        }
+    }
+
+    #[test]
+    fn large_nodes_first_or_between_keep_their_bytes() {
+        // A large node as the very first allocation, and others between small ones: no node
+        // may be carved out of another's bytes.
+        let list = SkipList::default();
+        let big = |n: u8| vec![n; NODE_BYTES_SHARED_MAX * 3 + usize::from(n)];
+        let mut model = BTreeMap::new();
+        for i in 0u16..3000 {
+            let value = if i % 700 == 0 {
+                big((i / 700) as u8)
+            } else {
+                i.to_le_bytes().repeat(5)
+            };
+            list.insert(&i.to_be_bytes(), 1, ValueType::Value, &value);
+            model.insert(i, value);
+        }
+        let got: Vec<InternalValue> = list.range(..).collect();
+        assert_eq!(got.len(), model.len());
+        for (v, (k, want)) in got.iter().zip(model.iter()) {
+            assert_eq!(*v.key.user_key, k.to_be_bytes());
+            assert!(*v.value == **want, "value of key {k} intact");
         }
     }
 
