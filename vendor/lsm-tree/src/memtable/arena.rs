@@ -210,11 +210,24 @@ struct Arena {
     chunks: Vec<(NonNull<u8>, Layout)>,
     /// Bytes used in the last chunk.
     used: usize,
+    /// Size of the next shared chunk: doubles from `CHUNK_BYTES_MIN` up to
+    /// `CHUNK_BYTES_MAX`, whatever the sizes of large nodes' own chunks.
+    next_chunk_bytes: usize,
 }
 
 // SAFETY: the arena owns its chunks outright; the raw pointers are not shared with anything
 // that could free them.
 unsafe impl Send for Arena {}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            used: 0,
+            next_chunk_bytes: CHUNK_BYTES_MIN,
+        }
+    }
+}
 
 impl Arena {
     fn chunk(size: usize) -> (NonNull<u8>, Layout) {
@@ -250,11 +263,8 @@ impl Arena {
             .last()
             .map_or(0, |(_, layout)| layout.size() - self.used);
         if room < bytes {
-            let size = self
-                .chunks
-                .last()
-                .map_or(CHUNK_BYTES_MIN, |(_, layout)| layout.size() * 2)
-                .clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX);
+            let size = self.next_chunk_bytes.clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX);
+            self.next_chunk_bytes = (size * 2).min(CHUNK_BYTES_MAX);
             self.chunks.push(Self::chunk(size));
             self.used = 0;
         }
@@ -361,10 +371,7 @@ impl Default for SkipList {
             height: AtomicUsize::new(1),
             len: AtomicUsize::new(0),
             writer: Mutex::new(WriterState {
-                arena: Arena {
-                    chunks: Vec::new(),
-                    used: 0,
-                },
+                arena: Arena::default(),
                 rng: 0x9E37_79B9_7F4A_7C15,
             }),
         }
@@ -713,6 +720,53 @@ mod tests {
                 assert_eq!(cmp_bytes(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn arena_regions_are_aligned_inside_one_chunk_and_disjoint() {
+        let mut g = Gen(5);
+        let mut sizes = vec![
+            NODE_BYTES_SHARED_MAX * 3,
+            40,
+            NODE_BYTES_SHARED_MAX,
+            NODE_BYTES_SHARED_MAX + 1,
+            24,
+            CHUNK_BYTES_MIN - 24,
+            8,
+        ];
+        sizes.extend((0..3000).map(|_| match g.below(20) {
+            0 => NODE_BYTES_SHARED_MAX + g.below(40_000) as usize,
+            _ => 1 + g.below(600) as usize,
+        }));
+        let mut arena = Arena::default();
+        let mut regions: Vec<(usize, usize)> = sizes
+            .iter()
+            .map(|&size| (arena.alloc(size).as_ptr() as usize, size))
+            .collect();
+        for &(at, size) in &regions {
+            assert_eq!(at % NODE_ALIGN, 0, "aligned");
+            let inside = arena
+                .chunks
+                .iter()
+                .filter(|(c, l)| {
+                    let c = c.as_ptr() as usize;
+                    at >= c && at + size <= c + l.size()
+                })
+                .count();
+            assert_eq!(inside, 1, "inside exactly one chunk");
+        }
+        regions.sort_unstable();
+        for pair in regions.windows(2) {
+            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "disjoint");
+        }
+        // Shared chunks grow from the minimum, whatever the large nodes' chunks are.
+        let shared: Vec<usize> = arena
+            .chunks
+            .iter()
+            .map(|(_, l)| l.size())
+            .filter(|&s| s <= CHUNK_BYTES_MAX && s.is_power_of_two())
+            .collect();
+        assert!(shared.contains(&CHUNK_BYTES_MIN));
     }
 
     #[test]
