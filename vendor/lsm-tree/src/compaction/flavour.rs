@@ -14,6 +14,7 @@ use crate::vlog::blob_file::scanner::ScanEntry;
 use crate::vlog::{BlobFileId, BlobFileMergeScanner, BlobFileWriter};
 use crate::{BlobFile, HashSet, InternalValue, Table};
 use std::iter::Peekable;
+use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::Instant;
 
 /// Drains all blobs that come "before" the given vptr.
@@ -127,16 +128,23 @@ pub(super) trait CompactionFlavour {
     /// done yet.
     fn finish_tables(&mut self, opts: &Options, dst_lvl: usize) -> crate::Result<()>;
 
+    /// Installs the compaction's result as a new version and returns the version-history
+    /// write guard it was installed under.
+    ///
+    /// Patched (Magpie): takes the lock rather than a guard, because the new version's files
+    /// are written before the write lock is taken (see
+    /// `SuperVersions::upgrade_version_outside_lock`); the caller holds the compaction-state
+    /// mutex.
     #[warn(clippy::too_many_arguments)]
-    fn finish(
+    fn finish<'a>(
         self: Box<Self>,
-        super_version: &mut SuperVersions,
+        history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()>;
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>>;
 }
 
 /// Compaction worker that will relocate blobs that sit in blob files that are being rewritten
@@ -266,15 +274,15 @@ impl CompactionFlavour for RelocatingCompaction {
         self.inner.finish_tables(opts, dst_lvl)
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map_diff: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!(
             "Relocating compaction done in {:?}",
             self.inner.start.elapsed(),
@@ -289,20 +297,23 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let mut blob_files_to_drop = self.rewriting_blob_files;
 
-        let current_version = super_version.latest_version();
+        // The caller holds the compaction-state mutex, so the tables and blob files seen here
+        // are those the new version is installed over.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let current_version = history.read().expect("lock is poisoned").latest_version();
 
         for blob_file in current_version.version.blob_files.iter() {
             if blob_file.is_dead(current_version.version.gc_stats()) {
                 blob_files_to_drop.push(blob_file.clone());
             }
         }
+        drop(current_version);
 
-        super_version.upgrade_version(
+        let super_version = SuperVersions::upgrade_version_outside_lock(
+            history,
             &opts.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
+                Ok(current.version.with_merge(
                     &payload.table_ids.iter().copied().collect::<Vec<_>>(),
                     &created_tables,
                     payload.dest_level as usize,
@@ -316,10 +327,9 @@ impl CompactionFlavour for RelocatingCompaction {
                         .iter()
                         .map(BlobFile::id)
                         .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+                ))
             },
+            |_| {},
             &opts.global_seqno,
             &opts.visible_seqno,
         )?;
@@ -335,7 +345,7 @@ impl CompactionFlavour for RelocatingCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(super_version)
     }
 }
 
@@ -432,15 +442,15 @@ impl CompactionFlavour for StandardCompaction {
         Ok(())
     }
 
-    fn finish(
+    fn finish<'a>(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        history: &'a RwLock<SuperVersions>,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
         log::debug!("Compaction done in {:?}", self.start.elapsed());
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
@@ -450,20 +460,22 @@ impl CompactionFlavour for StandardCompaction {
 
         let mut blob_files_to_drop = Vec::default();
 
-        let current_version = super_version.latest_version();
+        // As in the relocating flavour: the caller holds the compaction-state mutex.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let current_version = history.read().expect("lock is poisoned").latest_version();
 
         for blob_file in current_version.version.blob_files.iter() {
             if blob_file.is_dead(current_version.version.gc_stats()) {
                 blob_files_to_drop.push(blob_file.clone());
             }
         }
+        drop(current_version);
 
-        super_version.upgrade_version(
+        let super_version = SuperVersions::upgrade_version_outside_lock(
+            history,
             &opts.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
+                Ok(current.version.with_merge(
                     &payload.table_ids.iter().copied().collect::<Vec<_>>(),
                     &created_tables,
                     payload.dest_level as usize,
@@ -477,10 +489,9 @@ impl CompactionFlavour for StandardCompaction {
                         .iter()
                         .map(BlobFile::id)
                         .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+                ))
             },
+            |_| {},
             &opts.global_seqno,
             &opts.visible_seqno,
         )?;
@@ -496,7 +507,7 @@ impl CompactionFlavour for StandardCompaction {
             blob_file.mark_as_deleted();
         }
 
-        Ok(())
+        Ok(super_version)
     }
 }
 

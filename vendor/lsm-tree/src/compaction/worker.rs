@@ -186,9 +186,6 @@ fn move_tables(
     opts: &Options,
     payload: &CompactionPayload,
 ) -> crate::Result<()> {
-    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-
     // Fail-safe for buggy compaction strategies
     if compaction_state
         .hidden_set()
@@ -211,28 +208,35 @@ fn move_tables(
     // `Version::with_moved` asserts that every input table is still present, so committing a
     // stale move would panic while holding both the compaction state mutex and the version
     // history write lock, poisoning them.
-    if table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    //
+    // Patched (Magpie): checked under the read lock; the compaction-state mutex held here
+    // keeps the tables as they are until the move is installed, and the new version's files
+    // are written before the write lock is taken (see
+    // `SuperVersions::upgrade_version_outside_lock`).
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
+    if table_ids
+        .iter()
+        .any(|&id| latest.version.get_table(id).is_none())
+    {
         log::debug!("{table_ids:?} are not referenced anymore; skipping move");
         return Ok(());
     }
+    drop(latest);
 
-    version_history_lock.upgrade_version(
+    let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &opts.version_history,
         &opts.config.path,
         |current| {
-            let mut copy = current.clone();
-
-            copy.version = copy
+            Ok(current
                 .version
-                .with_moved(&table_ids, payload.dest_level as usize);
-
-            Ok(copy)
+                .with_moved(&table_ids, payload.dest_level as usize))
         },
+        |_| {},
         &opts.global_seqno,
         &opts.visible_seqno,
     )?;
@@ -532,24 +536,29 @@ fn merge_tables(
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
     let mut compaction_state = opts.compaction_state.lock().expect("lock is poisoned");
 
-    log::trace!("Acquiring super version write lock");
-    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-    log::trace!("Acquired super version write lock");
-
     // NOTE: Check for race condition - https://github.com/fjall-rs/fjall/issues/287
     //
     // We held no lock while doing the actual merge, so the version may have been swapped out
     // in the meantime (`clear()` for example installs a brand new, empty version).
     // Committing the merge result would then insert the compacted tables into a version that no longer
     // references their inputs, resurrecting data that was already logically removed.
-    if payload.table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    //
+    // Patched (Magpie): checked under the read lock. Every change of the tables holds the
+    // compaction-state mutex held here, so the answer holds until the result is installed,
+    // and `finish` writes the new version's files before it takes the write lock (see
+    // `SuperVersions::upgrade_version_outside_lock`).
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
+    let inputs_gone = payload
+        .table_ids
+        .iter()
+        .any(|&id| latest.version.get_table(id).is_none());
+    drop(latest);
+    if inputs_gone {
         log::debug!("Input table(s) are not referenced anymore; skipping result installation");
 
         compaction_state
@@ -575,9 +584,9 @@ fn merge_tables(
         })?
         .unwrap_or_default();
 
-    compactor
+    let mut version_history_lock = compactor
         .finish(
-            &mut version_history_lock,
+            &opts.version_history,
             opts,
             payload,
             dst_lvl,
@@ -617,9 +626,6 @@ fn drop_tables(
     opts: &Options,
     ids_to_drop: &[TableId],
 ) -> crate::Result<()> {
-    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-
     // Fail-safe for buggy compaction strategies
     if compaction_state
         .hidden_set()
@@ -632,15 +638,19 @@ fn drop_tables(
         return Ok(());
     }
 
+    // Patched (Magpie): looked up under the read lock; the compaction-state mutex held here
+    // keeps the tables as they are until the drop is installed, and the new version's files
+    // are written before the write lock is taken (see
+    // `SuperVersions::upgrade_version_outside_lock`).
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let latest = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
     let Some(tables) = ids_to_drop
         .iter()
-        .map(|&id| {
-            version_history_lock
-                .latest_version()
-                .version
-                .get_table(id)
-                .cloned()
-        })
+        .map(|&id| latest.version.get_table(id).cloned())
         .collect::<Option<Vec<_>>>()
     else {
         log::warn!(
@@ -656,17 +666,16 @@ fn drop_tables(
 
     // IMPORTANT: Write the manifest with the removed tables first
     // Otherwise the table files are deleted, but are still referenced!
-    version_history_lock.upgrade_version(
+    drop(latest);
+    let mut version_history_lock = SuperVersions::upgrade_version_outside_lock(
+        &opts.version_history,
         &opts.config.path,
         |current| {
-            let mut copy = current.clone();
-
-            copy.version = copy
+            current
                 .version
-                .with_dropped(ids_to_drop, &mut dropped_blob_files)?;
-
-            Ok(copy)
+                .with_dropped(ids_to_drop, &mut dropped_blob_files)
         },
+        |_| {},
         &opts.global_seqno,
         &opts.visible_seqno,
     )?;

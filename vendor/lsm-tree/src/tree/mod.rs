@@ -263,6 +263,10 @@ impl AbstractTree for Tree {
 
     fn clear(&self) -> crate::Result<()> {
         let config = self.tree_config();
+        // Patched (Magpie): every change of the tables holds the compaction-state mutex (see
+        // `SuperVersions::upgrade_version_outside_lock`).
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
         let mut versions = self.get_version_history_lock();
 
         versions.upgrade_version(
@@ -446,37 +450,47 @@ impl AbstractTree for Tree {
         );
 
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let mut _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
-        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let mut version_lock = self.version_history.write().expect("lock is poisoned");
+        let _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
 
         // NOTE: Check for race condition
         // Fixes: https://github.com/fjall-rs/fjall/issues/287#issuecomment-4938188362
+        //
+        // Patched (Magpie): checked under the read lock; sealed memtables are removed only by
+        // changes of the tables, which hold the compaction-state mutex held here, so the
+        // answer still holds when the new version is installed.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let latest = self
+            .version_history
+            .read()
+            .expect("lock is poisoned")
+            .latest_version();
         if sealed_memtables_to_delete
             .iter()
-            .any(|id| !version_lock.latest_version().sealed_memtables.contains(id))
+            .any(|id| !latest.sealed_memtables.contains(id))
         {
             log::debug!("Not registering tables because flush task processed some sealed memtables which do not exist (anymore)");
             return Ok(());
         }
+        drop(latest);
 
-        version_lock.upgrade_version(
+        // Patched (Magpie): the version file is written without the version-history lock
+        // (see `SuperVersions::upgrade_version_outside_lock`).
+        let mut version_lock = SuperVersions::upgrade_version_outside_lock(
+            &self.version_history,
             &self.config.path,
             |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_new_l0_run(
+                Ok(current.version.with_new_l0_run(
                     tables,
                     blob_files,
                     frag_map.filter(|x| !x.is_empty()),
-                );
-
+                ))
+            },
+            |next| {
                 for &table_id in sealed_memtables_to_delete {
                     log::trace!("releasing sealed memtable #{table_id}");
-                    copy.sealed_memtables = Arc::new(copy.sealed_memtables.remove(table_id));
+                    debug_assert!(next.sealed_memtables.contains(&table_id));
+                    next.sealed_memtables = Arc::new(next.sealed_memtables.remove(table_id));
                 }
-
-                Ok(copy)
             },
             &self.config.seqno,
             &self.config.visible_seqno,

@@ -8,7 +8,11 @@ use crate::{
     version::{persist_version, Version},
     SeqNo, SequenceNumberCounter,
 };
-use std::{collections::VecDeque, path::Path, sync::Arc};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{Arc, RwLock, RwLockWriteGuard},
+};
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
 #[derive(Clone)]
@@ -186,6 +190,65 @@ impl SuperVersions {
         Ok(())
     }
 
+    /// Patched (Magpie): like [`SuperVersions::upgrade_version`], but the new version's files
+    /// are written (a version file, `CURRENT`, and the five syncs that make them durable)
+    /// while no lock on `history` is held; the write lock is taken only to install it.
+    ///
+    /// `layout` computes the new [`Version`] (the tables) from the latest super version,
+    /// under a read lock held only for that call; `install` then adjusts a copy of the
+    /// latest super version as it is at installation (a memtable may have been rotated
+    /// meanwhile) whose version is already the new one, e.g. to drop flushed memtables.
+    /// Returns the write guard, so that the caller can run maintenance under it.
+    ///
+    /// The caller must hold the tree's compaction-state mutex, like every other change of the
+    /// tables (flushes, compactions, ingestion, `clear`): the new layout is computed from the
+    /// latest version and must still extend it when installed. Only memtable rotations, which
+    /// leave the version as it is, may happen in between; this is checked, and a violation
+    /// rewrites the latest version's files and returns an error instead of installing.
+    pub(crate) fn upgrade_version_outside_lock<'a>(
+        history: &'a RwLock<SuperVersions>,
+        tree_path: &Path,
+        layout: impl FnOnce(&SuperVersion) -> crate::Result<Version>,
+        install: impl FnOnce(&mut SuperVersion),
+        seqno: &SequenceNumberCounter,
+        visible_seqno: &SequenceNumberCounter,
+    ) -> crate::Result<RwLockWriteGuard<'a, SuperVersions>> {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let base = history.read().expect("lock is poisoned").latest_version();
+        let version = layout(&base)?;
+
+        // Every reader and every memtable insert of the tree takes the read lock; under flush
+        // I/O these syncs took 1-5 ms each time, and all of those waited for them.
+        persist_version(tree_path, &version)?;
+
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let mut lock = history.write().expect("lock is poisoned");
+        let mut next = lock.latest_version();
+        if next.version.id() != base.version.id() {
+            // A change of the tables was made without the compaction-state mutex: the file just
+            // written describes a version built on a stale one, and `CURRENT` names it. Put the
+            // latest version back on disk and fail, rather than install it or panic (a panic
+            // here would poison the lock every insert and read takes).
+            log::error!(
+                "the tables changed while version {} was written (based on {}, latest {}): a change of the tables was made without the compaction-state mutex",
+                version.id(),
+                base.version.id(),
+                next.version.id(),
+            );
+            persist_version(tree_path, &next.version)?;
+            return Err(crate::Error::Io(std::io::Error::other(
+                "the tables changed while a new version was written",
+            )));
+        }
+        next.version = version;
+        install(&mut next);
+        let seqno = seqno.next();
+        next.seqno = seqno;
+        lock.append_version(next);
+        visible_seqno.fetch_max(seqno + 1);
+        Ok(lock)
+    }
+
     pub fn append_version(&mut self, version: SuperVersion) {
         self.0.push_back(version);
     }
@@ -240,6 +303,74 @@ impl SuperVersions {
 mod tests {
     use super::*;
     use test_log::test;
+
+    /// Patched (Magpie): the version a `CURRENT` file in `folder` names.
+    fn current_id(folder: &Path) -> crate::Result<u64> {
+        let bytes = std::fs::read(folder.join(crate::file::CURRENT_VERSION_FILE))?;
+        let id: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .expect("CURRENT holds a version id");
+        Ok(u64::from_le_bytes(id))
+    }
+
+    /// Patched (Magpie): a change of the tables made without the compaction-state mutex while
+    /// `upgrade_version_outside_lock` writes its file is refused: nothing is installed, the
+    /// call fails, and `CURRENT` names the latest version again, not the stale-based one.
+    #[test]
+    fn a_version_built_on_a_stale_one_is_refused_and_current_restored() -> crate::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let history = RwLock::new(SuperVersions::new(Version::new(
+            0,
+            crate::TreeType::Standard,
+        )));
+        let (seqno, visible) = (
+            SequenceNumberCounter::default(),
+            SequenceNumberCounter::default(),
+        );
+
+        // Well-behaved: installed, and CURRENT names it.
+        let lock = SuperVersions::upgrade_version_outside_lock(
+            &history,
+            dir.path(),
+            |latest| {
+                Ok(Version::new(
+                    latest.version.id() + 1,
+                    crate::TreeType::Standard,
+                ))
+            },
+            |_| {},
+            &seqno,
+            &visible,
+        )?;
+        assert_eq!(1, lock.latest_version().version.id());
+        drop(lock);
+        assert_eq!(1, current_id(dir.path())?);
+
+        // Another change lands while the new version is being built from version 1.
+        let result = SuperVersions::upgrade_version_outside_lock(
+            &history,
+            dir.path(),
+            |latest| {
+                let mut other = latest.clone();
+                other.version = Version::new(7, crate::TreeType::Standard);
+                persist_version(dir.path(), &other.version)?;
+                history.write().expect("lock").append_version(other);
+                Ok(Version::new(
+                    latest.version.id() + 1,
+                    crate::TreeType::Standard,
+                ))
+            },
+            |_| panic!("a stale version must not be installed"),
+            &seqno,
+            &visible,
+        );
+        assert!(result.is_err());
+        let latest = history.read().expect("lock").latest_version();
+        assert_eq!(7, latest.version.id());
+        assert_eq!(7, current_id(dir.path())?);
+        Ok(())
+    }
 
     #[test]
     fn super_version_gc_above_watermark() -> crate::Result<()> {
