@@ -9,7 +9,7 @@ pub mod error;
 pub mod gate;
 pub mod http;
 pub mod hub;
-mod metrics_setup;
+pub mod metrics_setup;
 pub mod presence;
 pub mod push;
 pub mod recent;
