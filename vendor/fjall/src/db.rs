@@ -73,11 +73,15 @@ impl Drop for DatabaseInner {
         {
             let _ = self.worker_pool.rx.drain().count();
             let _ = self.worker_pool.sender.try_send(WorkerMessage::Close);
+            // Patched (Magpie): and the flush thread, which serves a queue of its own.
+            let _ = self.worker_pool.flush_rx.drain().count();
+            let _ = self.worker_pool.flush_sender.try_send(WorkerMessage::Close);
             std::thread::sleep(std::time::Duration::from_micros(10));
         }
 
         // Drain again after threads are closed
         let _ = self.worker_pool.rx.drain().count();
+        let _ = self.worker_pool.flush_rx.drain().count();
 
         // IMPORTANT: Break cyclic Arcs
         self.supervisor.flush_manager.clear();
@@ -843,7 +847,7 @@ impl Database {
                         keyspace: keyspace.clone(),
                     }));
 
-                keyspace.worker_messager.send(WorkerMessage::Flush).ok();
+                keyspace.flush_messager.send(WorkerMessage::Flush).ok();
             } else if keyspace.tree.l0_run_count() > 0 {
                 log::debug!(
                     "Queuing keyspace {:?} to maybe get compacted because L0 runs > 0",

@@ -314,3 +314,122 @@ fn delete_keyspace_1() -> crate::Result<()> {
 
     Ok(())
 }
+
+/// Patched (Magpie): with no worker to carry out the requested rotations (all busy, here none
+/// at all), the writer seals a memtable that has grown past twice its limit itself, so the
+/// sealed-memtable halt can bound memory. Without the patch the active memtable keeps growing.
+#[test_log::test]
+fn memtable_overshoot_is_sealed_by_the_writer() -> crate::Result<()> {
+    const LIMIT_BYTES: u64 = 1024 * 1024;
+    const VALUE_BYTES: usize = 16 * 1024;
+
+    let folder = tempfile::tempdir()?;
+    let db = Database::builder(&folder).worker_threads_unchecked(0).open()?;
+    let tree = db.keyspace("default", || {
+        KeyspaceCreateOptions::default().max_memtable_size(LIMIT_BYTES)
+    })?;
+
+    // Five times the limit, in batches as Magpie writes: two seals by the writer (at just over
+    // two and four times the limit), far from the four sealed memtables that would halt the
+    // writer for good with no worker to flush them.
+    let value = vec![7u8; VALUE_BYTES];
+    let mut largest_active = 0;
+    for i in 0u32..(5 * LIMIT_BYTES as u32 / VALUE_BYTES as u32) {
+        let mut batch = db.batch();
+        batch.insert(&tree, i.to_be_bytes(), value.as_slice());
+        batch.commit()?;
+        largest_active = largest_active.max(tree.tree.active_memtable().size());
+    }
+
+    assert_eq!(2, tree.tree.sealed_memtable_count());
+    assert!(
+        largest_active <= 2 * LIMIT_BYTES + 2 * VALUE_BYTES as u64,
+        "the active memtable grew to {largest_active} bytes"
+    );
+    // Nothing was lost by sealing: every key reads back.
+    for i in 0u32..(5 * LIMIT_BYTES as u32 / VALUE_BYTES as u32) {
+        assert!(tree.contains_key(i.to_be_bytes())?, "key {i} missing");
+    }
+    Ok(())
+}
+
+/// Patched (Magpie): memtable rotations and flushes have a thread of their own, so a keyspace
+/// is flushed while every compaction worker is busy. Here the only worker is held inside a
+/// compaction (by a compaction filter that waits at a gate); before the patch the flush waited
+/// behind it in the shared queue.
+#[test_log::test]
+fn a_flush_completes_while_every_compaction_worker_is_busy() -> crate::Result<()> {
+    use lsm_tree::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    /// Holds the first compaction that reaches it until released.
+    struct Gate {
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+    struct Held(Arc<Gate>);
+    impl CompactionFilter for Held {
+        fn filter_item(&mut self, _: ItemAccessor<'_>, _: &Context) -> lsm_tree::Result<Verdict> {
+            let entered = self.0.entered.lock().expect("gate").take();
+            if let Some(entered) = entered {
+                entered.send(()).ok();
+                // Bounded, so that a failing test ends instead of hanging.
+                let release = self.0.release.lock().expect("gate");
+                release.recv_timeout(Duration::from_secs(30)).ok();
+            }
+            Ok(Verdict::Keep)
+        }
+    }
+    struct HeldFactory(Arc<Gate>);
+    impl Factory for HeldFactory {
+        fn name(&self) -> &str {
+            "held"
+        }
+        fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+            Box::new(Held(self.0.clone()))
+        }
+    }
+
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let gate = Arc::new(Gate {
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(release_rx),
+    });
+
+    let folder = tempfile::tempdir()?;
+    let db = Database::builder(&folder).worker_threads(1).open()?;
+    let held = db.keyspace("held", || {
+        KeyspaceCreateOptions::default().with_compaction_filter_factory(Arc::new(HeldFactory(gate.clone())))
+    })?;
+    // Overlapping level-0 tables until the worker merges them and meets the gate.
+    for round in 0u8..8 {
+        held.insert("k", [round])?;
+        held.rotate_memtable_and_wait()?;
+        if entered_rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            break;
+        }
+        assert!(round < 7, "no compaction reached the gate");
+    }
+
+    let other = db.keyspace("other", KeyspaceCreateOptions::default)?;
+    other.insert("x", "y")?;
+    let (flushed_tx, flushed_rx) = mpsc::channel();
+    let flusher = {
+        let other = other.clone();
+        std::thread::spawn(move || {
+            let flushed = other.rotate_memtable_and_wait();
+            flushed_tx.send(()).ok();
+            flushed
+        })
+    };
+    let flushed_while_held = flushed_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    release_tx.send(()).ok();
+    flusher.join().expect("flusher thread")?;
+
+    assert!(flushed_while_held, "the flush waited for the compaction");
+    assert_eq!(0, other.tree.sealed_memtable_count());
+    assert!(other.contains_key("x")?);
+    Ok(())
+}

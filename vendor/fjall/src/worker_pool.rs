@@ -45,16 +45,27 @@ pub struct WorkerPool {
     thread_handles: Mutex<Vec<WorkerHandle>>,
     pub(crate) rx: flume::Receiver<WorkerMessage>,
     pub(crate) sender: flume::Sender<WorkerMessage>,
+
+    /// Patched (Magpie): memtable rotations and flushes go to a queue of their own, served by a
+    /// thread of their own (`fjall:flush`). In the shared queue they waited behind compactions:
+    /// with every worker in a compaction of several seconds, no memtable was sealed or flushed
+    /// meanwhile, so writers either grew the active memtable without bound or (once the writer
+    /// seals it, see `Keyspace::local_backpressure`) halted on four sealed memtables.
+    pub(crate) flush_rx: flume::Receiver<WorkerMessage>,
+    pub(crate) flush_sender: flume::Sender<WorkerMessage>,
 }
 
 impl WorkerPool {
     pub fn prepare() -> Self {
         let (sender, rx) = flume::bounded(1_000);
+        let (flush_sender, flush_rx) = flume::bounded(1_000);
 
         Self {
             thread_handles: Mutex::default(),
             rx,
             sender,
+            flush_rx,
+            flush_sender,
         }
     }
 
@@ -68,16 +79,24 @@ impl WorkerPool {
     ) -> crate::Result<()> {
         log::debug!("Starting worker pool with {pool_size} threads");
 
-        let thread_handles = claim_and_spawn(pool_size, thread_counter, |i| {
+        // Patched (Magpie): one more thread, the last, serves the flush queue (none when the
+        // pool has no workers at all, as some tests want).
+        let thread_count = pool_size + usize::from(pool_size > 0);
+        let thread_handles = claim_and_spawn(thread_count, thread_counter, |i| {
+            let serves_flushes = i == pool_size;
             std::thread::Builder::new()
-                .name("fjall:worker".to_string())
+                .name(if serves_flushes { "fjall:flush" } else { "fjall:worker" }.to_string())
                 .spawn({
                     log::trace!("Starting fjall worker thread #{i}");
 
                     let worker_state = WorkerState {
                         pool_size,
                         worker_id: i,
-                        rx: self.rx.clone(),
+                        rx: if serves_flushes {
+                            self.flush_rx.clone()
+                        } else {
+                            self.rx.clone()
+                        },
                         supervisor: supervisor.clone(),
                         stats: stats.clone(),
                         sender: self.sender.clone(),
@@ -189,10 +208,31 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
             log::trace!("acquiring journal lock");
             let journal_writer = keyspace.supervisor.journal.get_writer()?;
             keyspace.inner_rotate_memtable(journal_writer, memtable_id)?;
+            // Patched (Magpie): the rotation's wake-up (`Flush`) is dropped when the queue is
+            // full (this thread must never block on its own queue), so flush here as well.
+            flush_pending(ctx)?;
         }
-        WorkerMessage::Flush => {
+        WorkerMessage::Flush => flush_pending(ctx)?,
+        WorkerMessage::Compact(keyspace) => {
+            // Patched (Magpie): worker 0 used to put every `Compact` message back on the
+            // queue and return, to stay free for flushes. While the other workers were busy
+            // compacting, it took the same message straight back, in a loop: a whole core spun
+            // for the length of every compaction. Any worker now compacts; flushes have a
+            // thread of their own (`WorkerPool::flush_rx`).
+            run_compaction(&keyspace, &ctx.supervisor.snapshot_tracker, &ctx.stats)?;
+        }
+    }
+
+    Ok(false)
+}
+
+/// Patched (Magpie): runs every queued flush task, not just one, so that a dropped wake-up
+/// strands nothing (see the `RotateMemtable` arm above).
+fn flush_pending(ctx: &WorkerState) -> crate::Result<()> {
+    loop {
+        {
             let Some(task) = ctx.supervisor.flush_manager.dequeue() else {
-                return Ok(false);
+                return Ok(());
             };
 
             {
@@ -261,17 +301,7 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                 .expect("lock is poisoned")
                 .maintenance()?;
         }
-        WorkerMessage::Compact(keyspace) => {
-            // Patched (Magpie): worker 0 used to put every `Compact` message back on the
-            // queue and return, to stay free for flushes. While the other workers were busy
-            // compacting, it took the same message straight back, in a loop: a whole core spun
-            // for the length of every compaction. Any worker now compacts; a flush queued
-            // meanwhile goes to the next free worker.
-            run_compaction(&keyspace, &ctx.supervisor.snapshot_tracker, &ctx.stats)?;
-        }
     }
-
-    Ok(false)
 }
 
 #[cfg(test)]

@@ -155,7 +155,8 @@ pub enum Group {
     Commit,
     /// `magpie-writer`: stages batches.
     Writer,
-    /// The storage engine's workers (`fjall:worker`): memtable flushes and compactions.
+    /// The storage engine's workers: compactions (`fjall:worker`) and memtable rotations and
+    /// flushes (`fjall:flush`).
     Workers,
     /// The engine's version retirement (`lsm:version-gc`): dropping retired versions,
     /// unlinking old version files.
@@ -500,6 +501,7 @@ mod tests {
         assert_eq!(Group::of("magpie-commit"), Group::Commit);
         assert_eq!(Group::of("magpie-writer"), Group::Writer);
         assert_eq!(Group::of("fjall:worker"), Group::Workers);
+        assert_eq!(Group::of("fjall:flush"), Group::Workers);
         assert_eq!(Group::of("fjall:jnl-spare"), Group::Journal);
         assert_eq!(Group::of("lsm:version-gc"), Group::Retire);
         assert_eq!(Group::of("lsm:free"), Group::Free);
