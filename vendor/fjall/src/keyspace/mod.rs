@@ -819,9 +819,14 @@ impl Keyspace {
         // long compactions under sustained overload, Magpie's server saw its active memtables
         // grow to gigabytes (RSS 9 GiB after 7 minutes, a 2.4 GB journal never rotated), and
         // the halt below never started because nothing was sealed. Sealing from the writer
-        // keeps the active memtable within `ACTIVE_MEMTABLE_OVERSHOOT` times its limit, so the
-        // sealed-memtable halt bounds the memory and slows writers down instead.
-        let active_size = self.tree.active_memtable().size();
+        // keeps the active memtable within `ACTIVE_MEMTABLE_OVERSHOOT` times its limit (plus
+        // the last write), so the sealed-memtable halt bounds the memory and slows writers
+        // down instead. With no worker threads at all (tests only) the fourth seal halts the
+        // writer for good, as there is nothing to flush.
+        // The id is the one measured: if several writers saw the same overgrown memtable,
+        // only the first seals it, and the others find a newer one and leave it alone.
+        let active = self.tree.active_memtable();
+        let active_size = active.size();
         if active_size > self.config.max_memtable_size.saturating_mul(ACTIVE_MEMTABLE_OVERSHOOT)
             && !self.is_poisoned.is_poisoned()
         {
@@ -829,7 +834,12 @@ impl Keyspace {
                 "Sealing {:?} from the writer: its memtable has {active_size} bytes",
                 self.name,
             );
-            if let Err(e) = self.rotate_memtable() {
+            let sealed = self
+                .supervisor
+                .journal
+                .get_writer()
+                .and_then(|journal_writer| self.inner_rotate_memtable(journal_writer, active.id()));
+            if let Err(e) = sealed {
                 log::warn!("Sealing {:?} from the writer failed: {e:?}", self.name);
             }
             throttled = true;
