@@ -528,7 +528,14 @@ impl<R: RangeBounds<InternalKey>> Iterator for Iter<'_, R> {
         } else {
             self.front_started = true;
             let pred = self.list.last_before(|n| !self.after_start(n), None);
-            self.list.load(pred, 0)
+            // Patched (Magpie): a node inserted after `pred` was found, and still before the
+            // start, is the next node now; step over such nodes rather than return them. CI
+            // caught a key below the range coming out of a range read that raced an insert.
+            let mut first = self.list.load(pred, 0);
+            while let Some(n) = first.filter(|n| !self.after_start(*n)) {
+                first = self.list.load(Some(n), 0);
+            }
+            first
         };
         let node = candidate.filter(|n| {
             self.before_end(*n)
