@@ -230,77 +230,75 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
 /// strands nothing (see the `RotateMemtable` arm above).
 fn flush_pending(ctx: &WorkerState) -> crate::Result<()> {
     loop {
+        let Some(task) = ctx.supervisor.flush_manager.dequeue() else {
+            return Ok(());
+        };
+
         {
-            let Some(task) = ctx.supervisor.flush_manager.dequeue() else {
-                return Ok(());
-            };
+            log::trace!("acquiring journal lock to maybe rotate journal");
+            let mut journal_writer = ctx.supervisor.journal.get_writer()?;
 
-            {
-                log::trace!("acquiring journal lock to maybe rotate journal");
-                let mut journal_writer = ctx.supervisor.journal.get_writer()?;
+            // Patched (Magpie): the threshold follows `journal_file_bytes` when it is set.
+            if journal_writer.pos()? > journal_writer.rotate_at_bytes() {
+                #[expect(clippy::expect_used)]
+                let mut journal_manager = ctx
+                    .supervisor
+                    .journal_manager
+                    .write()
+                    .expect("lock is poisoned");
 
-                // Patched (Magpie): the threshold follows `journal_file_bytes` when it is set.
-                if journal_writer.pos()? > journal_writer.rotate_at_bytes() {
+                let seqno_map = {
                     #[expect(clippy::expect_used)]
-                    let mut journal_manager = ctx
-                        .supervisor
-                        .journal_manager
-                        .write()
-                        .expect("lock is poisoned");
+                    let keyspaces = ctx.supervisor.keyspaces.write().expect("lock is poisoned");
 
-                    let seqno_map = {
-                        #[expect(clippy::expect_used)]
-                        let keyspaces = ctx.supervisor.keyspaces.write().expect("lock is poisoned");
+                    ctx.supervisor.build_seqno_map(&keyspaces)
+                };
 
-                        ctx.supervisor.build_seqno_map(&keyspaces)
-                    };
+                journal_manager.rotate_journal(&mut journal_writer, seqno_map)?;
 
-                    journal_manager.rotate_journal(&mut journal_writer, seqno_map)?;
+                if journal_manager.disk_space_used()
+                    >= ctx.supervisor.db_config.max_journaling_size_in_bytes
+                {
+                    let stragglers =
+                        journal_manager.get_keyspaces_to_flush_for_oldest_journal_eviction();
 
-                    if journal_manager.disk_space_used()
-                        >= ctx.supervisor.db_config.max_journaling_size_in_bytes
-                    {
-                        let stragglers =
-                            journal_manager.get_keyspaces_to_flush_for_oldest_journal_eviction();
-
-                        for keyspace in stragglers {
-                            log::info!(
-                                "Rotating {:?} to try to reduce journal size",
-                                keyspace.name,
-                            );
-                            keyspace.request_rotation();
-                        }
+                    for keyspace in stragglers {
+                        log::info!(
+                            "Rotating {:?} to try to reduce journal size",
+                            keyspace.name,
+                        );
+                        keyspace.request_rotation();
                     }
-                } else {
-                    // https://github.com/fjall-rs/fjall/issues/329
-                    //
-                    // Patched (Magpie): data only. This runs under the journal lock that every
-                    // write needs; a full `fsync` of a journal that was written into also
-                    // writes its changed timestamps (file-system metadata), which can take tens
-                    // of milliseconds while other files are flushed and deleted.
-                    journal_writer.persist(crate::PersistMode::SyncData)?;
                 }
+            } else {
+                // https://github.com/fjall-rs/fjall/issues/329
+                //
+                // Patched (Magpie): data only. This runs under the journal lock that every
+                // write needs; a full `fsync` of a journal that was written into also
+                // writes its changed timestamps (file-system metadata), which can take tens
+                // of milliseconds while other files are flushed and deleted.
+                journal_writer.persist(crate::PersistMode::SyncData)?;
             }
-
-            run_flush(
-                &task,
-                &ctx.supervisor.write_buffer_size,
-                &ctx.supervisor.snapshot_tracker,
-                &ctx.stats,
-            )?;
-
-            for _ in 0..ctx.pool_size {
-                ctx.sender
-                    .try_send(WorkerMessage::Compact(task.keyspace.clone()))
-                    .ok();
-            }
-
-            ctx.supervisor
-                .journal_manager
-                .write()
-                .expect("lock is poisoned")
-                .maintenance()?;
         }
+
+        run_flush(
+            &task,
+            &ctx.supervisor.write_buffer_size,
+            &ctx.supervisor.snapshot_tracker,
+            &ctx.stats,
+        )?;
+
+        for _ in 0..ctx.pool_size {
+            ctx.sender
+                .try_send(WorkerMessage::Compact(task.keyspace.clone()))
+                .ok();
+        }
+
+        ctx.supervisor
+            .journal_manager
+            .write()
+            .expect("lock is poisoned")
+            .maintenance()?;
     }
 }
 

@@ -822,9 +822,8 @@ impl Keyspace {
         // keeps the active memtable within `ACTIVE_MEMTABLE_OVERSHOOT` times its limit (plus
         // the last write), so the sealed-memtable halt bounds the memory and slows writers
         // down instead. With no worker threads at all (tests only) the fourth seal halts the
-        // writer for good, as there is nothing to flush.
-        // The id is the one measured: if several writers saw the same overgrown memtable,
-        // only the first seals it, and the others find a newer one and leave it alone.
+        // writer for good, as there is nothing to flush. The id is the one measured: if
+        // several writers saw the same overgrown memtable, only the first seals it.
         let active = self.tree.active_memtable();
         let active_size = active.size();
         if active_size > self.config.max_memtable_size.saturating_mul(ACTIVE_MEMTABLE_OVERSHOOT)
