@@ -18,8 +18,8 @@ mod memory;
 mod types;
 
 pub use crate::fjall::{
-    FjallConfig, FjallStore, BACKGROUND_NICE_DEFAULT, COMMIT_BUSY_OPS_MIN, COMMIT_INTERVAL_MAX,
-    COMMIT_INTERVAL_MIN_DEFAULT, JOURNAL_BYTES_MIN,
+    FjallConfig, FjallStore, TimelineCompaction, BACKGROUND_NICE_DEFAULT, COMMIT_BUSY_OPS_MIN,
+    COMMIT_INTERVAL_MAX, COMMIT_INTERVAL_MIN_DEFAULT, JOURNAL_BYTES_MIN,
 };
 pub use error::{AppendError, FriendError, GroupError, StoreError};
 pub use memory::MemoryStore;

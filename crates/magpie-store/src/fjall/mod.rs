@@ -155,6 +155,21 @@ pub struct FjallConfig {
     /// virtual disk) on the same messages. Zero turns it off; at most
     /// [`COMMIT_INTERVAL_MAX`] (larger values are clamped).
     pub commit_interval_min: Duration,
+    /// How the two timeline keyspaces (`messages`, `inbox`) are compacted, for keyspaces
+    /// created by this open (an existing keyspace keeps the strategy it was created with).
+    pub timeline_compaction: TimelineCompaction,
+}
+
+/// Compaction strategy of the timeline keyspaces; see `keys::TIERED_RUNS_PER_LEVEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimelineCompaction {
+    /// Size-tiered: each byte is rewritten about once per level; a range read consults more
+    /// runs. The default: timelines are written far more than they are read from disk.
+    #[default]
+    Tiered,
+    /// Leveled, as every other keyspace: fewer runs per read, about ten times the merge work
+    /// per level for keys appended to many streams at once. For comparison (`benches/reads.rs`).
+    Leveled,
 }
 
 impl FjallConfig {
@@ -170,6 +185,7 @@ impl FjallConfig {
             journal_bytes: JOURNAL_BYTES_DEFAULT,
             background_nice: BACKGROUND_NICE_DEFAULT,
             commit_interval_min: COMMIT_INTERVAL_MIN_DEFAULT,
+            timeline_compaction: TimelineCompaction::default(),
         }
     }
 
@@ -233,7 +249,7 @@ impl Shared {
             .manual_journal_persist(true)
             .journal_file_bytes(config.journal_bytes.max(JOURNAL_BYTES_MIN))
             .open()?;
-        let ks = Keyspaces::open(&db, config.memtable_bytes_max)?;
+        let ks = Keyspaces::open(&db, config.memtable_bytes_max, config.timeline_compaction)?;
         let ids = init_meta(&db, &ks)?;
         let durable = RwLock::new(db.snapshot());
         Ok((

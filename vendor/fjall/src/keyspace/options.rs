@@ -301,6 +301,32 @@ impl CreateOptions {
                         .with_level_ratio_policy(ratios),
                 ) as Arc<dyn lsm_tree::compaction::CompactionStrategy + Send + Sync>
             }
+            // Patched (Magpie): size-tiered compaction (lsm-tree's `compaction::tiered`).
+            lsm_tree::compaction::TIERED_COMPACTION_NAME => {
+                use byteorder::LE;
+
+                let l0_threshold = meta_keyspace
+                    .get_kv_for_config(keyspace_id, "tiered_l0_threshold")?
+                    .expect("tiered_l0_threshold should be defined");
+                let l0_threshold = (&mut &l0_threshold[..]).read_u8()?;
+
+                let runs_per_level = meta_keyspace
+                    .get_kv_for_config(keyspace_id, "tiered_runs_per_level")?
+                    .expect("tiered_runs_per_level should be defined");
+                let runs_per_level = (&mut &runs_per_level[..]).read_u8()?;
+
+                let target_size = meta_keyspace
+                    .get_kv_for_config(keyspace_id, "tiered_target_size")?
+                    .expect("tiered_target_size should be defined");
+                let target_size = (&mut &target_size[..]).read_u64::<LE>()?;
+
+                Arc::new(
+                    crate::compaction::SizeTiered::default()
+                        .with_l0_threshold(l0_threshold)
+                        .with_runs_per_level(runs_per_level)
+                        .with_table_target_size(target_size),
+                ) as Arc<dyn lsm_tree::compaction::CompactionStrategy + Send + Sync>
+            }
             lsm_tree::compaction::FIFO_COMPACTION_NAME => {
                 use byteorder::LE;
 
@@ -467,7 +493,7 @@ impl CreateOptions {
         ];
 
         match self.compaction_strategy.get_name() {
-            "LeveledCompaction" | "FifoCompaction" => {
+            "LeveledCompaction" | "FifoCompaction" | "TieredCompaction" => {
                 kvs.extend(
                     self.compaction_strategy
                         .get_config()
