@@ -16,12 +16,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace --all-targets "$@"
 
 # The tests of the vendored fjall that cover Magpie's patches there (vendor/README.md): its
-# journal tests, the writer sealing an overgrown memtable and the flush thread. fjall is not
+# journal tests, the writer sealing an overgrown memtable, the flush thread and the stored
+# settings of the size-tiered strategy. fjall is not
 # a workspace member, so it builds apart, against the vendored lsm-tree.
 (
     cd vendor/fjall
     CARGO_TARGET_DIR=../../target/vendor-fjall cargo test --lib \
-        --config 'patch.crates-io.lsm-tree.path="../lsm-tree"' -- journal:: memtable_overshoot a_flush_completes
+        --config 'patch.crates-io.lsm-tree.path="../lsm-tree"' -- journal:: memtable_overshoot a_flush_completes tiered
 )
 
 # The vendored lsm-tree's own tests, whose memtable (an arena skip list) and background work

@@ -433,3 +433,36 @@ fn a_flush_completes_while_every_compaction_worker_is_busy() -> crate::Result<()
     assert!(other.contains_key("x")?);
     Ok(())
 }
+
+/// Patched (Magpie): a keyspace created with the size-tiered strategy reopens with it and its
+/// settings (fjall stores them in its meta keyspace and panicked on an unknown strategy name).
+#[test_log::test]
+fn a_tiered_keyspace_reopens_with_its_settings() -> crate::Result<()> {
+    use crate::compaction::SizeTiered;
+    use std::sync::Arc;
+
+    let folder = tempfile::tempdir()?;
+    let strategy = SizeTiered::default()
+        .with_l0_threshold(5)
+        .with_runs_per_level(3)
+        .with_table_target_size(12_345_678);
+    let expected = lsm_tree::compaction::CompactionStrategy::get_config(&strategy);
+    {
+        let db = Database::builder(&folder).open()?;
+        let tree = db.keyspace("timeline", || {
+            KeyspaceCreateOptions::default().compaction_strategy(Arc::new(strategy.clone()))
+        })?;
+        tree.insert("a", "1")?;
+        db.persist(crate::PersistMode::SyncAll)?;
+    }
+    {
+        let db = Database::builder(&folder).open()?;
+        // The options given here are ignored for an existing keyspace.
+        let tree = db.keyspace("timeline", KeyspaceCreateOptions::default)?;
+        let reopened = &tree.config.compaction_strategy;
+        assert_eq!(reopened.get_name(), "TieredCompaction");
+        assert_eq!(reopened.get_config(), expected);
+        assert_eq!(tree.get("a")?.as_deref(), Some(b"1".as_slice()));
+    }
+    Ok(())
+}

@@ -112,8 +112,8 @@ impl Ks {
 
     /// Which keys get a bloom filter in each table. Inbox rows are only ever read as ranges
     /// (`user ‖ cursor` from a cursor on), which filters cannot answer, so building them was
-    /// pure cost on every flush and merge. Unlike the strategy, this applies to existing
-    /// keyspaces too, from their next table on.
+    /// pure cost on every flush and merge. Like the strategy, fjall keeps it from the
+    /// keyspace's creation: an existing inbox keyspace keeps building filters.
     fn filter_policy(self) -> FilterPolicy {
         match self {
             Ks::Inbox => FilterPolicy::all(FilterPolicyEntry::None),

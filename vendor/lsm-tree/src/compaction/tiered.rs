@@ -12,7 +12,9 @@
 //! (write amplification of about ten per level). Size-tiered compaction never merges into an
 //! existing run: a level collects runs, and when it has enough it merges them all into one new
 //! run of the next level. Every byte is then rewritten once per level, at the price of more
-//! runs to consult on a read (`l0_threshold` + `runs_per_level` per deeper level at most).
+//! runs to consult on a read: about `l0_threshold` + `runs_per_level` per deeper level, and
+//! a few more where runs keep arriving while a level's merge out is running. At most one merge
+//! out of L1 or deeper runs at a time, so that a worker stays free for L0 (see `choose`).
 //!
 //! # Invariant: newer data sits in shallower levels and earlier runs
 //! Point reads take the first version of a key they find, walking levels from L0 down and runs
@@ -117,12 +119,21 @@ impl CompactionStrategy for Strategy {
         let last_level = level_count - 1;
         let hidden_set = state.hidden_set();
 
-        // Shallow levels first: L0 is what holds writers back (fjall stalls them from 20 L0
-        // runs on). A busy level already has its merge out running, so the next worker looks
-        // deeper.
+        // At most one merge out of L1 or deeper at a time. Those merges grow about fourfold
+        // per level and cannot be interrupted; with two of them running, every worker of the
+        // pool (which all keyspaces share) could be inside one while L0 fills up and fjall
+        // stalls writers (from 20 L0 runs on). One deep merge leaves the other lane to L0.
+        let deep_merge_running =
+            (1..level_count).any(|idx| version.level_is_busy(idx, hidden_set));
+
+        // Shallow levels first: L0 is what holds writers back. A busy level already has its
+        // merge out running, so the next worker looks deeper.
         for idx in 0..last_level {
             if !self.is_due(version, idx) || version.level_is_busy(idx, hidden_set) {
                 continue;
+            }
+            if idx > 0 && deep_merge_running {
+                break;
             }
             let dest_level = idx + 1;
             if dest_level == last_level && version.level_is_busy(last_level, hidden_set) {
@@ -297,6 +308,58 @@ mod tests {
             strategy.choose(&version, tree.tree_config(), &state),
             Choice::DoNothing
         );
+    }
+
+    #[test]
+    fn only_one_merge_out_of_a_deeper_level_runs_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = open(&dir);
+        let mut seqno = 0;
+        let strategy = Strategy::default()
+            .with_l0_threshold(2)
+            .with_runs_per_level(2);
+        let two_flushes_then_compact = |tree: &AnyTree, seqno: &mut SeqNo| {
+            flush_spanning_table(tree, seqno);
+            flush_spanning_table(tree, seqno);
+            tree.compact(Arc::new(strategy.clone()), 0).unwrap();
+        };
+        // Each compaction takes the shallowest due level: this leaves L1 and L2 both due.
+        two_flushes_then_compact(&tree, &mut seqno);
+        two_flushes_then_compact(&tree, &mut seqno);
+        tree.compact(Arc::new(strategy.clone()), 0).unwrap();
+        two_flushes_then_compact(&tree, &mut seqno);
+        two_flushes_then_compact(&tree, &mut seqno);
+        tree.compact(Arc::new(strategy.clone()), 0).unwrap();
+        two_flushes_then_compact(&tree, &mut seqno);
+        two_flushes_then_compact(&tree, &mut seqno);
+        assert_eq!(runs(&tree), [0, 2, 2, 0, 0, 0, 0]);
+
+        let version = tree.current_version();
+        let l1 = version.level(1).unwrap().list_ids();
+        let l2 = version.level(2).unwrap().list_ids();
+        let idle = CompactionState::default();
+        let Choice::Merge(input) = strategy.choose(&version, tree.tree_config(), &idle) else {
+            panic!("L1 is due");
+        };
+        assert_eq!((input.table_ids, input.dest_level), (l1.clone(), 2));
+
+        // L2's merge out in flight: L1 is due and idle, but waits.
+        let mut state = CompactionState::default();
+        state.hidden_set_mut().hide(l2.iter().copied());
+        assert_eq!(
+            strategy.choose(&version, tree.tree_config(), &state),
+            Choice::DoNothing
+        );
+
+        // L0 still gets its lane.
+        flush_spanning_table(&tree, &mut seqno);
+        flush_spanning_table(&tree, &mut seqno);
+        let version = tree.current_version();
+        let l0 = version.level(0).unwrap().list_ids();
+        let Choice::Merge(input) = strategy.choose(&version, tree.tree_config(), &state) else {
+            panic!("L0 is due");
+        };
+        assert_eq!((input.table_ids, input.dest_level), (l0, 1));
     }
 
     #[test]
