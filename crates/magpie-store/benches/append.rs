@@ -19,6 +19,9 @@ use magpie_store::{AppendRequest, FjallConfig, FjallStore, NoopSink, Store};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use parking_lot::Mutex;
 
+mod support;
+use support::{direct_pairs, env_usize};
+
 /// Sum and count of a histogram; all the bench needs.
 #[derive(Default)]
 struct Mean(Mutex<(f64, u64)>);
@@ -72,13 +75,6 @@ impl Recorder for Captured {
     }
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -109,24 +105,7 @@ fn main() {
             ..FjallConfig::new(&dir)
         };
         let store = Arc::new(FjallStore::open(config, Arc::new(NoopSink)).expect("open"));
-        let mut convs = Vec::new();
-        for i in 0..tasks {
-            let a = store
-                .create_user(format!("a{i}"), "h".into())
-                .await
-                .expect("user")
-                .id;
-            let b = store
-                .create_user(format!("b{i}"), "h".into())
-                .await
-                .expect("user")
-                .id;
-            convs.push((
-                store.direct_conversation(a, b).await.expect("direct").id,
-                a,
-                b,
-            ));
-        }
+        let convs = direct_pairs(&store, tasks).await;
         let batches0 = captured.batches.load(Ordering::Relaxed);
         let ops0 = captured.batch_ops.get();
         let commit0 = captured.commit_seconds.get();

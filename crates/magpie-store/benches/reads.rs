@@ -17,22 +17,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use magpie_core::{ClientMsgId, ConversationId, Cursor, Seq, UserId};
+use magpie_core::{ClientMsgId, Cursor, Seq};
 use magpie_store::{
     AppendRequest, FjallConfig, FjallStore, MessageRange, NoopSink, Store, TimelineCompaction,
 };
+
+mod support;
+use support::{direct_pairs, env_usize};
 
 /// Messages per append call while filling: large batches keep the fill fast.
 const FILL_BATCH_MESSAGES: usize = 512;
 /// Messages and events per page, as the HTTP API's default page.
 const PAGE_LIMIT: usize = 50;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A small deterministic generator, so both strategies see the same read sequence.
 struct XorShift(u64);
@@ -84,20 +80,7 @@ fn main() {
             ..FjallConfig::new(&dir)
         };
         let store = Arc::new(FjallStore::open(config, Arc::new(NoopSink)).expect("open"));
-        let mut convs: Vec<(ConversationId, UserId, UserId)> = Vec::with_capacity(convs_n);
-        for i in 0..convs_n {
-            let a = store
-                .create_user(format!("a{i}"), "h".into())
-                .await
-                .expect("user")
-                .id;
-            let b = store
-                .create_user(format!("b{i}"), "h".into())
-                .await
-                .expect("user")
-                .id;
-            convs.push((store.direct_conversation(a, b).await.expect("direct").id, a, b));
-        }
+        let convs = direct_pairs(&store, convs_n).await;
 
         // Round-robin over the conversations, so every memtable holds every timeline.
         let fill_started = Instant::now();

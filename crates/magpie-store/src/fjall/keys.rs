@@ -218,9 +218,10 @@ const TABLE_TARGET_BYTES: u64 = 16 * 1024 * 1024;
 /// range read consults up to `L0_TABLES_COMPACT_AT` + this many runs per deeper level.
 /// `magpie bench latency --pairs 10 --rate 60000 --duration-s 900`, same machine and day:
 /// leveled timelines fell behind (49,357/s acked, p99 5.2 s, max 16 s, three devices kicked),
-/// tiered kept up (59,958–59,968/s in two runs, p99 257–973 ms, max 3.5–3.9 s); stores after 60 s of 100 × 256 pipelined
-/// sends 1.8–2.0 GB against 3.6–4.0 GB. `benches/reads.rs` (3 M messages, 2,000
-/// conversations): history pages and inbox catch-ups take 7–15% longer on average.
+/// tiered kept up (59,958–59,968/s in two runs, p99 257–973 ms, max 3.5–3.9 s); stores after
+/// 60 s of 100 × 256 pipelined sends 1.8–2.0 GB against 3.6–4.0 GB. `benches/reads.rs`
+/// (3 M messages, 2,000 conversations): history pages and inbox catch-ups take 7–15% longer
+/// on average.
 const TIERED_RUNS_PER_LEVEL: u8 = 4;
 
 /// Target size of a table written by a merge in a size-tiered keyspace. Tiered merges write
