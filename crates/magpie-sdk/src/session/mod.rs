@@ -409,9 +409,28 @@ impl Session {
     }
 }
 
-/// A fresh random 128-bit `client_msg_id`, as 32 lowercase hex digits.
+/// Bits of a client message id below its millisecond timestamp.
+const MSG_ID_RANDOM_BITS: u32 = 80;
+
+/// The last id this process generated, so that the next one is greater.
+static LAST_MSG_ID: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+
+/// A fresh 128-bit `client_msg_id`, as 32 lowercase hex digits: the Unix time in milliseconds
+/// (48 bits) followed by 80 random bits, and greater than every id this process generated
+/// before (the same scheme as UUIDv7 and ULID). Ids that grow over time are unique like random
+/// ones, and they let the server see that a send is new without searching its dedup index
+/// (it keeps each sender's greatest id): the common case costs no index read.
 pub fn new_client_msg_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let now_ms = u128::from(magpie_core::now_ms()) & ((1u128 << 48) - 1);
+    let random = rand::random::<u128>() & ((1u128 << MSG_ID_RANDOM_BITS) - 1);
+    let fresh = (now_ms << MSG_ID_RANDOM_BITS) | random;
+    // A poisoned lock still holds a valid last id (a plain integer).
+    let mut last = LAST_MSG_ID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let id = fresh.max(last.wrapping_add(1));
+    *last = id;
+    format!("{id:032x}")
 }
 
 #[cfg(test)]
@@ -419,12 +438,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_msg_ids_are_valid_and_distinct() {
-        let a = new_client_msg_id();
-        let b = new_client_msg_id();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(ClientMsgId::new(a).is_ok());
+    fn client_msg_ids_are_valid_and_increasing() {
+        let ids: Vec<String> = (0..1000).map(|_| new_client_msg_id()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        }
+        assert!(ids.iter().all(|id| id.len() == 32));
+        assert!(ClientMsgId::new(ids[0].clone()).is_ok());
+        // The leading 48 bits are the time of day in milliseconds.
+        let ms = u64::from_str_radix(&ids[999][..12], 16).unwrap();
+        assert!(ms.abs_diff(magpie_core::now_ms()) < 60_000, "{ms}");
     }
 
     #[tokio::test]

@@ -61,6 +61,11 @@ const CACHE_ENTRIES_MAX: usize = 1 << 20;
 /// scan of its conversation's member rows on the next append.
 const CACHED_MEMBER_IDS_MAX: usize = 1 << 22;
 
+/// Past this many senders the id ceiling cache is dropped at the next batch boundary. An
+/// entry holds one client message id (at most `CLIENT_MSG_ID_BYTES_MAX` bytes), so the cache
+/// stays below ~50 MiB; a dropped ceiling is reloaded with one reverse range read.
+const CEILINGS_MAX: usize = 1 << 18;
+
 /// A batch stops taking more ops once their payload reaches this many bytes, so a burst of
 /// large messages cannot make one batch (held twice in memory while staged) arbitrarily big.
 const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -453,6 +458,17 @@ pub(crate) struct Writer {
     member_lists: FastMap<ConversationId, Arc<[UserId]>>,
     /// Total ids in `member_lists` (bounded by `CACHED_MEMBER_IDS_MAX`).
     cached_member_ids: usize,
+    /// Per sender touched since open (bounded by `CEILINGS_MAX`): the greatest client message
+    /// id (bytewise) of any dedup key on disk, in flight or staged. A send whose id is above
+    /// it is new for certain and skips the dedup lookup, which otherwise probes every
+    /// memtable and table of the dedup index (the writer's largest cost per message). Clients
+    /// that generate time-ordered ids (the SDK, the web client) take this path almost always;
+    /// any other id is looked up as before. Raised whenever a dedup key is staged, so a
+    /// ceiling is never below a stored id; one that is too high only costs lookups.
+    ceilings: FastMap<UserId, Box<[u8]>>,
+    /// Dedup lookups done because an id was not above its sender's ceiling (for tests).
+    #[cfg(test)]
+    dedup_lookups: u64,
 }
 
 impl Drop for Writer {
@@ -499,6 +515,9 @@ impl Writer {
             convs: FastMap::default(),
             member_lists: FastMap::default(),
             cached_member_ids: 0,
+            ceilings: FastMap::default(),
+            #[cfg(test)]
+            dedup_lookups: 0,
         })
     }
 
@@ -689,7 +708,8 @@ impl Writer {
             || self.heads.len() > CACHE_ENTRIES_MAX
             || self.convs.len() > CACHE_ENTRIES_MAX
             || self.member_lists.len() > CACHE_ENTRIES_MAX
-            || self.cached_member_ids > CACHED_MEMBER_IDS_MAX;
+            || self.cached_member_ids > CACHED_MEMBER_IDS_MAX
+            || self.ceilings.len() > CEILINGS_MAX;
         if !over {
             return;
         }
@@ -709,6 +729,9 @@ impl Writer {
             self.member_lists.clear();
             self.cached_member_ids = 0;
         }
+        if self.ceilings.len() > CEILINGS_MAX {
+            self.ceilings.clear();
+        }
     }
 
     fn reset_caches(&mut self) {
@@ -718,6 +741,7 @@ impl Writer {
         self.convs.clear();
         self.member_lists.clear();
         self.cached_member_ids = 0;
+        self.ceilings.clear();
         self.ids = self.committed_ids;
     }
 
@@ -1151,19 +1175,11 @@ impl Writer {
         // A resend is answered before any access check: the message exists, and a sender who
         // lost access since must still learn that it was stored, not that it failed.
         let dedup = dedup_key(req.sender_id, &req.client_msg_id);
-        if let Some(target) = self.get(st, Ks::Dedup, &dedup)? {
-            let (cid, seq) = parse_pair(&target, "dedup value")?;
-            let key = message_key(ConversationId(cid), Seq(seq));
-            let Some(v) = self.get(st, Ks::Messages, &key)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "dedup entry points to missing message {cid}/{seq}"
-                )));
-            };
-            let message = Arc::new(decode_message(&key, &v)?);
-            return Ok(Ok(Appended {
-                message,
-                duplicate: true,
-            }));
+        let id = req.client_msg_id.as_str().as_bytes();
+        if !self.above_ceiling(req.sender_id, id)? {
+            if let Some(found) = self.duplicate_of(st, &dedup)? {
+                return Ok(Ok(found));
+            }
         }
         let Some(conv) = self.load_conversation(st, req.conversation_id)? else {
             return Ok(Err(AppendError::NoConversation));
@@ -1181,10 +1197,70 @@ impl Writer {
             Origin::User(req.client_msg_id.clone(), req.text.clone()),
         )?;
         st.put(Ks::Dedup, &dedup, pair(conv.id.0, message.seq.0));
+        self.raise_ceiling(req.sender_id, id)?;
         Ok(Ok(Appended {
             message,
             duplicate: false,
         }))
+    }
+
+    /// The message an idempotency key already names, answered as a duplicate.
+    fn duplicate_of(&mut self, st: &Staged, dedup: &[u8]) -> Result<Option<Appended>, StoreError> {
+        #[cfg(test)]
+        {
+            self.dedup_lookups += 1;
+        }
+        if let Some(target) = self.get(st, Ks::Dedup, dedup)? {
+            let (cid, seq) = parse_pair(&target, "dedup value")?;
+            let key = message_key(ConversationId(cid), Seq(seq));
+            let Some(v) = self.get(st, Ks::Messages, &key)? else {
+                return Err(StoreError::Corrupt(format!(
+                    "dedup entry points to missing message {cid}/{seq}"
+                )));
+            };
+            let message = Arc::new(decode_message(&key, &v)?);
+            return Ok(Some(Appended {
+                message,
+                duplicate: true,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// True if `id` is above every client message id `sender` has used, so that no dedup key
+    /// can exist for it. A miss loads the ceiling from disk: nothing of this batch or of one
+    /// in flight can be pending for a sender without an entry, because staging a dedup key
+    /// raises (and so sets) it, and entries are only dropped after every batch is applied.
+    fn above_ceiling(&mut self, sender: UserId, id: &[u8]) -> Result<bool, StoreError> {
+        if let Some(ceiling) = self.ceilings.get(&sender) {
+            return Ok(id > &ceiling[..]);
+        }
+        let prefix = user_key(sender);
+        let ceiling: Box<[u8]> = match self.shared.ks.get(Ks::Dedup).prefix(prefix).next_back() {
+            Some(guard) => {
+                let key = guard.key()?;
+                key.get(prefix.len()..).unwrap_or_default().into()
+            }
+            None => Box::default(),
+        };
+        let above = id > &ceiling[..];
+        self.ceilings.insert(sender, ceiling);
+        Ok(above)
+    }
+
+    /// Records that `sender` has used `id` (its dedup key is staged).
+    fn raise_ceiling(&mut self, sender: UserId, id: &[u8]) -> Result<(), StoreError> {
+        if !self.ceilings.contains_key(&sender) {
+            // Not reached from `append_one`, which loaded the entry just before; loading it
+            // here keeps the ceiling correct for any other caller.
+            self.above_ceiling(sender, id)?;
+        }
+        if let Some(ceiling) = self.ceilings.get_mut(&sender) {
+            if id > &ceiling[..] {
+                *ceiling = id.into();
+            }
+        }
+        Ok(())
     }
 
     // --- Friends -----------------------------------------------------------------------------
@@ -2253,6 +2329,130 @@ mod tests {
         let (u3, r3) = user("carl");
         h.run(vec![u3]);
         assert_eq!(got(r3).unwrap().id, UserId(3));
+    }
+
+    /// Users 1 and 2 and their direct conversation (id 1).
+    fn two_users_and_a_direct(h: &mut Harness) {
+        users(h, 2);
+        let (dir, rdir) = op((UserId(1), UserId(2)), WriteOp::DirectConversation);
+        h.run(vec![dir]);
+        assert_eq!(got(rdir).unwrap().id, ConversationId(1));
+    }
+
+    #[test]
+    fn ids_above_the_senders_ceiling_skip_the_lookup_and_every_resend_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut h = harness_at(dir.path(), GroupPolicy::default());
+            two_users_and_a_direct(&mut h);
+            let (b, rb) = append(1, 1, "b");
+            let (c, rc) = append(1, 1, "c");
+            h.run(vec![b, c]);
+            assert_eq!((appended(rb), appended(rc)), ((1, false), (2, false)));
+            assert_eq!(h.writer.dedup_lookups, 0, "increasing ids need no lookup");
+
+            // Below the ceiling: looked up, and new or a duplicate as the index says.
+            let (a, ra) = append(1, 1, "a");
+            let (c2, rc2) = append(1, 1, "c");
+            h.run(vec![a, c2]);
+            assert_eq!((appended(ra), appended(rc2)), ((3, false), (2, true)));
+            assert_eq!(h.writer.dedup_lookups, 2);
+            // Another sender has a ceiling of its own.
+            let (a2, ra2) = append(1, 2, "a");
+            h.run(vec![a2]);
+            assert_eq!(appended(ra2), (4, false));
+            assert_eq!(h.writer.dedup_lookups, 2);
+
+            // A resend while the original is still in flight (not yet in the keyspaces).
+            h.writer.progress.hold(true);
+            let (d, rd) = append(1, 1, "d");
+            h.writer.process(&mut vec![d]);
+            let (d2, rd2) = append(1, 1, "d");
+            h.writer.process(&mut vec![d2]);
+            h.writer.progress.hold(false);
+            h.writer.settle();
+            assert_eq!((appended(rd), appended(rd2)), ((5, false), (5, true)));
+
+            // Dropped caches reload the ceiling from the keyspace.
+            h.writer.reset_caches();
+            let (d3, rd3) = append(1, 1, "d");
+            let (e, re) = append(1, 1, "e");
+            h.run(vec![d3, e]);
+            assert_eq!((appended(rd3), appended(re)), ((5, true), (6, false)));
+            assert_eq!(
+                h.writer.dedup_lookups, 4,
+                "d twice; e is above the reloaded d"
+            );
+        }
+        // So does a restart.
+        let mut h = harness_at(dir.path(), GroupPolicy::default());
+        let (e2, re2) = append(1, 1, "e");
+        let (f, rf) = append(1, 1, "f");
+        h.run(vec![e2, f]);
+        assert_eq!((appended(re2), appended(rf)), ((6, true), (7, false)));
+        assert_eq!(h.writer.dedup_lookups, 1);
+    }
+
+    #[test]
+    fn mixed_ids_resends_cache_drops_and_batches_never_store_an_id_twice() {
+        let mut h = harness();
+        two_users_and_a_direct(&mut h);
+        // Deterministic pseudo-random choices (a 64-bit LCG), so a failure replays.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        // (sender, id) → seq of every stored message.
+        let mut model: std::collections::HashMap<(u64, String), u64> = Default::default();
+        let mut seq = 0;
+        let mut clock = 0u64;
+        for _ in 0..60 {
+            let mut ops = Vec::new();
+            let mut expect = Vec::new();
+            for _ in 0..=next(6) {
+                let sender = 1 + next(2);
+                let id = match next(4) {
+                    // Time-ordered, mostly above the ceiling.
+                    0 | 1 => {
+                        clock += 1 + next(3);
+                        format!("t{clock:08}")
+                    }
+                    // Any stored id of this sender again (a resend), or a random new one.
+                    2 => model
+                        .keys()
+                        .filter(|(s, _)| *s == sender)
+                        .map(|(_, id)| id.clone())
+                        .min_by_key(|id| id.len() as u64 * 31 + next(1000))
+                        .unwrap_or_else(|| format!("r{}", next(1_000_000))),
+                    _ => format!("r{}", next(1_000_000)),
+                };
+                let dup = model.get(&(sender, id.clone())).copied();
+                let want = dup.unwrap_or_else(|| {
+                    // New ids of one batch may repeat; the first one stores the message.
+                    seq += 1;
+                    model.insert((sender, id.clone()), seq);
+                    seq
+                });
+                let (a, ra) = append(1, sender, &id);
+                ops.push(a);
+                expect.push((ra, want, dup.is_some()));
+            }
+            if next(5) == 0 {
+                h.writer.reset_caches();
+            }
+            h.run(ops);
+            for (ra, want, dup) in expect {
+                assert_eq!(appended(ra), (want, dup));
+            }
+        }
+        assert!(
+            h.writer.dedup_lookups > 0 && model.len() > 100,
+            "{}",
+            model.len()
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct ThroughputArgs {
     /// Longest wait, after sending stops, for outstanding acks and events, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub drain_s: f64,
+    /// How sends pick their `client_msg_id`.
+    #[arg(long, value_enum, default_value_t = ClientIds::Time)]
+    pub client_ids: ClientIds,
     #[command(flatten)]
     pub timeline: TimelineArgs,
 }
@@ -84,8 +87,38 @@ pub struct LatencyArgs {
     /// Longest wait, after sending stops, for outstanding acks and events, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub drain_s: f64,
+    /// How sends pick their `client_msg_id`.
+    #[arg(long, value_enum, default_value_t = ClientIds::Time)]
+    pub client_ids: ClientIds,
     #[command(flatten)]
     pub timeline: TimelineArgs,
+}
+
+/// How the bench's sends pick their client message ids.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientIds {
+    /// Time-ordered, from the SDK's generator (`magpie_sdk::new_client_msg_id`), as Magpie's
+    /// own clients send them: the server can tell they are new without a dedup lookup.
+    Time,
+    /// 128 random bits, as a client with UUIDv4-style ids sends them: every send is looked
+    /// up in the server's dedup index.
+    Random,
+}
+
+impl ClientIds {
+    fn next(self) -> String {
+        match self {
+            ClientIds::Time => magpie_sdk::new_client_msg_id(),
+            ClientIds::Random => format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ClientIds::Time => "time",
+            ClientIds::Random => "random",
+        }
+    }
 }
 
 /// How a connection decides when to send.
@@ -110,10 +143,18 @@ struct Plan {
     drain_deadline_ns: u64,
     /// Send policy.
     pace: Pace,
+    /// How sends pick their client message ids.
+    ids: ClientIds,
 }
 
 impl Plan {
-    fn new(warmup_s: f64, duration_s: f64, drain_s: f64, pace: Pace) -> anyhow::Result<Plan> {
+    fn new(
+        warmup_s: f64,
+        duration_s: f64,
+        drain_s: f64,
+        pace: Pace,
+        ids: ClientIds,
+    ) -> anyhow::Result<Plan> {
         anyhow::ensure!(
             duration_s > 0.0 && warmup_s >= 0.0 && drain_s > 0.0,
             "durations must be positive"
@@ -128,6 +169,7 @@ impl Plan {
             stop_ns,
             drain_deadline_ns: stop_ns + ns(drain_s),
             pace,
+            ids,
         })
     }
 
@@ -214,10 +256,8 @@ struct Driver {
     me: String,
     /// The pair's conversation.
     conversation: ConversationId,
-    /// Sends not yet answered: (client_msg_id number, send time).
-    pending: VecDeque<(u64, u64)>,
-    /// Next client_msg_id number.
-    next_n: u64,
+    /// Sends not yet answered: (client_msg_id, send time).
+    pending: VecDeque<(String, u64)>,
     /// Seq of the last ack (strictly increasing).
     last_ack_seq: u64,
     /// Cursor of the last event (gap-free).
@@ -244,14 +284,14 @@ enum Flow {
 
 impl Driver {
     fn next_send(&mut self, now: u64) -> Message {
-        let n = self.next_n;
-        self.next_n += 1;
-        self.pending.push_back((n, now));
+        let id = self.plan.ids.next();
+        let frame = wire::send_frame(&id, self.conversation, now);
+        self.pending.push_back((id, now));
         self.stats.sent_total += 1;
         if self.plan.measuring(now) {
             self.stats.sent_in_window += 1;
         }
-        Message::text(wire::send_frame(n, self.conversation, now))
+        Message::text(frame)
     }
 
     fn on_message(&mut self, msg: Message) -> Flow {
@@ -354,15 +394,15 @@ impl Driver {
     }
 
     fn on_sent(&mut self, now: u64, client_msg_id: &str, seq: u64, duplicate: bool) {
-        let Some((n, sent_ns)) = self.pending.pop_front() else {
+        let Some((id, sent_ns)) = self.pending.pop_front() else {
             return self.stats.violation(format!(
                 "conn {}: sent {client_msg_id} without a pending send",
                 self.id
             ));
         };
-        if client_msg_id.parse::<u64>().ok() != Some(n) {
+        if client_msg_id != id {
             self.stats.violation(format!(
-                "conn {}: ack for {client_msg_id} while {n} was oldest",
+                "conn {}: ack for {client_msg_id} while {id} was oldest",
                 self.id
             ));
         }
@@ -374,7 +414,7 @@ impl Driver {
         }
         if duplicate {
             self.stats.violation(format!(
-                "conn {}: send {n} answered as a duplicate",
+                "conn {}: send {id} answered as a duplicate",
                 self.id
             ));
         }
@@ -432,7 +472,6 @@ async fn drive(
         me: account.user_id.to_string(),
         conversation,
         pending: VecDeque::new(),
-        next_n: 1,
         last_ack_seq: 0,
         last_cursor: connected.cursor,
         last_event_seq: 0,
@@ -874,6 +913,7 @@ pub async fn run_throughput(args: ThroughputArgs) -> anyhow::Result<Outcome> {
         args.duration_s,
         args.drain_s,
         Pace::Window(args.window),
+        args.client_ids,
     )?;
     let (deliver, ack) = (SharedHistogram::new(), SharedHistogram::new());
     let window_ns = args.timeline.window_ns()?;
@@ -889,6 +929,7 @@ pub async fn run_throughput(args: ThroughputArgs) -> anyhow::Result<Outcome> {
         "pairs": args.pairs,
         "window": args.window,
         "warmup_s": args.warmup_s,
+        "client_ids": args.client_ids.as_str(),
     });
     Ok(traffic_report(
         head,
@@ -919,6 +960,7 @@ pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<Outcome> {
         args.duration_s,
         args.drain_s,
         Pace::Rate { interval_ns },
+        args.client_ids,
     )?;
     let (deliver, ack) = (SharedHistogram::new(), SharedHistogram::new());
     let window_ns = args.timeline.window_ns()?;
@@ -939,6 +981,7 @@ pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<Outcome> {
         "rate": args.rate,
         "per_sender_rate": per_sender,
         "warmup_s": args.warmup_s,
+        "client_ids": args.client_ids.as_str(),
     });
     Ok(traffic_report(
         head,

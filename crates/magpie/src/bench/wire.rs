@@ -41,11 +41,12 @@ pub fn instant_at(ns: u64) -> tokio::time::Instant {
     tokio::time::Instant::from_std(epoch() + std::time::Duration::from_nanos(ns))
 }
 
-/// The `send` frame for message number `n` of a connection, stamped with `sent_ns`.
-pub fn send_frame(n: u64, conversation: ConversationId, sent_ns: u64) -> String {
+/// The `send` frame with client message id `id` (printable ASCII without `"` or `\`, as
+/// the bench's generators make them), stamped with `sent_ns`.
+pub fn send_frame(id: &str, conversation: ConversationId, sent_ns: u64) -> String {
     let pad = &PADDING[..TEXT_BYTES - STAMP_DIGITS - 1];
     format!(
-        r#"{{"type":"send","client_msg_id":"{n}","conversation_id":"{conversation}","text":"{sent_ns:0width$} {pad}"}}"#,
+        r#"{{"type":"send","client_msg_id":"{id}","conversation_id":"{conversation}","text":"{sent_ns:0width$} {pad}"}}"#,
         width = STAMP_DIGITS
     )
 }
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn send_frame_is_a_protocol_send() {
-        let raw = send_frame(7, ConversationId(5), 123_456);
+        let raw = send_frame("7", ConversationId(5), 123_456);
         let frame: ClientFrame = serde_json::from_str(&raw).expect("valid send frame");
         let ClientFrame::Send {
             client_msg_id,
@@ -286,7 +287,7 @@ mod tests {
 
     #[test]
     fn fast_paths_match_protocol_types() {
-        let text = send_frame(1, ConversationId(3), 99);
+        let text = send_frame("1", ConversationId(3), 99);
         let ClientFrame::Send { text, .. } = serde_json::from_str(&text).expect("send") else {
             panic!()
         };

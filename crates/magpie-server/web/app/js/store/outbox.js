@@ -9,11 +9,22 @@
 // load of the same device, so a reload (or a closed tab reopened with its session) re-sends
 // what was never answered, with the same ids: nothing typed is lost and nothing is doubled.
 
-/** A fresh random client message id: "w-" and 32 hex digits. */
+let lastMsgId = 0n;
+
+/**
+ * A fresh client message id: 32 hex digits, the time in milliseconds (48 bits) then 80 random
+ * bits, and greater than every id this page generated before (the scheme of the Rust SDK, like
+ * UUIDv7). The server keeps each sender's greatest id, so a send with a greater one is new for
+ * certain and needs no search of its dedup index.
+ */
 export function newClientMsgId() {
-  const b = new Uint8Array(16);
+  const b = new Uint8Array(10);
   crypto.getRandomValues(b);
-  return `w-${Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('')}`;
+  let random = 0n;
+  for (const x of b) random = (random << 8n) | BigInt(x);
+  const fresh = ((BigInt(Date.now()) & 0xffffffffffffn) << 80n) | random;
+  lastMsgId = fresh > lastMsgId ? fresh : lastMsgId + 1n;
+  return lastMsgId.toString(16).padStart(32, '0');
 }
 
 export class Outbox {
