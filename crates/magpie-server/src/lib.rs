@@ -199,6 +199,7 @@ impl Server {
                 ws::TYPING_BURST,
             )),
             shutdown: Default::default(),
+            hot_metrics: Arc::new(metrics_setup::HotMetrics::resolve()),
         };
         let app = router(state.clone());
         let shutdown = state.shutdown.clone();

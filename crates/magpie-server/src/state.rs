@@ -47,6 +47,8 @@ pub struct AppState {
     pub typing_limits: Arc<crate::ws::ratelimit::SendLimits<magpie_core::UserId>>,
     /// Fires when the server begins shutting down, so long-lived tasks close promptly.
     pub shutdown: CancelToken,
+    /// Metric handles updated per message, resolved once at start.
+    pub hot_metrics: Arc<crate::metrics_setup::HotMetrics>,
 }
 
 /// A tiny cancellation token (a watch channel), so the server needs no extra crate for it.

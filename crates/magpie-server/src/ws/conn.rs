@@ -48,13 +48,6 @@ const SEND_QUEUE_MAX: usize = 512;
 /// 46,826 msg/s paced, the server's send→ack time was about twice its append time); with
 /// two, it joins the store's next batch at once. The store keeps their order.
 const IN_FLIGHT_BATCHES_MAX: usize = 2;
-/// Histogram: time from handing a connection's queued sends to the store until their durable
-/// outcome, in seconds (the server's share of send→ack latency, less socket and queue time).
-const METRIC_APPEND_SECONDS: &str = "magpie_ws_append_seconds";
-/// Histogram: time from reading a `send` frame to writing its `sent` ack, in seconds: the
-/// server's whole share of send→ack latency (queueing behind the connection's batch in flight
-/// included), which tells server delays from socket and client delays.
-const METRIC_SEND_ACK_SECONDS: &str = "magpie_ws_send_ack_seconds";
 /// How long each write may wait while a connection closes (answers to sends already in the
 /// store, the close frame): the peer may have stopped reading.
 const CLOSING_WRITE_MS: u64 = 1_000;
@@ -81,7 +74,7 @@ enum Queued {
     Append {
         client_msg_id: String,
         req: magpie_store::AppendRequest,
-        /// When the send frame was read, for [`METRIC_SEND_ACK_SECONDS`].
+        /// When the send frame was read, for `magpie_ws_send_ack_seconds`.
         received: Instant,
     },
     Answer(ServerFrame),
@@ -808,7 +801,7 @@ impl Conn {
         };
         self.feed(text).await?;
         self.last_sent = event.cursor;
-        metrics::counter!("magpie_events_delivered_total").increment(1);
+        self.state.hot_metrics.events_delivered.increment(1);
         Ok(())
     }
 
@@ -897,13 +890,14 @@ impl Conn {
             })
             .collect();
         let store = self.state.store.clone();
+        let append_seconds = self.state.hot_metrics.append_seconds.clone();
         let flight: InFlight = Box::pin(async move {
             let result = if requests.is_empty() {
                 Ok(Vec::new())
             } else {
                 let started = Instant::now();
                 let result = store.append(requests).await;
-                metrics::histogram!(METRIC_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+                append_seconds.record(started.elapsed().as_secs_f64());
                 result
             };
             (items, result, permits)
@@ -1000,8 +994,9 @@ impl Conn {
                     ..
                 } => match outcomes.next() {
                     Some(Ok(a)) => {
-                        metrics::counter!("magpie_messages_sent_total").increment(1);
-                        metrics::histogram!(METRIC_SEND_ACK_SECONDS)
+                        let hot = &self.state.hot_metrics;
+                        hot.messages_sent.increment(1);
+                        hot.send_ack_seconds
                             .record(received.elapsed().as_secs_f64());
                         let m = &a.message;
                         sent_frame(
