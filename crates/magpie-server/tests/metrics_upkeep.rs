@@ -31,12 +31,20 @@ fn rss_bytes() -> u64 {
 fn histogram_samples_are_drained_without_a_scrape() {
     let handle = magpie_server::metrics_setup::install(Duration::from_millis(UPKEEP_INTERVAL_MS))
         .expect("recorder installed");
-    let threads = std::fs::read_dir("/proc/self/task")
-        .expect("list threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "magpie-metrics")
-        .count();
-    assert_eq!(1, threads, "one upkeep thread runs");
+    // A new thread takes its name when it first runs, which on a busy machine can be after
+    // `install` returns (CI once counted none), so give it a moment to show up.
+    let upkeep_threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .expect("list threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "magpie-metrics")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upkeep_threads() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(1, upkeep_threads(), "one upkeep thread runs");
 
     let histogram = metrics::histogram!("magpie_test_upkeep_seconds");
     histogram.record(0.001);
