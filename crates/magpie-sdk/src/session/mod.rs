@@ -409,17 +409,22 @@ impl Session {
     }
 }
 
+/// The first character of a client message id (see [`new_client_msg_id`]).
+const MSG_ID_PREFIX: char = 'z';
+
 /// Bits of a client message id below its millisecond timestamp.
 const MSG_ID_RANDOM_BITS: u32 = 80;
 
 /// The last id this process generated, so that the next one is greater.
 static LAST_MSG_ID: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
 
-/// A fresh 128-bit `client_msg_id`, as 32 lowercase hex digits: the Unix time in milliseconds
-/// (48 bits) followed by 80 random bits, and greater than every id this process generated
-/// before (the same scheme as UUIDv7 and ULID). Ids that grow over time are unique like random
-/// ones, and they let the server see that a send is new without searching its dedup index
-/// (it keeps each sender's greatest id): the common case costs no index read.
+/// A fresh `client_msg_id`: `z` and 32 lowercase hex digits holding the Unix time in
+/// milliseconds (48 bits) and then 80 random bits, greater than every id this process
+/// generated before (the scheme of UUIDv7 and ULID). Ids that grow over time are unique like
+/// random ones, and they let the server see that a send is new without searching its dedup
+/// index (it keeps each sender's greatest id): the common case costs no index read. The `z`
+/// puts them above the ids of earlier versions (32 random hex digits from this SDK, `w-…`
+/// from the web client), so a user who sent with those gets the fast path too.
 pub fn new_client_msg_id() -> String {
     let now_ms = u128::from(magpie_core::now_ms()) & ((1u128 << 48) - 1);
     let random = rand::random::<u128>() & ((1u128 << MSG_ID_RANDOM_BITS) - 1);
@@ -430,7 +435,7 @@ pub fn new_client_msg_id() -> String {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let id = fresh.max(last.wrapping_add(1));
     *last = id;
-    format!("{id:032x}")
+    format!("{MSG_ID_PREFIX}{id:032x}")
 }
 
 #[cfg(test)]
@@ -443,10 +448,13 @@ mod tests {
         for pair in ids.windows(2) {
             assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
         }
-        assert!(ids.iter().all(|id| id.len() == 32));
+        assert!(ids.iter().all(|id| id.len() == 33 && id.starts_with('z')));
         assert!(ClientMsgId::new(ids[0].clone()).is_ok());
-        // The leading 48 bits are the time of day in milliseconds.
-        let ms = u64::from_str_radix(&ids[999][..12], 16).unwrap();
+        // Above the formats of earlier versions, whatever their random digits.
+        assert!(ids[0].as_str() > "ffffffffffffffffffffffffffffffff");
+        assert!(ids[0].as_str() > "w-ffffffffffffffffffffffffffffffff");
+        // The leading 48 bits are the time in milliseconds.
+        let ms = u64::from_str_radix(&ids[999][1..13], 16).unwrap();
         assert!(ms.abs_diff(magpie_core::now_ms()) < 60_000, "{ms}");
     }
 

@@ -2397,7 +2397,8 @@ mod tests {
     fn mixed_ids_resends_cache_drops_and_batches_never_store_an_id_twice() {
         let mut h = harness();
         two_users_and_a_direct(&mut h);
-        // Deterministic pseudo-random choices (a 64-bit LCG), so a failure replays.
+        // Deterministic pseudo-random choices (a 64-bit LCG, and an ordered model map), so a
+        // failure replays.
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move |n: u64| {
             state = state
@@ -2406,12 +2407,15 @@ mod tests {
             (state >> 33) % n
         };
         // (sender, id) → seq of every stored message.
-        let mut model: std::collections::HashMap<(u64, String), u64> = Default::default();
+        let mut model: std::collections::BTreeMap<(u64, String), u64> = Default::default();
         let mut seq = 0;
         let mut clock = 0u64;
-        for _ in 0..60 {
+        let mut expect = Vec::new();
+        let (mut held_pairs, mut evictions) = (0, 0);
+        for round in 0..80 {
             let mut ops = Vec::new();
-            let mut expect = Vec::new();
+            // (sender, id, seq) of the ids this round stores, in op order.
+            let mut stored = Vec::new();
             for _ in 0..=next(6) {
                 let sender = 1 + next(2);
                 let id = match next(4) {
@@ -2420,13 +2424,18 @@ mod tests {
                         clock += 1 + next(3);
                         format!("t{clock:08}")
                     }
-                    // Any stored id of this sender again (a resend), or a random new one.
-                    2 => model
-                        .keys()
-                        .filter(|(s, _)| *s == sender)
-                        .map(|(_, id)| id.clone())
-                        .min_by_key(|id| id.len() as u64 * 31 + next(1000))
-                        .unwrap_or_else(|| format!("r{}", next(1_000_000))),
+                    // A stored id of this sender again (a resend), or a random new one.
+                    2 => {
+                        let mine: Vec<&String> = model
+                            .keys()
+                            .filter(|(s, _)| *s == sender)
+                            .map(|(_, id)| id)
+                            .collect();
+                        match mine.len() {
+                            0 => format!("r{}", next(1_000_000)),
+                            n => mine[next(n as u64) as usize].clone(),
+                        }
+                    }
                     _ => format!("r{}", next(1_000_000)),
                 };
                 let dup = model.get(&(sender, id.clone())).copied();
@@ -2434,20 +2443,72 @@ mod tests {
                     // New ids of one batch may repeat; the first one stores the message.
                     seq += 1;
                     model.insert((sender, id.clone()), seq);
+                    stored.push((ops.len(), sender, id.clone(), seq));
                     seq
                 });
                 let (a, ra) = append(1, sender, &id);
                 ops.push(a);
                 expect.push((ra, want, dup.is_some()));
             }
-            if next(5) == 0 {
-                h.writer.reset_caches();
+            match next(8) {
+                // Dropped caches (the restaging path).
+                0 => h.writer.reset_caches(),
+                // More senders than the bound: the next batch drops every ceiling.
+                1 if evictions < 3 => {
+                    evictions += 1;
+                    for dummy in 0..=CEILINGS_MAX as u64 {
+                        h.writer
+                            .ceilings
+                            .insert(UserId(1_000 + dummy), Box::default());
+                    }
+                }
+                // Two batches in flight at once: the second stages against the first's
+                // overlay, before either is applied.
+                2 | 3 if ops.len() > 1 => {
+                    held_pairs += 1;
+                    let half = ops.len() / 2;
+                    let mut second = ops.split_off(half);
+                    // The newest id the first batch stores, sent again while that batch is
+                    // still in flight: its key is only in the overlay.
+                    if let Some((_, sender, id, seq)) = stored.iter().rev().find(|s| s.0 < half) {
+                        let (a, ra) = append(1, *sender, id);
+                        second.push(a);
+                        expect.push((ra, *seq, true));
+                    }
+                    // From an idle pipeline: a held commit thread takes one batch and the
+                    // channel holds two more, so a third would block this thread for good.
+                    h.writer.settle();
+                    h.writer.progress.hold(true);
+                    h.writer.process(&mut ops);
+                    h.writer.process(&mut second);
+                    h.writer.progress.hold(false);
+                    continue;
+                }
+                _ => {}
             }
-            h.run(ops);
-            for (ra, want, dup) in expect {
-                assert_eq!(appended(ra), (want, dup));
+            // Not settled: the commit thread may still be applying it when the next stages.
+            h.writer.process(&mut ops);
+            if round % 4 == 3 {
+                h.writer.settle();
+                for (ra, want, dup) in expect.drain(..) {
+                    assert_eq!(appended(ra), (want, dup));
+                }
             }
         }
+        // One more batch, so that a pending eviction has happened: a resend of the first id.
+        let ((sender, id), first) = model.iter().min_by_key(|(_, seq)| **seq).unwrap();
+        let (a, ra) = append(1, *sender, id);
+        expect.push((ra, *first, true));
+        h.writer.process(&mut vec![a]);
+        h.writer.settle();
+        for (ra, want, dup) in expect.drain(..) {
+            assert_eq!(appended(ra), (want, dup));
+        }
+        assert!(
+            h.writer.ceilings.len() <= 2,
+            "evictions dropped the dummy ceilings"
+        );
+        assert!(held_pairs > 5 && evictions > 0, "{held_pairs} {evictions}");
         assert!(
             h.writer.dedup_lookups > 0 && model.len() > 100,
             "{}",

@@ -12,10 +12,11 @@
 let lastMsgId = 0n;
 
 /**
- * A fresh client message id: 32 hex digits, the time in milliseconds (48 bits) then 80 random
- * bits, and greater than every id this page generated before (the scheme of the Rust SDK, like
- * UUIDv7). The server keeps each sender's greatest id, so a send with a greater one is new for
- * certain and needs no search of its dedup index.
+ * A fresh client message id: "z" and 32 hex digits, the time in milliseconds (48 bits) then 80
+ * random bits, greater than every id this page generated before (the scheme of the Rust SDK,
+ * like UUIDv7). The server keeps each sender's greatest id, so a send with a greater one is new
+ * for certain and needs no search of its dedup index. The "z" sorts above the ids of earlier
+ * versions ("w-" and random hex), so users who sent with those get that too.
  */
 export function newClientMsgId() {
   const b = new Uint8Array(10);
@@ -24,7 +25,7 @@ export function newClientMsgId() {
   for (const x of b) random = (random << 8n) | BigInt(x);
   const fresh = ((BigInt(Date.now()) & 0xffffffffffffn) << 80n) | random;
   lastMsgId = fresh > lastMsgId ? fresh : lastMsgId + 1n;
-  return lastMsgId.toString(16).padStart(32, '0');
+  return `z${lastMsgId.toString(16).padStart(32, '0')}`;
 }
 
 export class Outbox {
