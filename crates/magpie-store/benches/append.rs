@@ -20,7 +20,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use parking_lot::Mutex;
 
 mod support;
-use support::{direct_pairs, env_usize};
+use support::{data_dir, direct_pairs, env_usize, runtime};
 
 /// Sum and count of a histogram; all the bench needs.
 #[derive(Default)]
@@ -92,13 +92,8 @@ fn main() {
     metrics::set_global_recorder(captured.clone()).expect("first recorder");
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = std::env::var("MAGPIE_BENCH_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| tmp.path().join("db"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let dir = data_dir(&tmp);
+    let rt = runtime();
     rt.block_on(async {
         let config = FjallConfig {
             batch_ops_max: env_usize("MAGPIE_BENCH_BATCH_OPS_MAX", 1024),

@@ -23,7 +23,7 @@ use magpie_store::{
 };
 
 mod support;
-use support::{direct_pairs, env_usize};
+use support::{data_dir, direct_pairs, env_usize, runtime};
 
 /// Messages per append call while filling: large batches keep the fill fast.
 const FILL_BATCH_MESSAGES: usize = 512;
@@ -67,13 +67,8 @@ fn main() {
     let reads_n = env_usize("MAGPIE_BENCH_READS", if full { 20_000 } else { 200 });
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = std::env::var("MAGPIE_BENCH_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| tmp.path().join("db"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let dir = data_dir(&tmp);
+    let rt = runtime();
     rt.block_on(async {
         let config = FjallConfig {
             timeline_compaction: compaction,

@@ -12,6 +12,7 @@
 //! scan while appending: an append to a 10,000-member read-fan-out group writes the message
 //! and its dedup key, and reads nothing but cache entries.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -1228,39 +1229,36 @@ impl Writer {
     }
 
     /// True if `id` is above every client message id `sender` has used, so that no dedup key
-    /// can exist for it. A miss loads the ceiling from disk: nothing of this batch or of one
-    /// in flight can be pending for a sender without an entry, because staging a dedup key
-    /// raises (and so sets) it, and entries are only dropped after every batch is applied.
+    /// can exist for it.
     fn above_ceiling(&mut self, sender: UserId, id: &[u8]) -> Result<bool, StoreError> {
-        if let Some(ceiling) = self.ceilings.get(&sender) {
-            return Ok(id > &ceiling[..]);
-        }
-        let prefix = user_key(sender);
-        let ceiling: Box<[u8]> = match self.shared.ks.get(Ks::Dedup).prefix(prefix).next_back() {
-            Some(guard) => {
-                let key = guard.key()?;
-                key.get(prefix.len()..).unwrap_or_default().into()
-            }
-            None => Box::default(),
-        };
-        let above = id > &ceiling[..];
-        self.ceilings.insert(sender, ceiling);
-        Ok(above)
+        Ok(id > &self.ceiling(sender)?[..])
     }
 
     /// Records that `sender` has used `id` (its dedup key is staged).
     fn raise_ceiling(&mut self, sender: UserId, id: &[u8]) -> Result<(), StoreError> {
-        if !self.ceilings.contains_key(&sender) {
-            // Not reached from `append_one`, which loaded the entry just before; loading it
-            // here keeps the ceiling correct for any other caller.
-            self.above_ceiling(sender, id)?;
-        }
-        if let Some(ceiling) = self.ceilings.get_mut(&sender) {
-            if id > &ceiling[..] {
-                *ceiling = id.into();
-            }
+        let ceiling = self.ceiling(sender)?;
+        if id > &ceiling[..] {
+            *ceiling = id.into();
         }
         Ok(())
+    }
+
+    /// `sender`'s ceiling. A miss loads it from disk: nothing of this batch or of one in
+    /// flight can be pending for a sender without an entry, because staging a dedup key raises
+    /// (and so sets) it, and entries are only dropped after every batch is applied.
+    fn ceiling(&mut self, sender: UserId) -> Result<&mut Box<[u8]>, StoreError> {
+        match self.ceilings.entry(sender) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let prefix = user_key(sender);
+                let last = self.shared.ks.get(Ks::Dedup).prefix(prefix).next_back();
+                let ceiling: Box<[u8]> = match last {
+                    Some(guard) => guard.key()?.get(prefix.len()..).unwrap_or_default().into(),
+                    None => Box::default(),
+                };
+                Ok(e.insert(ceiling))
+            }
+        }
     }
 
     // --- Friends -----------------------------------------------------------------------------
